@@ -1,0 +1,184 @@
+"""The site configuration: one YAML file naming the NAS devices, the Orthanc PACS and the DuckDB index.
+
+The file's path comes from ``PACS_CONFIG``; without it, ``./pacs.yaml`` and then
+``/etc/pacs_assets/pacs.yaml`` are tried. Every mistake in it becomes a ``ConfigError`` whose
+message is one sentence naming the file and the key, never a traceback.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+from pathlib import Path
+from typing import Annotated, Literal, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+DEFAULT_CONFIG_PATHS = (Path("pacs.yaml"), Path("/etc/pacs_assets/pacs.yaml"))
+NAS_ID_PATTERN = r"^[a-z][a-z0-9_]{0,39}$"
+
+
+class ConfigError(Exception):
+    """A configuration mistake, phrased as one sentence for a human."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class NasBase(_Strict):
+    id: str = Field(pattern=NAS_ID_PATTERN)
+    root: Path
+    # First procedure date the daily partitions cover; older or undated files fall back (see dates.py).
+    partitions_start: dt.date = dt.date(2000, 1, 1)
+    # Files whose size and mtime are younger than this are still being written: they wait a run.
+    settle_seconds: float = 0.0
+
+
+class DicomFolderNas(NasBase):
+    kind: Literal["dicom_folder"]
+
+
+class FirebirdCatalog(_Strict):
+    """Where the Firebird catalog is: embedded (a file, the default) or a server."""
+
+    database: Path  # the .fdb file; relative paths are relative to the NAS root
+    mode: Literal["embedded", "server"] = "embedded"
+    host: str = "127.0.0.1"
+    port: int = 3050
+    user: str = "SYSDBA"
+    password_env: str = "FIREBIRD_PASSWORD"  # name of the environment variable holding the password
+    charset: str = "UTF8"
+
+
+class FirebirdJpeg2000Nas(NasBase):
+    kind: Literal["firebird_jpeg2000"]
+    firebird: FirebirdCatalog
+    # SQL per level, mapping the vendor schema to our attributes; None = the documented default.
+    mapping: dict[str, str] | None = None
+
+
+NasConfig = Annotated[Union[DicomFolderNas, FirebirdJpeg2000Nas], Field(discriminator="kind")]
+
+
+class OrthancConfig(_Strict):
+    url: str = "http://127.0.0.1:8042"
+    username_env: str = "ORTHANC_USERNAME"
+    password_env: str = "ORTHANC_PASSWORD"
+    timeout_seconds: float = 60.0
+    concurrency: int = Field(default=4, ge=1, le=32)
+    retries: int = Field(default=4, ge=0, le=20)
+    dicom_aet: str = "ORTHANC"
+    dicom_port: int = 4242
+
+    @field_validator("url")
+    @classmethod
+    def _http(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://")):
+            raise ValueError("must start with http:// or https://")
+        return value.rstrip("/")
+
+
+class IndexConfig(_Strict):
+    path: Path
+
+
+class PrivacyConfig(_Strict):
+    # Patient names, IDs and birth dates stay out of logs and metadata unless a site says otherwise.
+    log_patient_data: bool = False
+
+
+class PacsConfig(_Strict):
+    nas: list[NasConfig] = Field(min_length=1)
+    orthanc: OrthancConfig = OrthancConfig()
+    index: IndexConfig
+    privacy: PrivacyConfig = PrivacyConfig()
+    timezone: str = "UTC"
+    source_file: Path | None = None
+
+    def nas_by_id(self, nas_id: str) -> NasConfig:
+        for nas in self.nas:
+            if nas.id == nas_id:
+                return nas
+        raise ConfigError(f"No NAS with id '{nas_id}' in {self.source_file}; known: {', '.join(n.id for n in self.nas)}.")
+
+
+def config_path(explicit: str | os.PathLike | None = None) -> Path:
+    if explicit:
+        return Path(explicit)
+    if os.environ.get("PACS_CONFIG"):
+        return Path(os.environ["PACS_CONFIG"])
+    for candidate in DEFAULT_CONFIG_PATHS:
+        if candidate.exists():
+            return candidate
+    raise ConfigError(
+        "No configuration found: set PACS_CONFIG to your pacs.yaml "
+        f"(looked for {', '.join(str(p) for p in DEFAULT_CONFIG_PATHS)})."
+    )
+
+
+def _key_path(loc: tuple) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif part in ("dicom_folder", "firebird_jpeg2000"):
+            continue  # pydantic's discriminator branch, not a key the user wrote
+        else:
+            out += f".{part}" if out else str(part)
+    return out or "(top level)"
+
+
+def _one_sentence(path: Path, error: ValidationError) -> str:
+    first = error.errors()[0]
+    key = _key_path(first["loc"])
+    kind = first["type"]
+    if kind == "missing":
+        return f"{path}: missing key '{key}'."
+    if kind == "extra_forbidden":
+        return f"{path}: unknown key '{key}' (check its spelling)."
+    if kind == "union_tag_invalid":
+        return f"{path}: '{key}.kind' must be one of dicom_folder, firebird_jpeg2000."
+    if kind == "union_tag_not_found":
+        return f"{path}: missing key '{key}.kind' (dicom_folder or firebird_jpeg2000)."
+    message = first["msg"].removeprefix("Value error, ")
+    return f"{path}: key '{key}' is invalid: {message}."
+
+
+def load_config(path: str | os.PathLike | None = None) -> PacsConfig:
+    """Read and validate the configuration; raise ConfigError with one sentence on any mistake."""
+    path = config_path(path)
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"Configuration file {path} does not exist.") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise ConfigError(f"{path} is not valid YAML{where}.") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path} must hold a mapping with keys nas, orthanc and index.")
+    try:
+        config = PacsConfig.model_validate({**raw, "source_file": None})
+    except ValidationError as exc:
+        raise ConfigError(_one_sentence(path, exc)) from None
+    base = path.resolve().parent
+    # Relative paths in the file are relative to the file, so a config travels with its folder.
+    nas = [n.model_copy(update={"root": (base / n.root)}) if not n.root.is_absolute() else n for n in config.nas]
+    index = config.index
+    if not index.path.is_absolute():
+        index = IndexConfig(path=base / index.path)
+    ids = [n.id for n in nas]
+    duplicates = sorted({i for i in ids if ids.count(i) > 1})
+    if duplicates:
+        raise ConfigError(f"{path}: NAS id '{duplicates[0]}' is used twice; ids must be unique.")
+    return config.model_copy(update={"nas": nas, "index": index, "source_file": path})
+
+
+def check_nas_root(nas: NasBase) -> None:
+    """Refuse a root that is missing or not a folder: an unmounted NAS must never read as 'all deleted'."""
+    if not nas.root.exists():
+        raise ConfigError(f"NAS '{nas.id}': root folder {nas.root} does not exist (is the NAS mounted?).")
+    if not nas.root.is_dir():
+        raise ConfigError(f"NAS '{nas.id}': root {nas.root} is not a folder.")
