@@ -69,6 +69,8 @@ class OrthancConfig(_Strict):
     timeout_seconds: float = 60.0
     concurrency: int = Field(default=4, ge=1, le=32)
     retries: int = Field(default=4, ge=0, le=20)
+    run_retries: int = Field(default=2, ge=0, le=10)  # Dagster step retries when Orthanc is down
+    run_retry_delay_seconds: float = Field(default=60.0, ge=0)
     dicom_aet: str = "ORTHANC"
     dicom_port: int = 4242
 

@@ -1,0 +1,74 @@
+-- The DuckDB index: where every image is. Partition-scoped tables carry (nas_id, partition_date) and are
+-- rewritten a partition window at a time (delete the window, insert) in one transaction.
+
+-- Every file the walk met, with what we read from it. Keyed by (nas_id, file_path); one row per file.
+CREATE TABLE IF NOT EXISTS inventory (
+    nas_id VARCHAR NOT NULL, file_path VARCHAR NOT NULL, size BIGINT, mtime_ns BIGINT, change_token VARCHAR,
+    status VARCHAR NOT NULL, reason VARCHAR, file_format VARCHAR, transfer_syntax_uid VARCHAR,
+    compression_type VARCHAR, patient_id VARCHAR, patient_name VARCHAR, patient_birth_date VARCHAR,
+    patient_sex VARCHAR, study_instance_uid VARCHAR, study_date VARCHAR, study_description VARCHAR,
+    accession_number VARCHAR, series_instance_uid VARCHAR, series_number INTEGER, series_date VARCHAR,
+    modality VARCHAR, series_description VARCHAR, sop_instance_uid VARCHAR, sop_class_uid VARCHAR,
+    instance_number INTEGER, number_of_frames INTEGER, "rows" INTEGER, "columns" INTEGER, extra_json VARCHAR,
+    procedure_date DATE NOT NULL, date_source VARCHAR NOT NULL, scanned_at TIMESTAMP
+);
+
+-- What earlier walks read, whatever partition they ran for: an unchanged file is never parsed twice.
+CREATE TABLE IF NOT EXISTS scan_cache AS SELECT * FROM inventory WHERE false;
+
+CREATE TABLE IF NOT EXISTS patients (
+    nas_id VARCHAR NOT NULL, partition_date DATE NOT NULL, patient_id VARCHAR, patient_name VARCHAR,
+    patient_birth_date VARCHAR, patient_sex VARCHAR, study_count INTEGER, instance_count BIGINT,
+    last_updated TIMESTAMP
+);
+
+CREATE TABLE IF NOT EXISTS studies (
+    nas_id VARCHAR NOT NULL, partition_date DATE NOT NULL, study_instance_uid VARCHAR NOT NULL,
+    patient_id VARCHAR, study_date VARCHAR, date_source VARCHAR, study_description VARCHAR,
+    accession_number VARCHAR, modalities VARCHAR, series_count INTEGER, instance_count BIGINT,
+    folder VARCHAR, file_formats VARCHAR, last_updated TIMESTAMP
+);
+
+CREATE TABLE IF NOT EXISTS series (
+    nas_id VARCHAR NOT NULL, partition_date DATE NOT NULL, series_instance_uid VARCHAR NOT NULL,
+    study_instance_uid VARCHAR, modality VARCHAR, series_number INTEGER, series_description VARCHAR,
+    instance_count BIGINT, frame_count BIGINT, folder VARCHAR, last_updated TIMESTAMP
+);
+
+CREATE TABLE IF NOT EXISTS instances (
+    nas_id VARCHAR NOT NULL, partition_date DATE NOT NULL, date_source VARCHAR, file_path VARCHAR NOT NULL,
+    sop_instance_uid VARCHAR NOT NULL, sop_class_uid VARCHAR, series_instance_uid VARCHAR,
+    study_instance_uid VARCHAR, patient_id VARCHAR, instance_number INTEGER, number_of_frames INTEGER,
+    "rows" INTEGER, "columns" INTEGER, file_format VARCHAR, transfer_syntax_uid VARCHAR,
+    compression_type VARCHAR, file_size BIGINT, change_token VARCHAR,
+    orthanc_instance_id VARCHAR,  -- computed as Orthanc does (SHA-1 of the four identifiers)
+    last_updated TIMESTAMP
+);
+
+CREATE SEQUENCE IF NOT EXISTS import_attempt_seq;
+
+-- The import ledger: one row per upload attempt, never rewritten.
+CREATE TABLE IF NOT EXISTS import_history (
+    attempt_id BIGINT DEFAULT nextval('import_attempt_seq'), nas_id VARCHAR NOT NULL,
+    file_path VARCHAR NOT NULL, change_token VARCHAR, file_hash VARCHAR, partition_date DATE,
+    orthanc_instance_id VARCHAR, patient_id VARCHAR, study_instance_uid VARCHAR,
+    series_instance_uid VARCHAR, sop_instance_uid VARCHAR,
+    status VARCHAR NOT NULL,  -- imported | duplicate | failed
+    error_message VARCHAR, retryable BOOLEAN, attempts INTEGER, http_status INTEGER,
+    started_at TIMESTAMP, finished_at TIMESTAMP, run_id VARCHAR
+);
+
+-- One current status per file found under a NAS root: imported, duplicate, failed, skipped
+-- (or pending, between indexing and import).
+CREATE OR REPLACE VIEW file_status AS
+WITH last_attempt AS (
+    SELECT * FROM import_history
+    QUALIFY row_number() OVER (PARTITION BY nas_id, file_path, change_token ORDER BY attempt_id DESC) = 1
+)
+SELECT f.nas_id, f.file_path, f.procedure_date AS partition_date,
+       CASE WHEN f.status <> 'ok' THEN f.status ELSE coalesce(a.status, 'pending') END AS status,
+       CASE WHEN f.status <> 'ok' THEN f.reason ELSE a.error_message END AS reason,
+       a.orthanc_instance_id, f.change_token, a.finished_at AS imported_at
+FROM inventory f
+LEFT JOIN last_attempt a
+  ON a.nas_id = f.nas_id AND a.file_path = f.file_path AND a.change_token = f.change_token;
