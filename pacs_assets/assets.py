@@ -13,6 +13,7 @@ from zoneinfo import ZoneInfo
 from dagster import (
     AssetExecutionContext,
     AssetKey,
+    Backoff,
     BackfillPolicy,
     DailyPartitionsDefinition,
     Failure,
@@ -136,7 +137,8 @@ def build_nas_assets(nas: NasConfig, config: PacsConfig) -> list:
            description=f"NAS '{nas.id}' instances uploaded to Orthanc; every attempt in import_history. "
                        "A rerun uploads only what is not imported yet.",
            retry_policy=RetryPolicy(max_retries=config.orthanc.run_retries,
-                                    delay=config.orthanc.run_retry_delay_seconds),
+                                    delay=config.orthanc.run_retry_delay_seconds,
+                                    backoff=Backoff.EXPONENTIAL) if config.orthanc.run_retries else None,
            pool=UPLOAD_POOL, required_resource_keys={source_key, "index", "orthanc"},
            **common)
     def orthanc_instances(context: AssetExecutionContext) -> MaterializeResult:
@@ -155,7 +157,7 @@ def build_nas_assets(nas: NasConfig, config: PacsConfig) -> list:
             try:
                 summary = import_records(
                     source, client, store.iter_staged(staging), lambda rows: store.append_ledger(index.path, rows),
-                    concurrency=orthanc.concurrency, run_id=context.run_id,
+                    concurrency=orthanc.concurrency, run_id=context.run.run_id,
                     progress=lambda s: progress.tick(s.done))
             except OrthancUnavailable as exc:
                 raise Failure(description=str(exc)) from None

@@ -50,6 +50,8 @@ class FirebirdCatalog(_Strict):
     user: str = "SYSDBA"
     password_env: str = "FIREBIRD_PASSWORD"  # name of the environment variable holding the password
     charset: str = "UTF8"
+    # Embedded mode reads a copy of the catalog taken per scan; None = the system temp folder.
+    snapshot_dir: Path | None = None
 
 
 class FirebirdJpeg2000Nas(NasBase):

@@ -1,22 +1,6 @@
-"""The Dagster code location: one asset graph and one partitioned job per NAS in the site configuration."""
+"""The Dagster code location, built from the site configuration ($PACS_CONFIG; see config.py)."""
 
-from __future__ import annotations
-
-from dagster import AssetSelection, Definitions, define_asset_job
-
-from pacs_assets.assets import build_nas_assets, nas_partitions
-from pacs_assets.config import PacsConfig, load_config
-from pacs_assets.resources import build_resources
-
-
-def build_definitions(config: PacsConfig) -> Definitions:
-    assets, jobs = [], []
-    for nas in config.nas:
-        assets += build_nas_assets(nas, config)
-        jobs.append(define_asset_job(f"{nas.id}_job", selection=AssetSelection.groups(nas.id),
-                                     partitions_def=nas_partitions(nas, config.timezone),
-                                     description=f"Inventory, index and import NAS '{nas.id}'."))
-    return Definitions(assets=assets, jobs=jobs, resources=build_resources(config))
-
+from pacs_assets.config import load_config
+from pacs_assets.site_definitions import build_definitions
 
 defs = build_definitions(load_config())

@@ -1,0 +1,101 @@
+"""The `pacs` command line for radiology IT: sample data, a local Orthanc, configuration checks."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from pacs_assets.config import ConfigError, load_config
+
+
+def _cmd_sample(args: argparse.Namespace) -> int:
+    from pacs_assets.cli.sample import make_sample_site
+
+    path = make_sample_site(Path(args.out), orthanc_url=args.orthanc_url, patients=args.patients,
+                            seed=args.seed, firebird=not args.no_firebird)
+    print(f"Sample NAS devices and configuration written; use: export PACS_CONFIG={path.resolve()}")
+    return 0
+
+
+def _cmd_orthanc(args: argparse.Namespace) -> int:
+    from pacs_assets.local_services import orthanc_server
+
+    workdir = Path(args.dir)
+    if args.action == "start":
+        server = orthanc_server.start_detached(workdir, http_port=args.http_port, dicom_port=args.dicom_port)
+        print(f"Orthanc {server.url} (PID {server.pid}) is running; credentials in {workdir / 'orthanc.env'}")
+    else:
+        stopped = orthanc_server.stop_detached(workdir)
+        print("Orthanc stopped." if stopped else f"No Orthanc started from {workdir} is running.")
+    return 0
+
+
+def _cmd_check(args: argparse.Namespace) -> int:
+    from pacs_assets.orthanc import OrthancClient, OrthancUnavailable
+    from pacs_assets.sources import source_for
+
+    config = load_config(args.config)
+    problems = []
+    for nas in config.nas:
+        try:
+            source_for(nas).check_available()
+            print(f"NAS '{nas.id}' ({nas.kind}): {nas.root} is readable")
+        except ConfigError as exc:
+            problems.append(str(exc))
+    o = config.orthanc
+    try:
+        info = OrthancClient(o.url, os.environ.get(o.username_env), os.environ.get(o.password_env),
+                             timeout=10, retries=0).system()
+        print(f"Orthanc {info.get('Version')} at {o.url} answers")
+    except OrthancUnavailable as exc:
+        problems.append(str(exc))
+    for problem in problems:
+        print(problem, file=sys.stderr)
+    if args.json:
+        print(json.dumps({"ok": not problems, "problems": problems}))
+    return 1 if problems else 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="pacs", description=__doc__)
+    parser.add_argument("--config", help="site configuration (default: $PACS_CONFIG, then ./pacs.yaml)")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("sample", help="make sample NAS devices and a pacs.yaml for them")
+    p.add_argument("--out", required=True)
+    p.add_argument("--patients", type=int, default=6)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--orthanc-url", default="http://127.0.0.1:8042")
+    p.add_argument("--no-firebird", action="store_true", help="only the plain-DICOM NAS")
+    p.set_defaults(func=_cmd_sample)
+
+    p = sub.add_parser("orthanc", help="start or stop a private local Orthanc (demo and tests)")
+    p.add_argument("action", choices=["start", "stop"])
+    p.add_argument("--dir", required=True, help="private folder for its storage, config, log and PID")
+    p.add_argument("--http-port", type=int, default=8042)
+    p.add_argument("--dicom-port", type=int, default=4242)
+    p.set_defaults(func=_cmd_orthanc)
+
+    p = sub.add_parser("check", help="check the configuration, the NAS roots and Orthanc")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_cmd_check)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except ConfigError as exc:
+        print(f"pacs: {exc}", file=sys.stderr)
+        return 2
+    except RuntimeError as exc:  # services that fail to start say why in one sentence
+        print(f"pacs: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
