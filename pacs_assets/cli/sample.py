@@ -27,6 +27,9 @@ def make_sample_site(out: Path, *, orthanc_url: str, patients: int = 6, seed: in
             import secrets
 
             password = os.environ.setdefault(firebird_password_env, secrets.token_urlsafe(12))
+            env_file = out / "firebird.env"  # the demo sources it; never committed, readable by us only
+            env_file.write_text(f"{firebird_password_env}={password}\n", encoding="utf-8")
+            env_file.chmod(0o600)
             for i, nas_id in enumerate(("endo_nas", "derm_nas")):
                 make_firebird_nas(out / nas_id, nas_id=nas_id, patients=max(patients // 2, 4), seed=seed + 1 + i,
                                   start_date=start, password=password)

@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# The demo: set up a fresh machine if needed, make sample NAS devices, start a private Orthanc on
+# 127.0.0.1:8042 and open `dagster dev` on http://127.0.0.1:3000 with every NAS graph ready to
+# materialize. Ctrl-C stops Dagster and Orthanc (by PID). Everything lives under var/demo/.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+DEMO=$ROOT/var/demo
+
+bash scripts/setup.sh
+source .venv/bin/activate
+
+if [[ ! -f $DEMO/pacs.yaml ]]; then
+  pacs sample --out "$DEMO"
+fi
+pacs orthanc start --dir "$DEMO/orthanc" --http-port "${ORTHANC_HTTP_PORT:-8042}" --dicom-port "${ORTHANC_DICOM_PORT:-4242}"
+cleanup() { pacs orthanc stop --dir "$DEMO/orthanc" || true; }
+trap cleanup EXIT
+
+set -a
+source "$DEMO/orthanc/orthanc.env"   # ORTHANC_USERNAME / ORTHANC_PASSWORD of this private Orthanc
+[[ -f $DEMO/firebird.env ]] && source "$DEMO/firebird.env"
+set +a
+export PACS_CONFIG=$DEMO/pacs.yaml
+export DAGSTER_HOME=$DEMO/dagster_home
+mkdir -p "$DAGSTER_HOME"
+cp dagster.yaml "$DAGSTER_HOME/dagster.yaml"
+
+echo "Orthanc: http://127.0.0.1:${ORTHANC_HTTP_PORT:-8042} (user $ORTHANC_USERNAME, password in $DEMO/orthanc/orthanc.env)"
+echo "Dagster: http://127.0.0.1:${DAGSTER_PORT:-3000}  (Ctrl-C stops everything)"
+# Without --default-signal a backgrounded `dagster dev` ignores SIGINT/SIGTERM (FIELD_NOTES).
+env --default-signal=INT,TERM dagster dev -w workspace.yaml -h 127.0.0.1 -p "${DAGSTER_PORT:-3000}"
