@@ -1,0 +1,56 @@
+"""The code location as Dagster loads it: one graph per NAS, shared daily partitions, a valid instance config."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from dagster import AssetKey, BackfillPolicy, DailyPartitionsDefinition
+
+from pacs_assets.config import load_config
+from pacs_assets.site_definitions import build_definitions
+from pacs_assets_tests.conftest import write_config
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def two_nas_config(tmp_path) -> Path:
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+    return write_config(tmp_path / "pacs.yaml", [
+        {"id": "ct_nas", "kind": "dicom_folder", "root": "a", "partitions_start": "2020-01-01"},
+        {"id": "mr_nas", "kind": "dicom_folder", "root": "b", "partitions_start": "2021-06-01"},
+    ], orthanc_url="http://127.0.0.1:8042")
+
+
+def test_one_graph_per_nas_with_shared_partitions(tmp_path):
+    defs = build_definitions(load_config(two_nas_config(tmp_path)))
+    graph = defs.resolve_asset_graph()
+    for nas_id, start in (("ct_nas", "2020-01-01"), ("mr_nas", "2021-06-01")):
+        keys = [AssetKey([nas_id, name]) for name in ("file_inventory", "dicom_index", "orthanc_instances")]
+        nodes = [graph.get(k) for k in keys]
+        assert {n.group_name for n in nodes} == {nas_id}
+        assert graph.get(keys[1]).parent_keys == {keys[0]}
+        assert graph.get(keys[2]).parent_keys == {keys[1]}
+        parts = {n.partitions_def for n in nodes}
+        assert len(parts) == 1
+        (part,) = parts
+        assert isinstance(part, DailyPartitionsDefinition) and part.get_first_partition_key() == start
+        assert all(n.backfill_policy == BackfillPolicy.single_run() for n in nodes)
+    assert defs.resolve_job_def("ct_nas_job") is not None
+
+
+def test_dagster_validates_the_workspace_with_our_instance_config(tmp_path):
+    config = two_nas_config(tmp_path)
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    shutil.copy(REPO / "dagster.yaml", home / "dagster.yaml")
+    env = {**os.environ, "PACS_CONFIG": str(config), "DAGSTER_HOME": str(home)}
+    dagster = Path(sys.executable).parent / "dagster"
+    proc = subprocess.run([str(dagster), "definitions", "validate", "-w", "workspace.yaml"], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "All code locations passed validation" in proc.stderr + proc.stdout
