@@ -34,6 +34,10 @@ class NasBase(_Strict):
     partitions_start: dt.date = dt.date(2000, 1, 1)
     # Files whose size and mtime are younger than this are still being written: they wait a run.
     settle_seconds: float = 0.0
+    # Automation (sensors.py, schedules.py).
+    sensor_interval_seconds: int = Field(default=60, ge=5)
+    incremental_cron: str = "*/15 * * * *"
+    reconciliation_cron: str = "0 2 * * *"
 
 
 class DicomFolderNas(NasBase):

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import os
 import struct
 from pathlib import Path
 
@@ -152,8 +153,7 @@ def _main_header(f, offset: int, length: int, name: str) -> dict:
 
 def codestream_info(path: Path | str) -> J2kInfo:
     """Header facts of a JP2 file or raw J2K codestream; raise Jpeg2000Error (one sentence) if unusable."""
-    path = Path(path)
-    name = path.name
+    name = os.path.basename(path)
     with open(path, "rb") as f:
         size = f.seek(0, io.SEEK_END)
         f.seek(0)

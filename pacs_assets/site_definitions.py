@@ -1,4 +1,5 @@
-"""Building the Dagster definitions for a site: one asset graph and one partitioned job per configured NAS."""
+"""Building the Dagster definitions for a site: per configured NAS, one asset graph, one partitioned job, its
+schedules and its new-files sensor."""
 
 from __future__ import annotations
 
@@ -7,12 +8,18 @@ from dagster import AssetSelection, Definitions, define_asset_job
 from pacs_assets.assets import build_nas_assets
 from pacs_assets.config import PacsConfig
 from pacs_assets.resources import build_resources
+from pacs_assets.schedules import build_schedules
+from pacs_assets.sensors import build_new_files_sensor
 
 
 def build_definitions(config: PacsConfig) -> Definitions:
-    assets, jobs = [], []
+    assets, jobs, schedules, sensors = [], [], [], []
     for nas in config.nas:
         assets += build_nas_assets(nas, config)
-        jobs.append(define_asset_job(f"{nas.id}_job", selection=AssetSelection.groups(nas.id),
-                                     description=f"Inventory, index and import NAS '{nas.id}'."))
-    return Definitions(assets=assets, jobs=jobs, resources=build_resources(config))
+        job = define_asset_job(f"{nas.id}_job", selection=AssetSelection.groups(nas.id),
+                               description=f"Inventory, index and import NAS '{nas.id}'.")
+        jobs.append(job)
+        schedules += build_schedules(nas, config, job)
+        sensors.append(build_new_files_sensor(nas, config, job.name))
+    return Definitions(assets=assets, jobs=jobs, schedules=schedules, sensors=sensors,
+                       resources=build_resources(config))

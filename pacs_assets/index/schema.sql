@@ -47,6 +47,13 @@ CREATE TABLE IF NOT EXISTS instances (
 
 CREATE SEQUENCE IF NOT EXISTS import_attempt_seq;
 
+-- Files that vanished from a NAS: their inventory row goes, this record (and their import history) stays.
+-- Nothing is ever deleted from Orthanc because a NAS file disappeared.
+CREATE TABLE IF NOT EXISTS deleted_files (
+    nas_id VARCHAR NOT NULL, file_path VARCHAR NOT NULL, change_token VARCHAR, partition_date DATE,
+    last_status VARCHAR, deleted_at TIMESTAMP
+);
+
 -- The import ledger: one row per upload attempt, never rewritten.
 CREATE TABLE IF NOT EXISTS import_history (
     attempt_id BIGINT DEFAULT nextval('import_attempt_seq'), nas_id VARCHAR NOT NULL,

@@ -155,6 +155,13 @@ class Staging:
         try:
             with transaction(self.index_path) as con:
                 con.execute(f"ATTACH '{self.path}' AS staging (READ_ONLY)")
+                # Files of the window that the complete walk no longer found anywhere: deleted on the NAS.
+                con.execute("""
+                    INSERT INTO deleted_files
+                    SELECT o.nas_id, o.file_path, o.change_token, o.procedure_date, s.status, now()
+                    FROM inventory o LEFT JOIN file_status s USING (nas_id, file_path)
+                    WHERE o.nas_id = ? AND o.procedure_date >= ? AND o.procedure_date < ?
+                      AND o.file_path NOT IN (SELECT file_path FROM staging.inventory)""", [nas_id, start, end])
                 con.execute("DELETE FROM inventory WHERE nas_id = ? AND procedure_date >= ? AND procedure_date < ?",
                             [nas_id, start, end])
                 con.execute("INSERT INTO inventory SELECT * FROM staging.inventory "

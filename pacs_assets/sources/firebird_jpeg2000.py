@@ -66,7 +66,7 @@ def catalog_row_path(image_key: object) -> str:
 
 
 def _row_hash(row: dict) -> str:
-    return hashlib.blake2b(repr(sorted(row.items())).encode(), digest_size=8).hexdigest()
+    return hashlib.blake2b(repr(tuple(row.items())).encode(), digest_size=8).hexdigest()
 
 
 class FirebirdJpeg2000Source(NasSource):
@@ -80,6 +80,7 @@ class FirebirdJpeg2000Source(NasSource):
         self.settle_seconds = settle_seconds
         self._real_root = os.path.realpath(self.root)
         self._real_dirs: dict[str, str] = {}
+        self._derived: dict[tuple[str, str], str] = {}
 
     def check_available(self) -> None:
         if not self.root.is_dir():
@@ -134,7 +135,13 @@ class FirebirdJpeg2000Source(NasSource):
             if value and len(str(value)) <= 64 and re.match(RE_VALID_UID, str(value)):
                 out.append(str(value))
             else:
-                out.append(derived_uid(self.nas_id, level, key))
+                if level == "image":
+                    out.append(derived_uid(self.nas_id, level, key))
+                else:  # one study/series has many images: derive its UID once per scan
+                    uid = self._derived.get((level, key))
+                    if uid is None:
+                        uid = self._derived[(level, key)] = derived_uid(self.nas_id, level, key)
+                    out.append(uid)
                 derived.append(attr)
         return out[0], out[1], out[2], derived
 

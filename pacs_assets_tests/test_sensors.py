@@ -1,0 +1,136 @@
+"""The new-files sensor, evaluated tick by tick with build_sensor_context + evaluate_tick on a real NAS tree."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import shutil
+from pathlib import Path
+
+import duckdb
+from dagster import DagsterInstance, build_sensor_context
+
+from pacs_assets.config import load_config
+from pacs_assets.nas_watch import FolderWatch
+from pacs_assets.sample.dicom_nas import make_bulk_dicom_nas, make_dicom_nas
+from pacs_assets.site_definitions import build_definitions
+from pacs_assets_tests.conftest import write_config
+from pacs_assets_tests.harness import materialize_nas
+
+TODAY = dt.date.today()
+START = TODAY - dt.timedelta(days=12)
+NAS = [{"id": "ct", "kind": "dicom_folder", "root": "nas",
+        "partitions_start": (TODAY - dt.timedelta(days=20)).isoformat()}]
+
+
+class Ticker:
+    def __init__(self, config_path: Path):
+        self.defs = defs = build_definitions(load_config(config_path))
+        self.sensor = defs.get_sensor_def("ct_new_files_sensor")
+        self.instance = DagsterInstance.ephemeral()
+        self.cursor = None
+
+    def tick(self):
+        with build_sensor_context(instance=self.instance, cursor=self.cursor, definitions=self.defs) as context:
+            data = self.sensor.evaluate_tick(context)
+        self.cursor = data.cursor
+        return data
+
+
+def site(tmp_path, orthanc_url="http://127.0.0.1:9"):
+    manifest = make_dicom_nas(tmp_path / "nas", patients=4, start_date=START)
+    return manifest, write_config(tmp_path / "pacs.yaml", NAS, orthanc_url=orthanc_url)
+
+
+def test_new_study_is_requested_once_it_is_stable_and_only_once(tmp_path):
+    manifest, config = site(tmp_path)
+    ticker = Ticker(config)
+    ticker.tick()  # first look: everything is new, nothing is stable yet
+    first = ticker.tick()
+    assert {r.partition_key for r in first.run_requests} | {
+        r.tags.get("dagster/asset_partition_range_start") for r in first.run_requests} - {None}
+    quiet = ticker.tick()
+    assert quiet.run_requests == [] and "no settled change" in quiet.skip_message
+
+    # A modality's export lands: a new study folder with two files, dated yesterday.
+    study = tmp_path / "nas" / "NEW_PATIENT" / "STUDY"
+    study.mkdir(parents=True)
+    src = manifest.root / manifest.paths("ok")[0]
+    day = TODAY - dt.timedelta(days=1)
+    for i in range(2):
+        target = study / f"IM{i}.dcm"
+        shutil.copy(src, target)
+        stamp = dt.datetime.combine(day, dt.time(12)).timestamp()
+        os.utime(target, (stamp, stamp))
+    # The copied files keep their StudyDate; the partition is whatever dates.py says for them.
+    assert ticker.tick().run_requests == []  # seen once: could still be being written
+    requested = ticker.tick().run_requests
+    assert len(requested) == 1 and requested[0].partition_key is not None
+    assert requested[0].run_key.startswith(f"ct:{requested[0].partition_key}:")
+    assert ticker.tick().run_requests == []  # the same change never asks twice
+
+
+def test_a_file_still_growing_waits(tmp_path):
+    manifest, config = site(tmp_path)
+    ticker = Ticker(config)
+    ticker.tick(), ticker.tick()
+    growing = tmp_path / "nas" / "incoming.dcm"
+    data = (manifest.root / manifest.paths("ok")[0]).read_bytes()
+    growing.write_bytes(data[:1000])
+    ticker.tick()
+    with growing.open("ab") as f:
+        f.write(data[1000:])
+    assert ticker.tick().run_requests == []  # changed since the last look
+    assert len(ticker.tick().run_requests) == 1
+
+
+def test_deleted_file_is_requested_and_recorded_with_its_history(tmp_path, orthanc_env):
+    manifest, config = site(tmp_path, orthanc_env.url)
+    assert materialize_nas(config, "ct").success
+    ticker = Ticker(config)
+    ticker.tick(), ticker.tick()
+    gone = manifest.paths("ok")[0]
+    (manifest.root / gone).unlink()
+    requests = ticker.tick().run_requests
+    assert [r.partition_key for r in requests] == [manifest.procedure_date_of[gone].isoformat()]
+    key = requests[0].partition_key
+    assert materialize_nas(config, "ct", first=key, last=key).success
+    with duckdb.connect(str(tmp_path / "index.duckdb"), read_only=True) as con:
+        assert con.execute("SELECT last_status FROM deleted_files WHERE file_path = ?", [gone]).fetchall() == [("imported",)]
+        assert con.execute("SELECT count(*) FROM file_status WHERE file_path = ?", [gone]).fetchall() == [(0,)]
+        assert con.execute("SELECT count(*) FROM import_history WHERE file_path = ?", [gone]).fetchall() == [(1,)]
+
+
+def test_unmounted_nas_is_skipped_as_an_outage(tmp_path):
+    manifest, config = site(tmp_path)
+    ticker = Ticker(config)
+    ticker.tick(), ticker.tick()
+    shutil.rmtree(manifest.root)
+    manifest.root.mkdir()
+    data = ticker.tick()
+    assert data.run_requests == [] and "treated as an outage" in data.skip_message
+
+
+def test_first_look_at_a_big_nas_spans_ticks_without_missing_or_repeating(tmp_path):
+    root = tmp_path / "nas"
+    n = make_bulk_dicom_nas(root, 1500, files_per_series=50, days=10, start_date=START)
+    watch = FolderWatch(tmp_path / "w.sqlite", root, partitions_start=TODAY - dt.timedelta(days=20))
+    reported, ticks = [], 0
+    while True:
+        ticks += 1
+        result = watch.tick(0.0, TODAY)  # the smallest budget: one folder per tick
+        reported += [p for changes in result.changes.values() for p, _ in changes]
+        if result.complete:
+            break
+        assert ticks < 500
+    assert ticks > 10
+    assert len(reported) == len(set(reported)) == n
+
+
+def test_unchanged_tick_stats_folders_only(tmp_path):
+    root = tmp_path / "nas"
+    make_bulk_dicom_nas(root, 600, files_per_series=50, days=3, start_date=START)
+    watch = FolderWatch(tmp_path / "w.sqlite", root, partitions_start=TODAY - dt.timedelta(days=20))
+    watch.tick(60, TODAY), watch.tick(60, TODAY)
+    quiet = watch.tick(60, TODAY)
+    assert quiet.changes == {} and quiet.folders_listed == 0 and quiet.folders_statted > 0
