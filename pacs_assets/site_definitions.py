@@ -6,6 +6,7 @@ from __future__ import annotations
 from dagster import AssetSelection, Definitions, define_asset_job
 
 from pacs_assets.assets import build_nas_assets
+from pacs_assets.checks import build_nas_checks
 from pacs_assets.config import PacsConfig
 from pacs_assets.resources import build_resources
 from pacs_assets.schedules import build_schedules
@@ -13,13 +14,14 @@ from pacs_assets.sensors import build_new_files_sensor
 
 
 def build_definitions(config: PacsConfig) -> Definitions:
-    assets, jobs, schedules, sensors = [], [], [], []
+    assets, checks, jobs, schedules, sensors = [], [], [], [], []
     for nas in config.nas:
         assets += build_nas_assets(nas, config)
+        checks += build_nas_checks(nas, config)
         job = define_asset_job(f"{nas.id}_job", selection=AssetSelection.groups(nas.id),
                                description=f"Inventory, index and import NAS '{nas.id}'.")
         jobs.append(job)
         schedules += build_schedules(nas, config, job)
         sensors.append(build_new_files_sensor(nas, config, job.name))
-    return Definitions(assets=assets, jobs=jobs, schedules=schedules, sensors=sensors,
+    return Definitions(assets=assets, asset_checks=checks, jobs=jobs, schedules=schedules, sensors=sensors,
                        resources=build_resources(config))

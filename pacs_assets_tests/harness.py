@@ -11,13 +11,15 @@ from pacs_assets.site_definitions import build_definitions
 
 
 def materialize_nas(config_path: Path, nas_id: str, *, first: str | None = None, last: str | None = None,
-                    raise_on_error: bool = True, instance: DagsterInstance | None = None) -> ExecuteInProcessResult:
+                    raise_on_error: bool = True, instance: DagsterInstance | None = None,
+                    asset_selection: list | None = None) -> ExecuteInProcessResult:
     defs = build_definitions(load_config(config_path))
     job = defs.resolve_job_def(f"{nas_id}_job")
     keys = job.partitions_def.get_partition_keys()
     return job.execute_in_process(
         instance=instance or DagsterInstance.ephemeral(),
         raise_on_error=raise_on_error,
+        asset_selection=asset_selection,
         tags={"dagster/asset_partition_range_start": first or keys[0],
               "dagster/asset_partition_range_end": last or keys[-1]},
     )

@@ -79,3 +79,19 @@ SELECT f.nas_id, f.file_path, f.procedure_date AS partition_date,
 FROM inventory f
 LEFT JOIN last_attempt a
   ON a.nas_id = f.nas_id AND a.file_path = f.file_path AND a.change_token = f.change_token;
+
+-- What Orthanc received, as its /changes feed reports it (NewInstance): instances sent straight to Orthanc by a
+-- modality (C-STORE) and, flagged from_nas, those our NAS imports uploaded. One row per Orthanc instance
+-- (orthanc_instance_id; a re-arrival keeps the latest seq), rewritten by id; no NAS path (source = 'orthanc').
+CREATE TABLE IF NOT EXISTS orthanc_arrivals (
+    orthanc_instance_id VARCHAR NOT NULL, seq BIGINT NOT NULL, source VARCHAR NOT NULL DEFAULT 'orthanc',
+    patient_id VARCHAR, patient_name VARCHAR, patient_birth_date VARCHAR, patient_sex VARCHAR,
+    study_instance_uid VARCHAR, study_date VARCHAR, study_description VARCHAR, accession_number VARCHAR,
+    series_instance_uid VARCHAR, modality VARCHAR, sop_instance_uid VARCHAR, sop_class_uid VARCHAR,
+    transfer_syntax_uid VARCHAR,
+    origin VARCHAR,      -- Orthanc's Origin metadata: DicomProtocol (C-STORE), RestApi, Plugins, Lua...
+    remote_aet VARCHAR,  -- the sender's AE title for a C-STORE, else empty
+    received_at TIMESTAMP,  -- Orthanc's ReceptionDate, UTC
+    from_nas BOOLEAN NOT NULL,  -- the SOP instance is known on a NAS (instances table) when the row was written
+    last_updated TIMESTAMP
+);

@@ -16,8 +16,9 @@ be DATE columns or text (written as is: a malformed study date is reported, not 
 
 **Reading.** Embedded mode (the default) copies the ``.fdb`` to a local temporary snapshot per scan and
 opens the copy: embedded Firebird locks a file to one process, a vendor server may hold the live file,
-and the NAS is never written. Server mode connects to ``host:port`` with the path (as the server sees
-it) and the password from the environment variable named by ``password_env``. Either way the query
+and the NAS is never written. Server mode connects to ``host:port`` with ``database`` as the server sees
+it (relative: against the NAS root, as in embedded mode) and the password from the environment variable
+named by ``password_env``; the server, not us, then holds the file. Either way the query
 runs in a read-only snapshot transaction and rows are streamed with ``fetchmany``.
 
 **Format.** Firebird 3 reads only its own on-disk structure (ODS 12). A catalog written by Firebird 2.5
@@ -152,8 +153,10 @@ def create_embedded_database(path: Path, *, user: str = "SYSDBA", password: str,
 
     For the sample generators and tests only (the catalog of a real NAS is never written).
     """
-    quoted = str(path).replace("'", "''")
-    return fdb.create_database(f"create database '{quoted}' user '{user}' password '{password.replace(chr(39), chr(39) * 2)}' "
+    def quoted(text: object) -> str:
+        return "'" + str(text).replace("'", "''") + "'"
+
+    return fdb.create_database(f"create database {quoted(path)} user {quoted(user)} password {quoted(password)} "
                                f"page_size 8192 default character set {charset}", charset=charset)
 
 
@@ -207,7 +210,7 @@ class CatalogReader:
             try:
                 con = fdb.connect(user=c.user, password=self._password(c.mode == "server"), charset=c.charset,
                                   **kwargs)
-            except fdb.DatabaseError as exc:
+            except Exception as exc:  # noqa: BLE001 - DatabaseError, or fdb not finding libfbclient
                 raise CatalogError(f"NAS '{self.nas_id}': cannot open the Firebird catalog at {where}: "
                                    f"{_error_sentence(exc)}.") from None
             try:

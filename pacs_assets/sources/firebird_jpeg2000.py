@@ -65,8 +65,10 @@ def catalog_row_path(image_key: object) -> str:
     return f"catalog-row:{image_key}"
 
 
-def _row_hash(row: dict) -> str:
-    return hashlib.blake2b(repr(tuple(row.items())).encode(), digest_size=8).hexdigest()
+def _token(st: os.stat_result, row: dict) -> str:
+    """``<size>-<mtime_ns>-<hash of every mapped column>`` (``row_version``, when mapped, is one of them)."""
+    row_hash = hashlib.blake2b(repr(tuple(row.items())).encode(), digest_size=8).hexdigest()
+    return f"{st.st_size}-{st.st_mtime_ns}-{row_hash}"
 
 
 class FirebirdJpeg2000Source(NasSource):
@@ -100,8 +102,11 @@ class FirebirdJpeg2000Source(NasSource):
     def _inside(self, real: str) -> bool:
         return real == self._real_root or real.startswith(self._real_root + os.sep)
 
-    def _locate(self, raw: object) -> tuple[str | None, str | None, str | None]:
-        """(rel, real_path, refusal) for a catalog path. Nothing is opened; only lstat/realpath."""
+    def _locate(self, raw: object, *, fresh: bool = False) -> tuple[str | None, str | None, str | None]:
+        """(rel, real_path, refusal) for a catalog path. Nothing is opened; only lstat/realpath.
+
+        Folders' real paths are cached for the scan; ``fresh`` resolves again (before an import).
+        """
         text = str(raw or "").strip().replace("\\", "/")  # catalogs written on Windows use backslashes
         if not text:
             return None, None, "has no file path"
@@ -111,7 +116,7 @@ class FirebirdJpeg2000Source(NasSource):
         if rel == "." or rel == ".." or rel.startswith("../"):
             return None, None, "which is outside the NAS root; refused, not read"
         folder, name = posixpath.split(rel)
-        real_dir = self._real_dirs.get(folder)
+        real_dir = None if fresh else self._real_dirs.get(folder)
         if real_dir is None:
             real_dir = self._real_dirs[folder] = os.path.realpath(os.path.join(self._real_root, folder))
         if not self._inside(real_dir):
@@ -165,7 +170,7 @@ class FirebirdJpeg2000Source(NasSource):
         rec.status, rec.reason = status, reason
         if st is not None:
             rec.size, rec.mtime_ns = st.st_size, st.st_mtime_ns
-            rec.change_token = f"{st.st_size}-{st.st_mtime_ns}-{_row_hash(row)}"
+            rec.change_token = _token(st, row)
         return rec
 
     def _with_header(self, rec: FileRecord, real: str) -> FileRecord:
@@ -191,6 +196,7 @@ class FirebirdJpeg2000Source(NasSource):
     # -- the scan -------------------------------------------------------------------------------------
     def scan(self, cache: ScanCache, batch_size: int = 2000) -> Iterator[list[FileRecord]]:
         self.check_available()
+        self._real_dirs.clear()
         claimed: dict[str, str] = {}  # rel path -> image key of the row that claimed it
         rows = missing = 0
         for chunk in self.reader.rows(batch_size):
@@ -201,8 +207,10 @@ class FirebirdJpeg2000Source(NasSource):
                 if out is not None:
                     missing += out.reason.endswith("which does not exist")
                     batch.append(out)
-            cached = cache.lookup({rec.file_path: rec.change_token for rec, _ in todo})
-            batch.extend(cached.get(rec.file_path) or self._with_header(rec, real) for rec, real in todo)
+            # Only rows whose file and catalog values changed since the last scan are built and parsed.
+            cached = cache.lookup({rel: _token(st, row) for row, rel, real, st in todo})
+            batch.extend(cached.get(rel) or self._with_header(self._catalog_record(row, rel, OK, None, st), real)
+                         for row, rel, real, st in todo)
             yield batch
         if rows >= OUTAGE_MIN_ROWS and missing > OUTAGE_SHARE * rows:
             raise ConfigError(f"NAS '{self.nas_id}': {missing} of {rows} catalog rows point to files missing under "
@@ -240,13 +248,12 @@ class FirebirdJpeg2000Source(NasSource):
             return self._catalog_record(row, rel, FAILED, f"catalog row {key} points to {raw}, which is not a regular file", st)
         if self.settle_seconds and time.time_ns() - st.st_mtime_ns < self.settle_seconds * 1e9:
             return self._catalog_record(row, rel, SKIPPED, "still being written (modified too recently); next run", st)
-        rec = self._catalog_record(row, rel, OK, None, st)
-        todo.append((rec, real))
+        todo.append((row, rel, real, st))
         return None
 
     def _walk(self, claimed: dict[str, str]) -> Iterator[FileRecord]:
         """Records for everything on disk that no catalog row claimed. Symlinks are never followed."""
-        catalog_real = os.path.realpath(self.reader.path)
+        catalog_rel = os.path.relpath(os.path.realpath(self.reader.path), self._real_root)
         stack = [""]
         while stack:
             rel_dir = stack.pop()
@@ -265,7 +272,7 @@ class FirebirdJpeg2000Source(NasSource):
                     continue
                 elif entry.is_symlink():
                     yield self._disk(rel, SKIPPED, "symbolic link not referenced by the catalog, not followed", entry)
-                elif os.path.realpath(entry.path) == catalog_real:
+                elif rel == catalog_rel:
                     yield self._disk(rel, SKIPPED, "Firebird catalog file", entry)
                 elif not entry.is_file(follow_symlinks=False):
                     yield self._disk(rel, SKIPPED, "not a regular file (device, socket or pipe)", entry)
@@ -285,7 +292,7 @@ class FirebirdJpeg2000Source(NasSource):
     def dicom_bytes(self, record: FileRecord) -> bytes:
         if record.status != OK:
             raise ValueError(f"{record.file_path} is {record.status}, not importable: {record.reason}")
-        rel, real, refusal = self._locate(record.file_path)
+        rel, real, refusal = self._locate(record.file_path, fresh=True)
         if refusal:
             raise ValueError(f"{record.file_path}: {refusal}")
         info: J2kInfo = codestream_info(real)

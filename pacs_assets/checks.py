@@ -1,0 +1,61 @@
+"""Asset checks on every NAS graph.
+
+- ``every_file_accounted_for`` (on dicom_index, **blocking**): each inventoried DICOM file is in the
+  index, and each skipped/failed file has a reason. If not, the index is inconsistent with the walk and
+  uploading from it would leave files unaccounted for: the import waits until it is fixed.
+- ``no_sop_instance_conflicts`` (on dicom_index, not blocking): one SOP Instance UID on two NAS devices
+  with different patient, study or bytes. Orthanc keeps the first arrival, so a person must look; but
+  one conflict must not hold up the import of everything else.
+- ``indexed_instances_in_orthanc`` (on orthanc_instances): every file the ledger says is in Orthanc
+  really is, checked by Orthanc's deterministic instance IDs on parallel persistent sessions.
+Metadata carries counts and NAS ids only, never UIDs or patient data.
+"""
+
+
+from concurrent.futures import ThreadPoolExecutor
+
+from dagster import AssetCheckExecutionContext, AssetCheckResult, AssetCheckSeverity, AssetKey, asset_check
+
+from pacs_assets.config import NasConfig, PacsConfig
+from pacs_assets.index import checks as sql
+from pacs_assets.orthanc import OrthancUnavailable
+
+
+def build_nas_checks(nas: NasConfig, config: PacsConfig) -> list:
+    index_key = AssetKey([nas.id, "dicom_index"])
+    orthanc_key = AssetKey([nas.id, "orthanc_instances"])
+
+    @asset_check(asset=index_key, name="every_file_accounted_for", blocking=True, required_resource_keys={"index"},
+                 description="Every inventoried DICOM file is indexed; every skipped or failed file has a reason.")
+    def every_file_accounted_for(context: AssetCheckExecutionContext) -> AssetCheckResult:
+        counts = sql.unaccounted_files(context.resources.index.path, nas.id)
+        return AssetCheckResult(passed=counts["dicom_not_indexed"] == 0 and counts["without_reason"] == 0,
+                                metadata=counts)
+
+    @asset_check(asset=index_key, name="no_sop_instance_conflicts", required_resource_keys={"index"},
+                 description="No SOP Instance UID appears on two NAS devices with different patient, study or bytes.")
+    def no_sop_instance_conflicts(context: AssetCheckExecutionContext) -> AssetCheckResult:
+        groups = [g for g in sql.sop_conflicts(context.resources.index.path) if nas.id in g[0].split(",")]
+        table = "\n".join(f"| {nas_ids} | {differs} | {n} |" for nas_ids, differs, n in groups)
+        return AssetCheckResult(
+            passed=not groups, severity=AssetCheckSeverity.ERROR,
+            metadata={"conflicting_instances": sum(g[2] for g in groups),
+                      "conflicts": f"| NAS | differs | instances |\n|---|---|---|\n{table}" if groups else "none"})
+
+    @asset_check(asset=orthanc_key, name="indexed_instances_in_orthanc", required_resource_keys={"index", "orthanc"},
+                 description="Every file recorded as imported or duplicate is present in Orthanc.")
+    def indexed_instances_in_orthanc(context: AssetCheckExecutionContext) -> AssetCheckResult:
+        client = context.resources.orthanc.client()
+        try:
+            client.system()
+        except OrthancUnavailable as exc:
+            return AssetCheckResult(passed=False, metadata={"error": str(exc)})
+        checked = missing = 0
+        with ThreadPoolExecutor(8) as pool:
+            for batch in sql.stored_orthanc_ids(context.resources.index.path, nas.id):
+                present = list(pool.map(client.instance_exists, batch))
+                checked += len(batch)
+                missing += present.count(False)
+        return AssetCheckResult(passed=missing == 0, metadata={"checked": checked, "missing_in_orthanc": missing})
+
+    return [every_file_accounted_for, no_sop_instance_conflicts, indexed_instances_in_orthanc]

@@ -1,0 +1,74 @@
+"""The asset checks pass on a consistent site and catch planted inconsistencies."""
+
+from __future__ import annotations
+
+import shutil
+
+import duckdb
+import pydicom
+import requests
+from dagster import AssetKey
+
+from pacs_assets.sample.dicom_nas import make_dicom_nas
+from pacs_assets_tests.conftest import write_config
+from pacs_assets_tests.harness import materialize_nas
+from pacs_assets_tests.test_assets import NAS, SAMPLE_START
+
+
+def check_results(result) -> dict[str, bool]:
+    return {e.asset_check_evaluation_data.check_name: e.asset_check_evaluation_data.passed
+            for e in result.all_events if e.event_type_value == "ASSET_CHECK_EVALUATION"}
+
+
+def test_checks_pass_then_catch_planted_inconsistencies(tmp_path, orthanc_env):
+    manifest = make_dicom_nas(tmp_path / "nas", patients=4, start_date=SAMPLE_START)
+    config = write_config(tmp_path / "pacs.yaml", NAS, orthanc_url=orthanc_env.url)
+    first = materialize_nas(config, "ct")
+    assert check_results(first) == {"every_file_accounted_for": True, "no_sop_instance_conflicts": True,
+                                    "indexed_instances_in_orthanc": True}
+
+    # Plant: an instance vanishes from Orthanc behind our back.
+    with duckdb.connect(str(tmp_path / "index.duckdb"), read_only=True) as con:
+        (orthanc_id,) = con.execute("SELECT orthanc_instance_id FROM file_status WHERE status = 'imported' LIMIT 1").fetchall()[0]
+    assert requests.delete(f"{orthanc_env.url}/instances/{orthanc_id}", auth=orthanc_env.auth).status_code == 200
+    assert check_results(materialize_nas(config, "ct"))["indexed_instances_in_orthanc"] is False
+
+
+def test_blocking_check_stops_the_import_when_a_file_is_unaccounted_for(tmp_path, orthanc_env):
+    make_dicom_nas(tmp_path / "nas", patients=4, start_date=SAMPLE_START)
+    config = write_config(tmp_path / "pacs.yaml", NAS, orthanc_url=orthanc_env.url)
+    assert materialize_nas(config, "ct", asset_selection=[AssetKey(["ct", "file_inventory"])]).success
+    # Plant: a skipped file loses its reason. Rebuilding the index does not touch the inventory.
+    with duckdb.connect(str(tmp_path / "index.duckdb")) as con:
+        con.execute("UPDATE inventory SET reason = NULL WHERE file_path = "
+                    "(SELECT min(file_path) FROM inventory WHERE status = 'skipped')")
+
+    result = materialize_nas(config, "ct", raise_on_error=False,
+                             asset_selection=[AssetKey(["ct", "dicom_index"]), AssetKey(["ct", "orthanc_instances"])])
+
+    assert check_results(result)["every_file_accounted_for"] is False
+    imported = [e for e in result.all_events if e.event_type_value == "ASSET_MATERIALIZATION"
+                and e.asset_key == AssetKey(["ct", "orthanc_instances"])]
+    assert imported == []
+    assert requests.get(f"{orthanc_env.url}/statistics", auth=orthanc_env.auth).json()["CountInstances"] == 0
+
+
+def test_the_same_instance_with_another_patient_on_two_nas_is_a_conflict(tmp_path, orthanc_env):
+    manifest = make_dicom_nas(tmp_path / "nas", patients=4, start_date=SAMPLE_START)
+    other = tmp_path / "nas2"
+    other.mkdir()
+    src = manifest.root / manifest.paths("ok")[0]
+    ds = pydicom.dcmread(src)
+    ds.PatientID = "SOMEONE-ELSE"  # same SOP Instance UID, another patient: a mix-up waiting to happen
+    ds.save_as(other / "copy.dcm")
+    shutil.copystat(src, other / "copy.dcm")
+    config = write_config(tmp_path / "pacs.yaml", NAS + [{**NAS[0], "id": "ct2", "root": "nas2"}],
+                          orthanc_url=orthanc_env.url)
+    assert materialize_nas(config, "ct").success
+    result = materialize_nas(config, "ct2")
+    assert check_results(result)["no_sop_instance_conflicts"] is False
+    evaluation = next(e.asset_check_evaluation_data for e in result.all_events
+                      if e.event_type_value == "ASSET_CHECK_EVALUATION"
+                      and e.asset_check_evaluation_data.check_name == "no_sop_instance_conflicts")
+    assert evaluation.metadata["conflicting_instances"].value == 1
+    assert "SOMEONE-ELSE" not in str(evaluation.metadata)
