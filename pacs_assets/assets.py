@@ -162,6 +162,10 @@ def build_nas_assets(nas: NasConfig, config: PacsConfig) -> list:
             except OrthancUnavailable as exc:
                 raise Failure(description=str(exc)) from None
         totals = store.status_counts(index.path, nas.id, start, end)
+        named = {}
+        if config.privacy.log_patient_data:  # file paths often name the patient: only where the site allows it
+            rows = "\n".join(f"| {p} | {r} |" for p, r in store.failed_files(index.path, nas.id, start, end))
+            named["failed_files"] = MetadataValue.md(f"| file | reason |\n|---|---|\n{rows}")
         failures = "\n".join(f"| {reason} | {n} |" for reason, n in summary.failures_by_reason.most_common(10))
         return MaterializeResult(metadata={
             "uploaded_this_run": summary.done,
@@ -173,6 +177,7 @@ def build_nas_assets(nas: NasConfig, config: PacsConfig) -> list:
             "by_status": _status_table(totals),
             "failures_by_reason": MetadataValue.md(f"| reason | files |\n|---|---|\n{failures}" if failures
                                                    else "no failures"),
+            **named,
         })
 
     return [file_inventory, dicom_index, orthanc_instances]

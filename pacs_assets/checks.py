@@ -8,6 +8,8 @@
   one conflict must not hold up the import of everything else.
 - ``indexed_instances_in_orthanc`` (on orthanc_instances): every file the ledger says is in Orthanc
   really is, checked by Orthanc's deterministic instance IDs on parallel persistent sessions.
+- ``lossless_in_orthanc`` (Firebird/JPEG 2000 NAS only): images fetched back from Orthanc decode
+  pixel for pixel equal to the source JP2 (a configurable sample, or all).
 Metadata carries counts and NAS ids only, never UIDs or patient data.
 """
 
@@ -16,8 +18,9 @@ from concurrent.futures import ThreadPoolExecutor
 
 from dagster import AssetCheckExecutionContext, AssetCheckResult, AssetCheckSeverity, AssetKey, asset_check
 
-from pacs_assets.config import NasConfig, PacsConfig
+from pacs_assets.config import FirebirdJpeg2000Nas, NasConfig, PacsConfig
 from pacs_assets.index import checks as sql
+from pacs_assets.jpeg2000 import verify_lossless
 from pacs_assets.orthanc import OrthancUnavailable
 
 
@@ -58,4 +61,25 @@ def build_nas_checks(nas: NasConfig, config: PacsConfig) -> list:
                 missing += present.count(False)
         return AssetCheckResult(passed=missing == 0, metadata={"checked": checked, "missing_in_orthanc": missing})
 
-    return [every_file_accounted_for, no_sop_instance_conflicts, indexed_instances_in_orthanc]
+    checks = [every_file_accounted_for, no_sop_instance_conflicts, indexed_instances_in_orthanc]
+    if isinstance(nas, FirebirdJpeg2000Nas):
+        checks.append(_lossless_check(nas, orthanc_key))
+    return checks
+
+
+def _lossless_check(nas: FirebirdJpeg2000Nas, orthanc_key: AssetKey):
+    @asset_check(asset=orthanc_key, name="lossless_in_orthanc", required_resource_keys={"index", "orthanc"},
+                 description="Decodes images back from Orthanc and compares them pixel for pixel with the source "
+                             f"JPEG 2000 files ({nas.lossless_check_sample or 'all'} per evaluation; 0 = all).")
+    def lossless_in_orthanc(context: AssetCheckExecutionContext) -> AssetCheckResult:
+        client = context.resources.orthanc.client()
+        compared = differ = 0
+        for file_path, orthanc_id in sql.lossless_candidates(context.resources.index.path, nas.id,
+                                                             nas.lossless_check_sample):
+            data = client.instance_file(orthanc_id)
+            equal, _why = verify_lossless(data, nas.root / file_path)
+            compared += 1
+            differ += not equal
+        return AssetCheckResult(passed=differ == 0, metadata={"compared": compared, "differ": differ})
+
+    return lossless_in_orthanc

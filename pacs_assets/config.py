@@ -61,8 +61,10 @@ class FirebirdCatalog(_Strict):
 class FirebirdJpeg2000Nas(NasBase):
     kind: Literal["firebird_jpeg2000"]
     firebird: FirebirdCatalog
-    # SQL per level, mapping the vendor schema to our attributes; None = the documented default.
+    # SQL mapping the vendor schema to our attributes; None = the documented default (firebird_catalog.py).
     mapping: dict[str, str] | None = None
+    # How many imported images the lossless asset check decodes and compares pixel for pixel (0 = all).
+    lossless_check_sample: int = Field(default=25, ge=0)
 
 
 NasConfig = Annotated[Union[DicomFolderNas, FirebirdJpeg2000Nas], Field(discriminator="kind")]

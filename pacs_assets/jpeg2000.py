@@ -167,7 +167,8 @@ def codestream_info(path: Path | str) -> J2kInfo:
                 if kind == b"jp2h":
                     for sub, s_start, s_n in _boxes(f, start, start + n, name):
                         if sub == b"pclr":
-                            raise Jpeg2000Error(f"{name} uses a colour palette, which the DICOM wrapping does not support.")
+                            raise Jpeg2000Error(f"{name} uses a colour palette, which the DICOM wrapping "
+                                                "does not support.")
                         if sub == b"colr" and s_n >= 7:
                             f.seek(s_start)
                             colr = f.read(7)

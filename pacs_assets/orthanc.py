@@ -83,6 +83,12 @@ class OrthancClient:
     def statistics(self) -> dict:
         return self._get("/statistics").json()
 
+    def instance_file(self, orthanc_id: str) -> bytes:
+        """The DICOM file Orthanc stores for an instance."""
+        resp = self._get(f"/instances/{orthanc_id}/file")
+        resp.raise_for_status()
+        return resp.content
+
     def instance_exists(self, orthanc_id: str) -> bool:
         return self._get(f"/instances/{orthanc_id}").status_code == 200
 

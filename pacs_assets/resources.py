@@ -57,13 +57,15 @@ class FirebirdJpeg2000Resource(NasSourceResource):
     # The config's `firebird:` block. It names the password's environment variable, never the password.
     catalog_json: str
     mapping_json: str | None = None
+    settle_seconds: float = 0.0
 
     def source(self) -> NasSource:
         from pacs_assets.sources.firebird_jpeg2000 import FirebirdJpeg2000Source
 
         catalog = FirebirdCatalog.model_validate(json.loads(self.catalog_json))
         mapping = json.loads(self.mapping_json) if self.mapping_json else None
-        return FirebirdJpeg2000Source(self.nas_id, Path(self.root), catalog=catalog, mapping=mapping)
+        return FirebirdJpeg2000Source(self.nas_id, Path(self.root), catalog=catalog, mapping=mapping,
+                                      settle_seconds=self.settle_seconds)
 
 
 def nas_resource_key(nas_id: str) -> str:
@@ -76,7 +78,7 @@ def nas_resource(nas: NasConfig) -> NasSourceResource:
     if isinstance(nas, FirebirdJpeg2000Nas):
         return FirebirdJpeg2000Resource(
             nas_id=nas.id, root=str(nas.root), catalog_json=nas.firebird.model_dump_json(),
-            mapping_json=json.dumps(nas.mapping) if nas.mapping else None)
+            mapping_json=json.dumps(nas.mapping) if nas.mapping else None, settle_seconds=nas.settle_seconds)
     raise TypeError(type(nas).__name__)
 
 

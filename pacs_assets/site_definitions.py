@@ -8,6 +8,7 @@ from dagster import AssetSelection, Definitions, define_asset_job
 from pacs_assets.assets import build_nas_assets
 from pacs_assets.checks import build_nas_checks
 from pacs_assets.config import PacsConfig
+from pacs_assets.orthanc_arrivals import build_orthanc_arrivals
 from pacs_assets.resources import build_resources
 from pacs_assets.schedules import build_schedules
 from pacs_assets.sensors import build_new_files_sensor
@@ -23,5 +24,7 @@ def build_definitions(config: PacsConfig) -> Definitions:
         jobs.append(job)
         schedules += build_schedules(nas, config, job)
         sensors.append(build_new_files_sensor(nas, config, job.name))
+    arrivals = build_orthanc_arrivals(config)  # orthanc/arrivals, its job and the /changes sensor
+    assets, jobs, sensors = assets + arrivals.assets, jobs + arrivals.jobs, sensors + arrivals.sensors
     return Definitions(assets=assets, asset_checks=checks, jobs=jobs, schedules=schedules, sensors=sensors,
                        resources=build_resources(config))

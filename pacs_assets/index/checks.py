@@ -56,3 +56,14 @@ def sop_conflicts(index_path: str | os.PathLike) -> list[tuple[str, str, int]]:
                    AND (count(DISTINCT coalesce(patient_id, '')) > 1 OR count(DISTINCT study) > 1
                         OR count(DISTINCT file_hash) > 1))
             SELECT nas_ids, differs, count(*) FROM conflicts GROUP BY ALL ORDER BY ALL""").fetchall()
+
+
+def lossless_candidates(index_path: str | os.PathLike, nas_id: str, limit: int) -> list[tuple[str, str]]:
+    """(file_path, orthanc_instance_id) of JPEG 2000 lossless files in Orthanc; a spread sample unless limit=0."""
+    with session(index_path, read_only=True) as con:
+        return con.execute(f"""
+            SELECT s.file_path, s.orthanc_instance_id FROM file_status s
+            JOIN inventory f USING (nas_id, file_path)
+            WHERE s.nas_id = ? AND s.status IN ('imported', 'duplicate') AND f.file_format = 'JP2'
+              AND f.transfer_syntax_uid = '1.2.840.10008.1.2.4.90'
+            ORDER BY hash(s.file_path) {'LIMIT ' + str(int(limit)) if limit else ''}""", [nas_id]).fetchall()

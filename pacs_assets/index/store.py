@@ -306,3 +306,13 @@ def known_file_count(index_path: str | os.PathLike, nas_id: str) -> int:
         return 0
     with session(index_path) as con:
         return con.execute("SELECT count(*) FROM scan_cache WHERE nas_id = ?", [nas_id]).fetchall()[0][0]
+
+
+def failed_files(index_path: str | os.PathLike, nas_id: str, start: dt.date, end: dt.date,
+                 limit: int = 20) -> list[tuple[str, str]]:
+    """(file_path, reason) of failed files in the window. Paths may name patients: callers must ask."""
+    with session(index_path, read_only=True) as con:
+        return con.execute(
+            "SELECT file_path, reason FROM file_status WHERE nas_id = ? AND status = 'failed' "
+            "AND partition_date >= ? AND partition_date < ? ORDER BY file_path LIMIT ?",
+            [nas_id, start, end, limit]).fetchall()

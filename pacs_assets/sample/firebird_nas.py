@@ -1,6 +1,6 @@
 """Sample NAS of kind ``firebird_jpeg2000``: a Firebird catalog plus JPEG 2000 files, with the traps.
 
-``make_firebird_nas`` writes ``root/CATALOG/PACSDB.FDB`` (Firebird 3, created embedded) with tables
+``make_firebird_nas`` writes ``root/catalog.fdb`` (Firebird 3, created embedded) with tables
 
     PATIENTS (PAT_ID, PAT_NUMBER, PAT_LASTNAME, PAT_FIRSTNAME, PAT_BIRTHDATE, PAT_SEX)
     STUDIES  (STU_ID, PAT_ID, STU_UID, STU_DATE as text, STU_DESC, STU_ACCESSION)
@@ -11,7 +11,8 @@
 ``root/IMAGES/<yyyy>/<mm>/<dd>/<patient>/<study>/<series>/``, plus the awkward cases: a row whose file is
 missing, a JP2 no row names, a truncated and a junk ``.jp2``, a lossy (9/7) JP2, a raw ``.j2k``
 codestream, an RGB image, a Windows-style path, two rows naming one file, rows escaping the root
-('../', absolute, a symlink out of the root), non-ASCII names and missing/malformed study dates.
+('../', absolute, a file or folder symlink out of the root), non-ASCII names and missing/malformed
+study dates.
 The targets of the escaping paths are valid JP2s in ``<root>_outside`` next to the root, so a reader
 that follows them would find something. The manifest is returned, never written into the NAS.
 
@@ -34,7 +35,7 @@ import numpy as np
 from pacs_assets.sources.base import FAILED, OK, SKIPPED
 from pacs_assets.sources.firebird_catalog import create_embedded_database
 
-CATALOG = "CATALOG/PACSDB.FDB"
+CATALOG = "catalog.fdb"  # at the root; pacs_assets.cli.sample names it so in the sample config
 DEFAULT_PASSWORD = "masterkey"  # Firebird's traditional default; embedded mode as root does not check it
 
 SCHEMA = (
@@ -56,9 +57,10 @@ NAMES = [("Müller", "Jürgen"), ("Øverby", "Åse"), ("Łukasiewicz", "Zofia"),
 class FirebirdSampleManifest:
     """What a correct indexer should conclude about a sample Firebird NAS.
 
-    ``expected``: every file and symlink created under the root, plus every in-root path a catalog row
-    names that does not exist, -> status. ``rows``: every catalog image key (as text) -> the status of its
-    record. ``special``: case name -> image key (or, for files no row names, the file path).
+    ``expected``: every file and symlink created under the root, plus every path a catalog row names
+    that is not a file under the root (missing, or behind a folder link out of it), -> status.
+    ``rows``: every catalog image key (as text) -> the status of its record.
+    ``special``: case name -> image key (or, for files no row names, the file path).
     """
 
     root: Path
@@ -178,7 +180,9 @@ def make_firebird_nas(root: Path, *, nas_id: str, patients: int = 4, seed: int =
                 for n in range(2 + k % 2):
                     rel = f"{folder}/{img_id + 1:06d}.jp2"
                     data = _image(rng, 48, 64, rgb=rgb, depth=8 if (rgb or n == 1) else 12)
-                    _write_jp2(root / rel, data, day)
+                    # Photographic RGB without the colour transform (labelled RGB): Orthanc's gdcm plugin
+                    # renders it, while YBR_RCT (the MCT case, see test_jpeg2000.py) it cannot.
+                    _write_jp2(root / rel, data, day, **({"mct": False} if rgb else {}))
                     add_image(ser_id, rel, OK, day)
 
     # The awkward cases, in the first patient's first series (a plausible place for each).
@@ -225,6 +229,12 @@ def make_firebird_nas(root: Path, *, nas_id: str, patients: int = 4, seed: int =
     os.symlink(outside / "OTHER_SITE.jp2", root / rel)
     m.expected[rel] = FAILED
     add_image(sid, rel, FAILED, day0, "symlink_out")
+
+    os.symlink(outside, root / "IMAGES/links/EXTERNAL")  # a folder link out of the root
+    m.expected["IMAGES/links/EXTERNAL"] = SKIPPED  # the link itself: not followed
+    rel = "IMAGES/links/EXTERNAL/OTHER_SITE.jp2"
+    m.expected[rel] = FAILED
+    add_image(sid, rel, FAILED, day0, "folder_link_out")
 
     rel = "IMAGES/unfiled/ORPHAN_0001.jp2"  # a file no row names
     _write_jp2(root / rel, _image(rng, 48, 64), day0)

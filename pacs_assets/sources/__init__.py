@@ -15,7 +15,8 @@ def source_for(nas: NasConfig) -> NasSource:
     if isinstance(nas, FirebirdJpeg2000Nas):
         from pacs_assets.sources.firebird_jpeg2000 import FirebirdJpeg2000Source
 
-        return FirebirdJpeg2000Source(nas.id, nas.root, catalog=nas.firebird, mapping=nas.mapping)
+        return FirebirdJpeg2000Source(nas.id, nas.root, catalog=nas.firebird, mapping=nas.mapping,
+                                      settle_seconds=nas.settle_seconds)
     raise TypeError(f"unknown NAS kind {type(nas).__name__}")
 
 

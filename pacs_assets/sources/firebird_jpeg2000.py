@@ -34,7 +34,8 @@ from pydicom.uid import RE_VALID_UID
 
 from pacs_assets.config import ConfigError, FirebirdCatalog
 from pacs_assets.dates import parse_da
-from pacs_assets.jpeg2000 import SECONDARY_CAPTURE, J2kInfo, Jpeg2000Error, codestream_info, read_codestream, wrap_as_dicom
+from pacs_assets.jpeg2000 import (SECONDARY_CAPTURE, J2kInfo, Jpeg2000Error, codestream_info, read_codestream,
+                                  wrap_as_dicom)
 from pacs_assets.sources.base import FAILED, OK, SKIPPED, FileRecord, NasSource, ScanCache
 from pacs_assets.sources.firebird_catalog import CatalogReader
 
@@ -108,8 +109,8 @@ class FirebirdJpeg2000Source(NasSource):
         Folders' real paths are cached for the scan; ``fresh`` resolves again (before an import).
         """
         text = str(raw or "").strip().replace("\\", "/")  # catalogs written on Windows use backslashes
-        if not text:
-            return None, None, "has no file path"
+        if not text or "\0" in text:
+            return None, None, "has no usable file path"
         if text.startswith("/") or re.match(r"^[A-Za-z]:", text):
             return None, None, "an absolute path; refused (only paths relative to the NAS root are read)"
         rel = posixpath.normpath(text)
@@ -130,7 +131,9 @@ class FirebirdJpeg2000Source(NasSource):
 
     # -- records --------------------------------------------------------------------------------------
     def _uids(self, row: dict) -> tuple[str, str, str, list[str]]:
-        study_key = row.get("study_key") or f"{row.get('patient_id')}|{row.get('accession_number')}|{row.get('study_date')}"
+        # Without study/series keys, group by what identifies them in practice.
+        study_key = row.get("study_key") or "|".join(str(row.get(k)) for k in ("patient_id", "accession_number",
+                                                                                 "study_date"))
         series_key = row.get("series_key") or f"{study_key}|{row.get('series_number')}|{row.get('modality')}"
         derived, out = [], []
         for level, attr, key in (("study", "study_instance_uid", study_key),
@@ -150,10 +153,10 @@ class FirebirdJpeg2000Source(NasSource):
                 derived.append(attr)
         return out[0], out[1], out[2], derived
 
-    def _row_record(self, row: dict, file_path: str) -> FileRecord:
+    def _catalog_record(self, row: dict, file_path: str, status: str, reason: str | None, st=None) -> FileRecord:
         study_uid, series_uid, sop_uid, derived = self._uids(row)
         rec = FileRecord(
-            nas_id=self.nas_id, file_path=file_path, study_instance_uid=study_uid,
+            nas_id=self.nas_id, file_path=file_path, status=status, reason=reason, study_instance_uid=study_uid,
             series_instance_uid=series_uid, sop_instance_uid=sop_uid, sop_class_uid=SECONDARY_CAPTURE,
             **{k: row.get(k) for k in (
                 "patient_id", "patient_name", "patient_birth_date", "patient_sex", "study_date",
@@ -163,11 +166,6 @@ class FirebirdJpeg2000Source(NasSource):
             "catalog": {k: row.get(k) for k in ("image_key", "study_key", "series_key", "row_version")}
                        | {"path": row.get("file_path")},
             "uids_derived": derived})
-        return rec
-
-    def _catalog_record(self, row: dict, file_path: str, status: str, reason: str | None, st=None) -> FileRecord:
-        rec = self._row_record(row, file_path)
-        rec.status, rec.reason = status, reason
         if st is not None:
             rec.size, rec.mtime_ns = st.st_size, st.st_mtime_ns
             rec.change_token = _token(st, row)
@@ -228,24 +226,27 @@ class FirebirdJpeg2000Source(NasSource):
         """A finished record for a row that cannot be read, else None (appending it to ``todo``)."""
         key, raw = row["image_key"], row.get("file_path")
         rel, real, refusal = self._locate(raw)
+
+        def failed(path: str, why: str, st=None, status: str = FAILED) -> FileRecord:
+            return self._catalog_record(row, path, status, f"catalog row {key} {why}", st)
+
         if rel in claimed:
-            return self._catalog_record(row, catalog_row_path(key), FAILED,
-                                        f"catalog row {key} points to {raw}, which catalog row {claimed[rel]} already points to")
+            return failed(catalog_row_path(key), f"points to {raw}, which catalog row {claimed[rel]} already points to")
         if rel is not None:
             claimed[rel] = key
         if refusal:
-            reason = f"catalog row {key} points to {raw}, {refusal}" if raw else f"catalog row {key} {refusal}"
-            return self._catalog_record(row, rel or catalog_row_path(key), FAILED, reason)
+            why = refusal if refusal.startswith("has ") else f"points to {raw}, {refusal}"
+            return failed(rel or catalog_row_path(key), why)
         if real != os.path.join(self._real_root, rel):  # reached through a link: the target is claimed too
             claimed.setdefault(os.path.relpath(real, self._real_root), key)
         try:
             st = os.stat(real)
         except FileNotFoundError:
-            return self._catalog_record(row, rel, FAILED, f"catalog row {key} points to {raw}, which does not exist")
+            return failed(rel, f"points to {raw}, which does not exist")
         except OSError as exc:
-            return self._catalog_record(row, rel, FAILED, f"catalog row {key} points to {raw}, which cannot be read: {exc.strerror}")
+            return failed(rel, f"points to {raw}, which cannot be read: {exc.strerror}")
         if not stat.S_ISREG(st.st_mode):
-            return self._catalog_record(row, rel, FAILED, f"catalog row {key} points to {raw}, which is not a regular file", st)
+            return failed(rel, f"points to {raw}, which is not a regular file", st)
         if self.settle_seconds and time.time_ns() - st.st_mtime_ns < self.settle_seconds * 1e9:
             return self._catalog_record(row, rel, SKIPPED, "still being written (modified too recently); next run", st)
         todo.append((row, rel, real, st))

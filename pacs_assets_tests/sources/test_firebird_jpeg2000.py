@@ -110,12 +110,12 @@ def test_reasons(nas, records):
     sp = nas.special
     assert by_key[sp["missing"]].reason.endswith(f"points to {nas.row_paths[sp['missing']]}, which does not exist")
     assert "truncated" in by_key[sp["truncated"]].reason and "not a JPEG 2000 file" in by_key[sp["junk"]].reason
-    for case in ("dotdot", "absolute", "symlink_out"):
+    for case in ("dotdot", "absolute", "symlink_out", "folder_link_out"):
         assert "refused" in by_key[sp[case]].reason, case
     assert by_key[sp["dotdot"]].file_path == catalog_row_path(sp["dotdot"])
     assert by_key[sp["symlink_out"]].file_path == nas.row_paths[sp["symlink_out"]]  # the link itself
     assert "already points to" in by_key[sp["duplicate_path"]].reason
-    assert by_key[sp["no_path"]].reason.endswith("has no file path")
+    assert by_key[sp["no_path"]].reason.endswith("has no usable file path")
     assert by_path[nas.catalog].reason == "Firebird catalog file"
     assert by_path[sp["orphan"]].reason == "no catalog row points to this file"
     assert by_path[sp["readme"]].reason == "not referenced by the catalog"
@@ -276,13 +276,23 @@ def test_not_firebird3_catalogs_are_refused_in_one_sentence(nas, tmp_path):
 
 def test_check_available(nas, tmp_path):
     with pytest.raises(ConfigError, match="does not exist or is not a folder"):
-        FirebirdJpeg2000Source(NAS, tmp_path / "unmounted", catalog=FirebirdCatalog(database=Path("x.fdb"))).check_available()
+        FirebirdJpeg2000Source(NAS, tmp_path / "unmounted",
+                               catalog=FirebirdCatalog(database=Path("x.fdb"))).check_available()
     with pytest.raises(ConfigError, match="catalog .* does not exist"):
         FirebirdJpeg2000Source(NAS, nas.root, catalog=FirebirdCatalog(database=Path("nope.fdb"))).check_available()
     with pytest.raises(ConfigError, match="inside the NAS root"):
         _source(nas, snapshot_dir=nas.root / "tmp").check_available()
     _source(nas, snapshot_dir=tmp_path).check_available()
     assert len(_scan(_source(nas, snapshot_dir=tmp_path))) > 0 and not list(tmp_path.iterdir())  # snapshot removed
+
+
+def test_files_still_being_written_wait(nas, records):
+    src = FirebirdJpeg2000Source(nas.nas_id, nas.root, catalog=FirebirdCatalog(database=Path(nas.catalog)),
+                                 settle_seconds=10 * 365 * 86400)  # every sample file is "too recent"
+    waiting = {r.file_path: r for r in _scan(src)}
+    for r in records:
+        if r.status == OK:
+            assert waiting[r.file_path].status == SKIPPED and "still being written" in waiting[r.file_path].reason
 
 
 def test_most_files_missing_is_an_outage(tmp_path):
@@ -320,3 +330,31 @@ def test_server_mode(nas, records, tmp_path, monkeypatch):
         monkeypatch.delenv("PACS_TEST_FB_PASSWORD")
         with pytest.raises(ConfigError, match="PACS_TEST_FB_PASSWORD .* is not set"):
             src.check_available()
+
+
+def test_orthanc_stores_and_renders_the_wrapped_files(nas, records, orthanc):
+    """The real consumer: Orthanc 1.10 stores every wrapped file as sent and renders it (gdcm plugin)."""
+    import requests
+
+    src = _source(nas)
+    session = requests.Session()
+    session.auth = orthanc.auth
+    for r in records:
+        if r.status != OK:
+            continue
+        answer = session.post(f"{orthanc.url}/instances", data=src.dicom_bytes(r),
+                              headers={"Content-Type": "application/dicom"}, timeout=30)
+        assert answer.status_code == 200 and answer.json()["Status"] == "Success", (r.file_path, answer.text)
+        instance = answer.json()["ID"]
+        tags = session.get(f"{orthanc.url}/instances/{instance}/simplified-tags", timeout=30).json()
+        assert (tags["PatientName"], tags["SOPInstanceUID"]) == (r.patient_name, r.sop_instance_uid)
+        meta = session.get(f"{orthanc.url}/instances/{instance}/metadata/TransferSyntax", timeout=30).text
+        assert meta == r.transfer_syntax_uid
+        preview = session.get(f"{orthanc.url}/instances/{instance}/preview", timeout=30)
+        if json.loads(r.extra_json)["j2k"]["photometric_interpretation"] == "YBR_RCT":
+            # PS3.5 8.2.4 requires YBR_RCT for a codestream with the reversible colour transform; the
+            # gdcm plugin 1.5 of Orthanc 1.10.1 stores it but cannot render it ("Unsupported output
+            # photometric interpretation"). Labelled RGB it would render, with GDCM warning it is wrong.
+            assert preview.status_code == 415, r.file_path
+        else:
+            assert preview.status_code == 200 and preview.content[:4] == b"\x89PNG", r.file_path

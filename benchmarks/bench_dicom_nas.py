@@ -1,0 +1,447 @@
+"""Speed and memory of the plain-DICOM NAS path, as ratios against baselines measured on the same data.
+
+    python benchmarks/bench_dicom_nas.py [--files N] [--rss-sizes 10000,100000] [--json out.json]
+
+The machine this runs on is shared and noisy, so no figure here is an absolute promise: every "ours"
+rate is divided by a baseline measured in the same run, on the same files, close in time (rounds
+interleave baseline and ours; the ratio printed is the median of the per-round ratios). Nothing is
+asserted: the table says which goals were met. See benchmarks/README.md for what each figure means.
+
+a) indexing  baseline = a plain one-process ``pydicom.dcmread(path, stop_before_pixels=True)`` loop;
+             ours = the file_inventory asset's path (DicomFolderSource.scan + Staging + merge).
+b) import    baseline = Orthanc's own ingest ceiling (``storescu +sd +r``, one association, TCP_NODELAY);
+             ours = ``import_records`` (REST, threads) at concurrency 4 (the default), then 2/6/8.
+c) memory    peak RSS of the inventory path in a fresh process, for two NAS sizes: it must stay flat.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import resource
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+NAS_ID = "bench"
+PARTITIONS_START = dt.date(2000, 1, 1)
+INDEX_GOAL = 0.9  # ours / baseline, one core
+IMPORT_GOAL = 0.9  # ours / storescu ceiling
+RSS_FLAT = 1.25  # peak(large) / peak(small) at most this to call it flat
+
+
+# -- helpers ------------------------------------------------------------------------------------------
+
+def _log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def _list_files(root: Path) -> list[str]:
+    out = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames.sort()
+        out.extend(os.path.join(dirpath, f) for f in sorted(filenames))
+    return out
+
+
+def _warm(paths: list[str]) -> int:
+    """Read every file once so that both sides find them in the page cache. Returns total bytes."""
+    total = 0
+    for p in paths:
+        with open(p, "rb") as fh:
+            total += len(fh.read())
+    return total
+
+
+def _generate(root: Path, n: int) -> float:
+    # Imported here on purpose: the RSS child process must never have the generator loaded.
+    from pacs_assets.sample.dicom_nas import make_bulk_dicom_nas
+
+    started = time.perf_counter()
+    written = make_bulk_dicom_nas(root, n)
+    if written != n:
+        raise RuntimeError(f"make_bulk_dicom_nas wrote {written} files, asked for {n}")
+    return time.perf_counter() - started
+
+
+def _window() -> tuple[dt.date, dt.date]:
+    return PARTITIONS_START, dt.date.today() + dt.timedelta(days=1)
+
+
+def _median(values: list[float]) -> float:
+    return statistics.median(values) if values else float("nan")
+
+
+# -- a) indexing ------------------------------------------------------------------------------------
+
+def baseline_dcmread(paths: list[str]) -> float:
+    """files/s of a plain one-process header-reading loop."""
+    from pydicom import dcmread
+
+    started = time.perf_counter()
+    for p in paths:
+        dcmread(p, stop_before_pixels=True)
+    return len(paths) / (time.perf_counter() - started)
+
+
+def inventory(root: Path, index_path: Path, workers: int | None) -> dict:
+    """The file_inventory asset's path (assets.py), without Dagster: returns files, seconds, counts."""
+    from pacs_assets.dates import assign_procedure_date
+    from pacs_assets.index import store
+    from pacs_assets.sources.dicom_folder import DicomFolderSource
+
+    source = DicomFolderSource(NAS_ID, root, workers=workers)
+    start, end = _window()
+    today = dt.date.today()
+    scanned_at = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
+    started = time.perf_counter()
+    walked = 0
+    with store.Staging(index_path) as staging:
+        staging.load_cache(NAS_ID)
+        for batch in source.scan(staging.cache()):
+            for rec in batch:
+                rec.procedure_date, rec.date_source = assign_procedure_date(
+                    rec.study_date, rec.series_date, rec.mtime_ns, PARTITIONS_START, today)
+            staging.add_records(batch, scanned_at)
+            walked += len(batch)
+        counts = staging.merge_inventory(NAS_ID, start, end)
+    seconds = time.perf_counter() - started
+    return {"files": walked, "seconds": seconds, "rate": walked / seconds, "counts": counts}
+
+
+def bench_indexing(root: Path, paths: list[str], work: Path, rounds: int) -> dict:
+    n = len(paths)
+    rows: dict[str, list[float]] = {"baseline": [], "ours_default": [], "ours_w1": [], "rescan": []}
+    ratios: dict[str, list[float]] = {"ours_default": [], "ours_w1": [], "rescan": []}
+    workers_default = None
+    problems = []
+    for r in range(rounds):
+        base = baseline_dcmread(paths)
+        rows["baseline"].append(base)
+        for key, workers in (("ours_w1", 1), ("ours_default", None)):
+            index = work / f"index-r{r}-{key}.duckdb"
+            res = inventory(root, index, workers)
+            if res["counts"].get("ok") != n:
+                problems.append(f"{key}: expected {n} ok files, got {res['counts']}")
+            rows[key].append(res["rate"])
+            ratios[key].append(res["rate"] / base)
+        # Re-scan the unchanged NAS with the cache the last run left in its index.
+        res = inventory(root, work / f"index-r{r}-ours_default.duckdb", None)
+        rows["rescan"].append(res["rate"])
+        ratios["rescan"].append(res["rate"] / base)
+        _log(f"indexing round {r + 1}/{rounds}: baseline {base:.0f}/s, workers=1 {rows['ours_w1'][-1]:.0f}/s, "
+             f"default {rows['ours_default'][-1]:.0f}/s, re-scan {rows['rescan'][-1]:.0f}/s")
+    from pacs_assets.sources.dicom_folder import DicomFolderSource
+
+    workers_default = DicomFolderSource(NAS_ID, root).workers
+    # Keep one pristine index (inventory done, nothing imported) for the import benchmark.
+    pristine = work / "index-pristine.duckdb"
+    shutil.copy(work / f"index-r{rounds - 1}-ours_default.duckdb", pristine)
+    return {
+        "files": n, "rounds": rounds, "workers_default": workers_default, "problems": problems,
+        "rates": {k: _median(v) for k, v in rows.items()}, "rates_all": rows,
+        "ratios": {k: _median(v) for k, v in ratios.items()}, "ratios_all": ratios,
+        "pristine_index": str(pristine),
+    }
+
+
+# -- b) import --------------------------------------------------------------------------------------
+
+def _orthanc_count(server) -> int:
+    import requests
+
+    return requests.get(f"{server.url}/statistics", auth=server.auth, timeout=30).json()["CountInstances"]
+
+
+def baseline_storescu(root: Path, n: int, work: Path) -> dict:
+    """Orthanc's own ingest ceiling: one storescu association over the folder, TCP_NODELAY on both sides."""
+    from pacs_assets.local_services.orthanc_server import OrthancServer
+
+    with tempfile.TemporaryDirectory(dir=work, prefix="orthanc-") as wd, OrthancServer(Path(wd)) as server:
+        # The harness config has DicomAlwaysAllowStore: true, so Orthanc accepts the BENCH AE unregistered.
+        assert server.config().get("DicomAlwaysAllowStore") is True
+        cmd = ["storescu", "+sd", "+r", "-nh", "-aet", "BENCH", "-aec", server.aet,
+               "127.0.0.1", str(server.dicom_port), str(root)]
+        started = time.perf_counter()
+        proc = subprocess.run(cmd, env={**os.environ, "TCP_NODELAY": "1"}, capture_output=True, text=True)
+        seconds = time.perf_counter() - started
+        stored = _orthanc_count(server)
+    problem = None
+    if proc.returncode != 0 or stored != n:
+        problem = f"storescu exit {proc.returncode}, Orthanc holds {stored}/{n}: {proc.stderr.strip()[-300:]}"
+    return {"rate": n / seconds, "seconds": seconds, "stored": stored, "problem": problem}
+
+
+def ours_import(root: Path, n: int, pristine_index: Path, work: Path, concurrency: int) -> dict:
+    """import_records over the staged pending files of a copy of the pristine index, into a fresh Orthanc."""
+    from pacs_assets.importer import import_records
+    from pacs_assets.index import store
+    from pacs_assets.local_services.orthanc_server import OrthancServer
+    from pacs_assets.orthanc import OrthancClient
+    from pacs_assets.sources.dicom_folder import DicomFolderSource
+
+    index = work / f"index-import-c{concurrency}-{time.monotonic_ns()}.duckdb"
+    shutil.copy(pristine_index, index)
+    start, end = _window()
+    try:
+        with tempfile.TemporaryDirectory(dir=work, prefix="orthanc-") as wd, OrthancServer(Path(wd)) as server, \
+                store.Staging(index) as staging:
+            todo = store.stage_pending_imports(staging, NAS_ID, start, end)
+            client = OrthancClient(server.url, server.username, server.password)
+            client.system()
+            source = DicomFolderSource(NAS_ID, root)
+            started = time.perf_counter()
+            summary = import_records(source, client, store.iter_staged(staging),
+                                     lambda rows: store.append_ledger(index, rows), concurrency=concurrency)
+            seconds = time.perf_counter() - started
+            stored = _orthanc_count(server)
+        with store.session(index, read_only=True) as con:
+            ledger = con.execute("SELECT count(*) FROM import_history WHERE status = 'imported'").fetchall()[0][0]
+    finally:
+        index.unlink(missing_ok=True)
+    problem = None
+    if todo != n or summary.counts.get("imported") != n or stored != n or ledger != n:
+        problem = (f"concurrency {concurrency}: staged {todo}, imported {dict(summary.counts)}, "
+                   f"Orthanc holds {stored}, ledger {ledger} (expected {n})")
+    return {"rate": n / seconds, "seconds": seconds, "counts": dict(summary.counts), "problem": problem}
+
+
+def bench_import(root: Path, n: int, pristine_index: Path, work: Path, concurrencies: list[int],
+                 rounds: int) -> dict:
+    """Per round: storescu, ours at each concurrency (the default 4 first), storescu again; ratios use
+    the mean of the two storescu runs that bracket them."""
+    base_rates: list[float] = []
+    rates: dict[int, list[float]] = {c: [] for c in concurrencies}
+    ratios: dict[int, list[float]] = {c: [] for c in concurrencies}
+    problems = []
+    for r in range(rounds):
+        before = baseline_storescu(root, n, work)
+        round_rates = {}
+        for c in concurrencies:
+            res = ours_import(root, n, pristine_index, work, c)
+            round_rates[c] = res["rate"]
+            if res["problem"]:
+                problems.append(res["problem"])
+        after = baseline_storescu(root, n, work)
+        for b in (before, after):
+            base_rates.append(b["rate"])
+            if b["problem"]:
+                problems.append(b["problem"])
+        ref = (before["rate"] + after["rate"]) / 2
+        for c, rate in round_rates.items():
+            rates[c].append(rate)
+            ratios[c].append(rate / ref)
+        _log(f"import round {r + 1}/{rounds}: storescu {before['rate']:.0f}/s then {after['rate']:.0f}/s; ours "
+             + ", ".join(f"c={c} {rate:.0f}/s" for c, rate in round_rates.items()))
+    best = max(concurrencies, key=lambda c: _median(ratios[c]))
+    return {
+        "files": n, "rounds": rounds, "baseline_rate": _median(base_rates), "baseline_all": base_rates,
+        "rates": {c: _median(v) for c, v in rates.items()}, "rates_all": rates,
+        "ratios": {c: _median(v) for c, v in ratios.items()}, "ratios_all": ratios,
+        "closest_concurrency": best, "problems": problems,
+    }
+
+
+# -- c) memory --------------------------------------------------------------------------------------
+
+def rss_child(root: str, index: str) -> None:
+    """Runs in a fresh process (no generator loaded): the inventory path, with its peak memory."""
+    import psutil
+
+    me = psutil.Process()
+    import pacs_assets.dates  # noqa: F401  - the path's imports, loaded before the "before" figure
+    import pacs_assets.index.store  # noqa: F401
+    import pacs_assets.sources.dicom_folder  # noqa: F401
+
+    before = me.memory_info().rss
+    peak = {"tree": 0, "main": 0, "worker": 0}
+    stop = threading.Event()
+
+    def sample() -> None:
+        while not stop.is_set():
+            try:
+                procs = [me] + me.children(recursive=True)
+                sizes = []
+                for p in procs:
+                    try:
+                        sizes.append(p.memory_info().rss)
+                    except psutil.Error:
+                        sizes.append(0)
+                peak["tree"] = max(peak["tree"], sum(sizes))
+                peak["main"] = max(peak["main"], sizes[0])
+                peak["worker"] = max([peak["worker"], *sizes[1:]])
+            except psutil.Error:
+                pass
+            stop.wait(0.1)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    try:
+        res = inventory(Path(root), Path(index), None)
+    finally:
+        stop.set()
+        sampler.join()
+    maxrss_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # Linux: kilobytes
+    print(json.dumps({"files": res["files"], "seconds": res["seconds"], "ok": res["counts"].get("ok", 0),
+                      "rss_before_mb": before / 2**20, "main_maxrss_mb": maxrss_kb / 1024,
+                      "main_peak_sampled_mb": peak["main"] / 2**20, "worker_peak_mb": peak["worker"] / 2**20,
+                      "tree_peak_mb": peak["tree"] / 2**20}))
+
+
+def bench_rss(sizes: list[int], work: Path) -> dict:
+    results = {}
+    for size in sizes:
+        root = work / f"rss-nas-{size}"
+        _log(f"memory: generating {size} files")
+        gen_seconds = _generate(root, size)
+        index = work / f"rss-index-{size}.duckdb"
+        _log(f"memory: inventory of {size} files in a fresh process")
+        proc = subprocess.run([sys.executable, os.path.abspath(__file__), "--rss-child", str(root), str(index)],
+                              capture_output=True, text=True)
+        shutil.rmtree(root, ignore_errors=True)
+        index.unlink(missing_ok=True)
+        if proc.returncode != 0:
+            raise RuntimeError(f"RSS child for {size} files failed:\n{proc.stderr[-2000:]}")
+        res = json.loads(proc.stdout.strip().splitlines()[-1])
+        res["generate_seconds"] = gen_seconds
+        if res["files"] != size or res["ok"] != size:
+            res["problem"] = f"walked {res['files']}, ok {res['ok']} (expected {size})"
+        results[size] = res
+        _log(f"memory: {size} files: main peak {res['main_maxrss_mb']:.0f} MB, "
+             f"tree peak {res['tree_peak_mb']:.0f} MB, {res['files'] / res['seconds']:.0f} files/s")
+    return results
+
+
+# -- the table --------------------------------------------------------------------------------------
+
+def _verdict(ratio: float, goal: float) -> str:
+    return "met" if ratio >= goal else "BELOW"
+
+
+def render(report: dict) -> str:
+    lines = []
+    meta = report["meta"]
+    lines.append(f"plain-DICOM NAS benchmark: {meta['files']} files of {meta['file_kb']:.1f} KB, "
+                 f"{meta['cores']} cores, load average {meta['load_before']:.1f} -> {meta['load_after']:.1f}, "
+                 f"{meta['seconds']:.0f} s")
+    head = f"{'':10} {'measurement':58} {'rate':>12} {'ratio':>6}  {'goal':>6}  verdict"
+    lines += [head, "-" * len(head)]
+    ix = report.get("indexing")
+    if ix:
+        r, q = ix["rates"], ix["ratios"]
+        lines.append(f"{'indexing':10} {'baseline: dcmread(stop_before_pixels) loop, 1 process':58} "
+                     f"{r['baseline']:8.0f} f/s")
+        lines.append(f"{'':10} {'ours: inventory path, workers=1 (one core)':58} {r['ours_w1']:8.0f} f/s "
+                     f"{q['ours_w1']:6.2f}  {'>=0.9':>6}  {_verdict(q['ours_w1'], INDEX_GOAL)}")
+        label = f"ours: inventory path, workers={ix['workers_default']} (default, all cores)"
+        lines.append(f"{'':10} {label:58} {r['ours_default']:8.0f} f/s {q['ours_default']:6.2f}")
+        lines.append(f"{'':10} {'ours: re-scan, warm scan cache (unchanged NAS)':58} {r['rescan']:8.0f} f/s "
+                     f"{q['rescan']:6.2f}")
+        for p in ix["problems"]:
+            lines.append(f"{'':10} PROBLEM: {p}")
+    im = report.get("import")
+    if im:
+        lines.append(f"{'import':10} {'baseline: storescu +sd +r, 1 association, TCP_NODELAY':58} "
+                     f"{im['baseline_rate']:8.0f} i/s")
+        for c in im["rates"]:
+            label = f"ours: import_records, concurrency {c}" + (" (default)" if c == 4 else "")
+            goal = f"{'>=0.9':>6}  {_verdict(im['ratios'][c], IMPORT_GOAL)}" if c == 4 else ""
+            lines.append(f"{'':10} {label:58} {im['rates'][c]:8.0f} i/s {im['ratios'][c]:6.2f}  {goal}")
+        lines.append(f"{'':10} closest to the ceiling: concurrency {im['closest_concurrency']}")
+        for p in im["problems"]:
+            lines.append(f"{'':10} PROBLEM: {p}")
+    rs = report.get("rss")
+    if rs:
+        sizes = sorted(rs, key=int)
+        for s in sizes:
+            x = rs[s]
+            lines.append(f"{'memory':10} {f'inventory of {int(s):,} files: main-process peak RSS':58} "
+                         f"{x['main_maxrss_mb']:8.0f} MB")
+            lines.append(f"{'':10} {f'  whole tree (main+forkserver+workers), sampled':58} {x['tree_peak_mb']:8.0f} MB")
+            lines.append(f"{'':10} {f'  growth of the main process during the walk':58} "
+                         f"{x['main_maxrss_mb'] - x['rss_before_mb']:8.0f} MB")
+            if x.get("problem"):
+                lines.append(f"{'':10} PROBLEM: {x['problem']}")
+        if len(sizes) >= 2:
+            small, large = rs[sizes[0]], rs[sizes[-1]]
+            ratio = large["main_maxrss_mb"] / small["main_maxrss_mb"]
+            tree = large["tree_peak_mb"] / small["tree_peak_mb"]
+            label = f"peak RSS ratio {int(sizes[-1]):,} / {int(sizes[0]):,} files (main; tree {tree:.2f})"
+            lines.append(f"{'':10} {label:58} {'':12} {ratio:6.2f}  {'<=' + str(RSS_FLAT):>6}  "
+                         f"{'flat' if ratio <= RSS_FLAT and tree <= RSS_FLAT else 'GROWS'}")
+    return "\n".join(lines)
+
+
+# -- main -------------------------------------------------------------------------------------------
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--files", type=int, default=5000, help="files in the NAS for indexing and import (5000)")
+    ap.add_argument("--rss-sizes", default="10000,100000",
+                    help="NAS sizes for the peak-RSS runs, comma-separated (10000,100000); '' skips them")
+    ap.add_argument("--json", type=Path, help="also write every figure (and each round's) to this file")
+    ap.add_argument("--rounds", type=int, default=3, help="indexing rounds (baseline and ours interleaved)")
+    ap.add_argument("--import-rounds", type=int, default=1, help="import rounds (each: storescu, ours, storescu)")
+    ap.add_argument("--concurrency", default="4,2,6,8", help="import concurrencies to try (the first is the default)")
+    ap.add_argument("--skip-indexing", action="store_true")
+    ap.add_argument("--skip-import", action="store_true")
+    ap.add_argument("--workdir", type=Path, help="where temp data goes (default: the system temp folder)")
+    ap.add_argument("--rss-child", nargs=2, metavar=("ROOT", "INDEX"), help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    if args.rss_child:
+        rss_child(*args.rss_child)
+        return 0
+
+    started = time.perf_counter()
+    load_before = os.getloadavg()[0]
+    work = Path(tempfile.mkdtemp(prefix="pacs-bench-", dir=args.workdir))
+    report: dict = {}
+    try:
+        root = work / "nas"
+        _log(f"generating {args.files} files under {root}")
+        gen = _generate(root, args.files)
+        paths = _list_files(root)
+        total = _warm(paths)
+        report["meta"] = {"files": len(paths), "file_kb": total / len(paths) / 1024, "generate_seconds": gen,
+                          "cores": os.cpu_count(), "python": platform.python_version()}
+        pristine = None
+        if not args.skip_indexing or not args.skip_import:
+            rounds = args.rounds if not args.skip_indexing else 1
+            _log(f"indexing: {rounds} round(s)")
+            ix = bench_indexing(root, paths, work, rounds)
+            pristine = Path(ix.pop("pristine_index"))
+            if not args.skip_indexing:
+                report["indexing"] = ix
+        if not args.skip_import:
+            if shutil.which("storescu") is None or shutil.which("Orthanc") is None:
+                _log("import: skipped (storescu or Orthanc not installed: scripts/install_system_packages.sh)")
+            else:
+                concurrencies = [int(c) for c in args.concurrency.split(",") if c.strip()]
+                _log(f"import: {args.import_rounds} round(s), concurrency {concurrencies}")
+                report["import"] = bench_import(root, len(paths), pristine, work, concurrencies, args.import_rounds)
+        shutil.rmtree(root, ignore_errors=True)
+        sizes = [int(s) for s in args.rss_sizes.split(",") if s.strip()]
+        if sizes:
+            report["rss"] = bench_rss(sizes, work)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    report["meta"].update(load_before=load_before, load_after=os.getloadavg()[0],
+                          seconds=time.perf_counter() - started)
+    table = render(report)
+    print(table)
+    if args.json:
+        args.json.write_text(json.dumps({**report, "table": table}, indent=2, default=str))
+    return 0
+
+
+if __name__ == "__main__":  # required: the scan's process pool uses forkserver, which re-imports this file
+    sys.exit(main())
