@@ -67,7 +67,6 @@ SENSOR_HTTP_TIMEOUT = 10.0
 # is spread over consecutive ticks, each continuing where the last stopped.
 MAX_INSTANCES_PER_RUN = 10_000
 # The site config (config.py) has no key for it yet: an environment variable, else 30 s.
-DEFAULT_SENSOR_INTERVAL_SECONDS = int(os.environ.get("PACS_ORTHANC_CHANGES_INTERVAL", "30"))
 
 
 class OrthancArrivalsConfig(Config):
@@ -312,10 +311,11 @@ def _parse_cursor(cursor: str | None) -> int:
 
 
 def build_orthanc_changes_sensor(site: PacsConfig, job_name: str = ARRIVALS_JOB, *,
-                                 minimum_interval_seconds: int = DEFAULT_SENSOR_INTERVAL_SECONDS,
+                                 minimum_interval_seconds: int | None = None,
                                  tick_budget_seconds: float = TICK_BUDGET_SECONDS,
                                  max_instances_per_run: int = MAX_INSTANCES_PER_RUN):
-    @sensor(name=SENSOR_NAME, job_name=job_name, minimum_interval_seconds=minimum_interval_seconds,
+    @sensor(name=SENSOR_NAME, job_name=job_name,
+            minimum_interval_seconds=minimum_interval_seconds or site.orthanc.changes_sensor_interval_seconds,
             default_status=DefaultSensorStatus.STOPPED,
             description="Follows Orthanc's /changes feed (cursor: the last Seq seen) and records the instances "
                         "that arrived, modality C-STOREs included, via one orthanc/arrivals run per tick.")
