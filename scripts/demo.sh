@@ -14,8 +14,7 @@ if [[ ! -f $DEMO/pacs.yaml ]]; then
   pacs sample --out "$DEMO"
 fi
 pacs orthanc start --dir "$DEMO/orthanc" --http-port "${ORTHANC_HTTP_PORT:-8042}" --dicom-port "${ORTHANC_DICOM_PORT:-4242}"
-cleanup() { pacs orthanc stop --dir "$DEMO/orthanc" || true; }
-trap cleanup EXIT
+trap 'pacs orthanc stop --dir "$DEMO/orthanc" || true' EXIT
 
 set -a
 source "$DEMO/orthanc/orthanc.env"   # ORTHANC_USERNAME / ORTHANC_PASSWORD of this private Orthanc
@@ -28,5 +27,18 @@ cp dagster.yaml "$DAGSTER_HOME/dagster.yaml"
 
 echo "Orthanc: http://127.0.0.1:${ORTHANC_HTTP_PORT:-8042} (user $ORTHANC_USERNAME, password in $DEMO/orthanc/orthanc.env)"
 echo "Dagster: http://127.0.0.1:${DAGSTER_PORT:-3000}  (Ctrl-C stops everything)"
-# Without --default-signal a backgrounded `dagster dev` ignores SIGINT/SIGTERM (FIELD_NOTES).
-env --default-signal=INT,TERM dagster dev -w workspace.yaml -h 127.0.0.1 -p "${DAGSTER_PORT:-3000}"
+# Without --default-signal a backgrounded `dagster dev` ignores SIGINT/SIGTERM (FIELD_NOTES). It runs in
+# its own process group; INT/TERM to this script are forwarded to it, and whatever of its children
+# (code server, webserver, daemon) outlives it is stopped with the group.
+setsid env --default-signal=INT,TERM dagster dev -w workspace.yaml -h 127.0.0.1 -p "${DAGSTER_PORT:-3000}" &
+DAGSTER_PID=$!
+stop_dagster() { kill -INT "$DAGSTER_PID" 2>/dev/null || true; }
+trap stop_dagster INT TERM
+cleanup() {
+  stop_dagster
+  for _ in $(seq 20); do kill -0 "$DAGSTER_PID" 2>/dev/null || break; sleep 0.5; done
+  kill -TERM -- "-$DAGSTER_PID" 2>/dev/null || true
+  pacs orthanc stop --dir "$DEMO/orthanc" || true
+}
+trap cleanup EXIT
+wait "$DAGSTER_PID" || true

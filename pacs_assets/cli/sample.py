@@ -14,9 +14,12 @@ def make_sample_site(out: Path, *, orthanc_url: str, patients: int = 6, seed: in
                      firebird: bool = True, firebird_password_env: str = "FIREBIRD_PASSWORD") -> Path:
     """Create sample NAS devices under ``out`` and ``out/pacs.yaml`` naming them. Returns the config path."""
     out.mkdir(parents=True, exist_ok=True)
-    start = dt.date(2024, 3, 1)
+    # Recent procedure dates, and partitions from a few weeks back: the demo's first "materialize all"
+    # stays small, and today's partition (what the sensor and schedules work on) is right there.
+    start = dt.date.today() - dt.timedelta(days=14)
+    partitions_start = (dt.date.today() - dt.timedelta(days=60)).isoformat()
     make_dicom_nas(out / "ct_nas", patients=patients, seed=seed, start_date=start)
-    nas = [{"id": "ct_nas", "kind": "dicom_folder", "root": "ct_nas", "partitions_start": "2024-01-01"}]
+    nas = [{"id": "ct_nas", "kind": "dicom_folder", "root": "ct_nas", "partitions_start": partitions_start}]
     if firebird:
         try:
             from pacs_assets.sample.firebird_nas import make_firebird_nas
@@ -34,7 +37,7 @@ def make_sample_site(out: Path, *, orthanc_url: str, patients: int = 6, seed: in
                 make_firebird_nas(out / nas_id, nas_id=nas_id, patients=max(patients // 2, 4), seed=seed + 1 + i,
                                   start_date=start, password=password)
                 nas.append({"id": nas_id, "kind": "firebird_jpeg2000", "root": nas_id,
-                            "partitions_start": "2024-01-01",
+                            "partitions_start": partitions_start,
                             "firebird": {"database": "catalog.fdb", "password_env": firebird_password_env}})
     config = {
         "nas": nas,
