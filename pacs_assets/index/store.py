@@ -121,25 +121,27 @@ class Staging:
     def __exit__(self, *exc) -> None:
         self.close()
 
-    def _detach(self) -> None:
-        """Let the index connection attach our file: DuckDB wants one writer per file, even in-process."""
+    @contextlib.contextmanager
+    def attached_to_index(self, *, atomic: bool = False) -> Iterator[duckdb.DuckDBPyConnection]:
+        """An index connection (one short lock) with this staging file attached as ``staging``.
+
+        DuckDB allows one writer per file even within a process, so our own connection steps aside.
+        ``atomic``: everything done on the connection lands in one transaction, or nothing does.
+        """
         self.con.execute("CHECKPOINT")
         self.con.close()
-
-    def _reopen(self) -> None:
-        self.con = duckdb.connect(str(self.path))
+        try:
+            with (transaction if atomic else session)(self.index_path) as con:
+                con.execute(f"ATTACH '{self.path}' AS staging")
+                yield con
+        finally:
+            self.con = duckdb.connect(str(self.path))
 
     # -- scan cache ---------------------------------------------------------------------------------
     def load_cache(self, nas_id: str) -> int:
         """Copy the NAS's scan cache from the index (one short lock). Returns how many files it knew."""
-        self._detach()
-        try:
-            with session(self.index_path) as con:
-                con.execute(f"ATTACH '{self.path}' AS staging")
-                con.execute("INSERT INTO staging.cache SELECT * FROM scan_cache WHERE nas_id = ?", [nas_id])
-                con.execute("DETACH staging")
-        finally:
-            self._reopen()
+        with self.attached_to_index() as con:
+            con.execute("INSERT INTO staging.cache SELECT * FROM scan_cache WHERE nas_id = ?", [nas_id])
         return self.con.execute("SELECT count(*) FROM cache").fetchall()[0][0]
 
     def cache(self) -> ScanCache:
@@ -151,29 +153,24 @@ class Staging:
     # -- merge --------------------------------------------------------------------------------------
     def merge_inventory(self, nas_id: str, start: dt.date, end: dt.date) -> dict[str, int]:
         """Replace the window [start, end) of the NAS's inventory, and refresh its scan cache, in one transaction."""
-        self._detach()
-        try:
-            with transaction(self.index_path) as con:
-                con.execute(f"ATTACH '{self.path}' AS staging (READ_ONLY)")
-                # Files of the window that the complete walk no longer found anywhere: deleted on the NAS.
-                con.execute("""
-                    INSERT INTO deleted_files
-                    SELECT o.nas_id, o.file_path, o.change_token, o.procedure_date, s.status, now()
-                    FROM inventory o LEFT JOIN file_status s USING (nas_id, file_path)
-                    WHERE o.nas_id = ? AND o.procedure_date >= ? AND o.procedure_date < ?
-                      AND o.file_path NOT IN (SELECT file_path FROM staging.inventory)""", [nas_id, start, end])
-                con.execute("DELETE FROM inventory WHERE nas_id = ? AND procedure_date >= ? AND procedure_date < ?",
-                            [nas_id, start, end])
-                con.execute("INSERT INTO inventory SELECT * FROM staging.inventory "
-                            "WHERE procedure_date >= ? AND procedure_date < ?", [start, end])
-                # The walk was complete: the cache becomes exactly what it saw.
-                con.execute("DELETE FROM scan_cache WHERE nas_id = ?", [nas_id])
-                con.execute("INSERT INTO scan_cache SELECT * FROM staging.inventory")
-                counts = dict(con.execute(
-                    "SELECT status, count(*) FROM staging.inventory WHERE procedure_date >= ? AND procedure_date < ? "
-                    "GROUP BY status", [start, end]).fetchall())
-        finally:
-            self._reopen()
+        with self.attached_to_index(atomic=True) as con:
+            # Files of the window that the complete walk no longer found anywhere: deleted on the NAS.
+            con.execute("""
+                INSERT INTO deleted_files
+                SELECT o.nas_id, o.file_path, o.change_token, o.procedure_date, s.status, now()
+                FROM inventory o LEFT JOIN file_status s USING (nas_id, file_path)
+                WHERE o.nas_id = ? AND o.procedure_date >= ? AND o.procedure_date < ?
+                  AND o.file_path NOT IN (SELECT file_path FROM staging.inventory)""", [nas_id, start, end])
+            con.execute("DELETE FROM inventory WHERE nas_id = ? AND procedure_date >= ? AND procedure_date < ?",
+                        [nas_id, start, end])
+            con.execute("INSERT INTO inventory SELECT * FROM staging.inventory "
+                        "WHERE procedure_date >= ? AND procedure_date < ?", [start, end])
+            # The walk was complete: the cache becomes exactly what it saw.
+            con.execute("DELETE FROM scan_cache WHERE nas_id = ?", [nas_id])
+            con.execute("INSERT INTO scan_cache SELECT * FROM staging.inventory")
+            counts = dict(con.execute(
+                "SELECT status, count(*) FROM staging.inventory WHERE procedure_date >= ? AND procedure_date < ? "
+                "GROUP BY status", [start, end]).fetchall())
         return counts
 
 
@@ -188,9 +185,8 @@ class _StagingCache(ScanCache):
         probe = pd.DataFrame({"file_path": list(keys), "change_token": list(keys.values())})
         con.register("_probe", probe)
         try:
-            rows = con.execute(
-                f"SELECT {', '.join(f'c.{chr(34)}{c}{chr(34)}' for c in RECORD_COLUMNS)} FROM cache c "
-                "JOIN _probe p USING (file_path, change_token)").fetchall()
+            cols = ", ".join(f'c."{c}"' for c in RECORD_COLUMNS)
+            rows = con.execute(f"SELECT {cols} FROM cache c JOIN _probe p USING (file_path, change_token)").fetchall()
         finally:
             con.unregister("_probe")
         return {row[1]: FileRecord(*row) for row in rows}
@@ -248,21 +244,15 @@ def rebuild_hierarchy(index_path: str | os.PathLike, nas_id: str, start: dt.date
 
 def stage_pending_imports(staging: Staging, nas_id: str, start: dt.date, end: dt.date) -> int:
     """Copy into staging the window's indexed files that still need an upload. Returns how many."""
-    staging._detach()
-    try:
-        with session(staging.index_path) as con:
-            con.execute(f"ATTACH '{staging.path}' AS staging")
-            con.execute("""
-                INSERT INTO staging.inventory
-                SELECT f.* FROM inventory f
-                WHERE f.nas_id = ? AND f.procedure_date >= ? AND f.procedure_date < ? AND f.status = 'ok'
-                  AND NOT EXISTS (
-                    SELECT 1 FROM import_history h
-                    WHERE h.nas_id = f.nas_id AND h.file_path = f.file_path AND h.change_token = f.change_token
-                      AND (h.status IN ('imported', 'duplicate') OR NOT h.retryable))""", [nas_id, start, end])
-            con.execute("DETACH staging")
-    finally:
-        staging._reopen()
+    with staging.attached_to_index() as con:
+        con.execute("""
+            INSERT INTO staging.inventory
+            SELECT f.* FROM inventory f
+            WHERE f.nas_id = ? AND f.procedure_date >= ? AND f.procedure_date < ? AND f.status = 'ok'
+              AND NOT EXISTS (
+                SELECT 1 FROM import_history h
+                WHERE h.nas_id = f.nas_id AND h.file_path = f.file_path AND h.change_token = f.change_token
+                  AND (h.status IN ('imported', 'duplicate') OR NOT h.retryable))""", [nas_id, start, end])
     return staging.con.execute("SELECT count(*) FROM inventory").fetchall()[0][0]
 
 
