@@ -82,6 +82,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("check", help="check the configuration, the NAS roots and Orthanc")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_cmd_check)
+
+    # The index and Orthanc, read-only: each command's arguments and logic live in its own module.
+    from pacs_assets.cli import echo, history, search, status
+
+    for command in (search, status, history, echo):
+        command.add_parser(sub)
     return parser
 
 

@@ -3,19 +3,20 @@
 Every function takes an open connection (``store.session(path, read_only=True)``) and only reads; the
 caller keeps the index open for as short a time as it can, since while it does no writer can get in.
 
-Search runs in two steps, both sized by what is found rather than by the index:
+Search runs in steps sized by what is found, not by the index:
 
-1. ``find_patients``: the matching rows of ``patients`` (one row per NAS, partition day and patient;
-   tens of thousands of rows for 10,000 patients), joined to their ``studies`` rows (same size), cut
-   to ``limit`` patients. Names are compared after ``name_key``: lower case, accents stripped, a few
-   letters without decomposition spelled out (ß, ł, ø, æ, œ, đ, ı). A query word matches when it is a
-   substring of the key, so 'mull', 'MÜLLER', 'jurgen muller' all find 'Müller^Jürgen', in any order.
-   DICOM's '^' and '=' (component and ideographic/phonetic groups) need no rewriting: a query word
-   never contains them, so it can only match inside one name word.
+1. ``find_patients``: one scan of ``patients`` (one row per NAS, partition day and patient: tens of
+   thousands of rows for 10,000 patients) picks the first ``limit`` patient IDs, then one scan of
+   ``studies`` (as small) fetches their studies. Names are compared after ``name_key_sql``: lower
+   case, accents stripped, letters that do not decompose spelled out (ß, ł, ø, æ, œ, đ, ı). A query
+   word matches when it is a substring of the key, so 'mull', 'MÜLLER', 'jurgen muller' (any order)
+   and 'mueller' all find 'Müller^Jürgen'. DICOM's '^' and '=' (name components; ideographic and
+   phonetic groups) need no rewriting: a query word never contains them, so it matches inside one
+   name word. The key is computed in the query (no stored column): about half of this step's time.
 2. ``file_counts``: for the studies found, how many of their files are in Orthanc (file_status
-   imported/duplicate), exactly as the ``file_status`` view defines it. That needs the per-file rows of
-   ``instances`` and ``import_history``, the two big tables: the query first collects the row ids of
-   the studies' rows (reading only the study UID column), then fetches the few rows it needs by row id.
+   imported or duplicate), exactly as the ``file_status`` view defines it. That needs per-file rows of
+   ``instances`` and ``import_history``, the two big tables, so it costs one scan of their study UID
+   columns: the dominant cost of a search on a large index (see benchmarks/bench_search.py).
 """
 
 from __future__ import annotations
@@ -35,11 +36,14 @@ _WORD_SPLIT = re.compile(r"[\s^=,;]+")
 
 
 def name_key_sql(expr: str) -> str:
-    """SQL turning a name into its search key: lower case, no accents, special letters spelled out."""
-    sql = f"strip_accents(lower({expr}))"
+    """SQL turning a name into its search key: lower case, no accents, special letters spelled out.
+
+    An ASCII name only needs lower(); the rest (several times dearer) runs for the others only.
+    """
+    full = f"strip_accents(lower({expr}))"
     for letter, spelled in _SPELLED_OUT:
-        sql = f"replace({sql}, '{letter}', '{spelled}')"
-    return sql
+        full = f"replace({full}, '{letter}', '{spelled}')"
+    return f"CASE WHEN strlen({expr}) = length({expr}) THEN lower({expr}) ELSE {full} END"
 
 
 def query_words(text: str | None) -> list[str]:
@@ -71,17 +75,19 @@ class SearchQuery:
         return not (query_words(self.name) or self.patient_id or self.modality or self.date_from or self.date_to)
 
 
-# One row per study location (NAS, partition day, study) of the patients found.
-_STUDY_COLUMNS = ["patient_id", "patient_name", "patient_birth_date", "patient_sex", "nas_id", "partition_date",
-                  "study_instance_uid", "study_date", "date_source", "study_description", "accession_number",
-                  "modalities", "series_count", "instance_count", "folder", "file_formats"]
+_STUDY_COLUMNS = ["nas_id", "partition_date", "study_instance_uid", "patient_id", "study_date", "date_source",
+                  "study_description", "accession_number", "modalities", "series_count", "instance_count", "folder",
+                  "file_formats"]
 
 
 def find_patients(con: duckdb.DuckDBPyConnection, q: SearchQuery) -> tuple[list[dict], int]:
-    """The study locations of the first ``q.limit`` matching patients, and how many patients matched.
+    """The first ``q.limit`` matching patients with their studies, and how many patients matched.
 
-    Patients are ordered exact-ID match first, then by name and ID; a patient (one patient ID) matches
-    when a patients row of theirs matches the name/ID and one of that row's studies passes the filters.
+    A patient is a patient ID (the hospital's key; the same ID on two NAS devices is one patient). It
+    matches when one of its ``patients`` rows matches the name and the ID, and, given study filters,
+    one of its studies passes them. Exact-ID matches come first, then by name and ID. Each patient is
+    a dict with ``names`` (the spellings seen in the matching rows), ``birth_date``, ``sex`` and
+    ``studies`` (one dict per NAS, partition day and study, filtered).
     """
     patient_where, study_where, params = [], [], {}
     for n, word in enumerate(query_words(q.name)):
@@ -91,45 +97,49 @@ def find_patients(con: duckdb.DuckDBPyConnection, q: SearchQuery) -> tuple[list[
             alternatives.append(f"contains(k, {name_key_sql(f'$w{n}_{v}')})")
         patient_where.append("(" + " OR ".join(alternatives) + ")")
     if q.patient_id:
-        params["pid"] = q.patient_id
-        patient_where.append("starts_with(lower(patient_id), lower($pid))")
+        params["pid"] = q.patient_id.lower()
+        patient_where.append("starts_with(lower(patient_id), $pid)")
+    study_params = {}
     if q.modality:
-        params["modality"] = q.modality
-        study_where.append("list_contains(string_split(upper(s.modalities), ','), upper(trim($modality)))")
+        study_params["modality"] = q.modality.strip().upper()
+        study_where.append("list_contains(string_split(upper(modalities), ','), $modality)")
     if q.date_from:
-        params["date_from"] = q.date_from
-        study_where.append("s.partition_date >= $date_from")
+        study_params["date_from"] = q.date_from
+        study_where.append("partition_date >= $date_from")
     if q.date_to:
-        params["date_to"] = q.date_to
-        study_where.append("s.partition_date <= $date_to")
-    params["limit"] = q.limit
-    params["exact_pid"] = (q.patient_id or "").lower()
+        study_params["date_to"] = q.date_to
+        study_where.append("partition_date <= $date_to")
+    studies_filter = " AND ".join(study_where) or "true"
+    if study_where:
+        patient_where.append(f"patient_id IN (SELECT patient_id FROM studies WHERE {studies_filter})")
     key = name_key_sql("patient_name") if "w0_0" in params else "NULL"
-    sql = f"""
-        WITH matched AS (
-            SELECT nas_id, partition_date, patient_id, patient_name, patient_birth_date, patient_sex
-            FROM (SELECT *, {key} AS k FROM patients)
-            WHERE {" AND ".join(patient_where) or "true"}
-        ), hits AS (
-            SELECT m.patient_id, m.patient_name, m.patient_birth_date, m.patient_sex, s.nas_id, s.partition_date,
-                   s.study_instance_uid, s.study_date, s.date_source, s.study_description, s.accession_number,
-                   s.modalities, s.series_count, s.instance_count, s.folder, s.file_formats
-            FROM matched m
-            JOIN studies s ON s.nas_id = m.nas_id AND s.partition_date = m.partition_date
-                          AND s.patient_id IS NOT DISTINCT FROM m.patient_id
-            WHERE {" AND ".join(study_where) or "true"}
-        ), chosen AS (
-            SELECT patient_id, count(*) OVER () AS total
-            FROM hits GROUP BY patient_id
-            ORDER BY bool_or(lower(patient_id) = $exact_pid) DESC, min(lower(patient_name)), patient_id
-            LIMIT $limit
-        )
-        SELECT {", ".join(f"h.{c}" for c in _STUDY_COLUMNS)}, c.total
-        FROM hits h JOIN chosen c ON c.patient_id IS NOT DISTINCT FROM h.patient_id
-        ORDER BY h.patient_id, h.partition_date DESC, h.study_instance_uid, h.nas_id"""
-    rows = con.execute(sql, params).fetchall()
-    total = rows[0][-1] if rows else 0
-    return [dict(zip(_STUDY_COLUMNS, row[:-1])) for row in rows], total
+    # Step 1: the patients (one scan of the small patients table, only the columns it needs).
+    found = con.execute(f"""
+        SELECT patient_id, count(*) OVER () AS total, min(patient_name), max(patient_name),
+               any_value(patient_birth_date), any_value(patient_sex)
+        FROM (SELECT patient_id, patient_name, patient_birth_date, patient_sex, {key} AS k FROM patients)
+        WHERE {" AND ".join(patient_where) or "true"}
+        GROUP BY patient_id
+        ORDER BY bool_or(lower(patient_id) = $exact) DESC, min(lower(patient_name)), patient_id
+        LIMIT $limit""", {**params, **study_params, "exact": (q.patient_id or "").lower(),
+                          "limit": q.limit}).fetchall()
+    if not found:
+        return [], 0
+    # Step 2: their studies.
+    ids = [row[0] for row in found]
+    rows = con.execute(f"""
+        SELECT {", ".join(_STUDY_COLUMNS)} FROM studies
+        WHERE (patient_id IN (SELECT unnest($ids::VARCHAR[])) OR ($no_id AND patient_id IS NULL))
+          AND {studies_filter}
+        ORDER BY partition_date DESC, study_instance_uid, nas_id""",
+                       {**study_params, "ids": [i for i in ids if i is not None], "no_id": None in ids}).fetchall()
+    studies: dict = {pid: [] for pid in ids}
+    for row in rows:
+        study = dict(zip(_STUDY_COLUMNS, row))
+        studies[study["patient_id"]].append(study)
+    patients = [{"patient_id": pid, "names": sorted({low, high} - {None}), "birth_date": birth, "sex": sex,
+                 "studies": studies[pid]} for pid, _, low, high, birth, sex in found]
+    return patients, found[0][1]
 
 
 def file_counts(con: duckdb.DuckDBPyConnection, study_uids: Sequence[str]) -> dict[tuple, tuple[int, int]]:
@@ -140,32 +150,26 @@ def file_counts(con: duckdb.DuckDBPyConnection, study_uids: Sequence[str]) -> di
     """
     if not study_uids:
         return {}
-    uids = sorted(set(study_uids))
-    # Step 1: which rows (reading the study UID column only; an IN filter does not stop DuckDB from
-    # decoding every other projected column of every row, so the wide columns wait for step 2).
-    rows = con.execute("""
-        SELECT 'i', rowid FROM instances WHERE study_instance_uid IN (SELECT unnest($uids::VARCHAR[]))
-        UNION ALL
-        SELECT 'h', rowid FROM import_history WHERE study_instance_uid IN (SELECT unnest($uids::VARCHAR[]))""",
-                       {"uids": uids}).fetchall()
-    instance_rows = [r for t, r in rows if t == "i"]
-    attempt_rows = [r for t, r in rows if t == "h"]
-    if not instance_rows:
-        return {}
-    # Step 2: those rows only.
+    # The study UID filter is an IN list, which DuckDB only uses to skip row groups, not to avoid decoding
+    # the other columns of every row: so collect the row ids first (reading the UID column only), then
+    # fetch the few rows needed by row id. MATERIALIZED keeps the optimizer from folding the steps together.
     counted = con.execute("""
-        WITH i AS (
+        WITH want AS (SELECT unnest($uids::VARCHAR[]) AS uid),
+        instance_rows AS MATERIALIZED (
+            SELECT rowid AS r FROM instances WHERE study_instance_uid IN (SELECT uid FROM want)
+        ), attempt_rows AS MATERIALIZED (
+            SELECT rowid AS r FROM import_history WHERE study_instance_uid IN (SELECT uid FROM want)
+        ), files AS (
             SELECT nas_id, partition_date, study_instance_uid, file_path, change_token
-            FROM instances WHERE rowid IN (SELECT unnest($irows::BIGINT[]))
-        ), h AS (
+            FROM instances WHERE rowid IN (SELECT r FROM instance_rows)
+        ), in_orthanc AS (
             SELECT DISTINCT nas_id, file_path, change_token
-            FROM (SELECT nas_id, file_path, change_token, status FROM import_history
-                  WHERE rowid IN (SELECT unnest($hrows::BIGINT[])))
-            WHERE status IN ('imported', 'duplicate')
+            FROM import_history WHERE rowid IN (SELECT r FROM attempt_rows) AND status IN ('imported', 'duplicate')
         )
-        SELECT i.nas_id, i.partition_date, i.study_instance_uid, count(*), count(h.file_path)
-        FROM i LEFT JOIN h ON h.nas_id = i.nas_id AND h.file_path = i.file_path AND h.change_token = i.change_token
-        GROUP BY ALL""", {"irows": instance_rows, "hrows": attempt_rows or [-1]}).fetchall()
+        SELECT f.nas_id, f.partition_date, f.study_instance_uid, count(*), count(o.file_path)
+        FROM files f LEFT JOIN in_orthanc o
+          ON o.nas_id = f.nas_id AND o.file_path = f.file_path AND o.change_token = f.change_token
+        GROUP BY ALL""", {"uids": sorted(set(study_uids))}).fetchall()
     return {(nas, day, uid): (files, in_orthanc) for nas, day, uid, files, in_orthanc in counted}
 
 
@@ -180,7 +184,7 @@ def nas_status(con: duckdb.DuckDBPyConnection, nas_id: str | None, since: dt.dat
     ``since`` is naive UTC, like the ledger's timestamps. Returns {nas_id: {...}} for every NAS the
     index knows (files found, instances or attempts), optionally just ``nas_id``.
     """
-    params = {"nas": nas_id, "since": since}
+    params = {"nas": nas_id}
     where = "WHERE $nas IS NULL OR nas_id = $nas"
     out: dict[str, dict] = {}
 
@@ -197,7 +201,8 @@ def nas_status(con: duckdb.DuckDBPyConnection, nas_id: str | None, since: dt.dat
         row(nas)[status] = row(nas).get(status, 0) + n
     for nas, n, first in con.execute(f"""
             SELECT nas_id, count(*), min(finished_at) FROM import_history
-            WHERE finished_at >= $since AND ($nas IS NULL OR nas_id = $nas) GROUP BY ALL""", params).fetchall():
+            WHERE finished_at >= $since AND ($nas IS NULL OR nas_id = $nas) GROUP BY ALL""",
+            {**params, "since": since}).fetchall():
         row(nas).update(recent_attempts=n, recent_first=first)
     for nas, last in con.execute(
             f"SELECT nas_id, max(finished_at) FROM import_history {where} GROUP BY ALL", params).fetchall():

@@ -1,0 +1,172 @@
+"""`pacs search`: where a patient's images are, across every NAS, and whether they are in Orthanc.
+
+Patients are found by name (case- and accent-insensitive, partial, any word order: 'jurgen muller',
+'MÜLLER', 'mull' and 'mueller' all find 'Müller^Jürgen'), by patient ID (exact or prefix), and their
+studies filtered by modality and procedure date. Each study shows where its files are (NAS, folder,
+formats, files) and how many of them are in Orthanc (imported or already there).
+
+The output names patients: it is for the operator at the terminal, never written to a log.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+from pacs_assets.config import PacsConfig, load_config
+
+# The index modules (duckdb, and pandas through store) load when a command runs, not when `pacs` builds its parser.
+
+
+def iso_date(text: str) -> dt.date:
+    try:
+        return dt.date.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a date: use YYYY-MM-DD") from None
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if not 1 <= value <= 10_000:
+        raise argparse.ArgumentTypeError(f"'{text}' must be a whole number from 1 to 10000")
+    return value
+
+
+def write_output(render, *args) -> None:
+    """Print through ``render``; a reader that goes away early (``| head``) is not an error."""
+    try:
+        render(*args)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
+
+
+def print_json(document: dict) -> None:
+    print(json.dumps(document, ensure_ascii=False, indent=2, default=str))
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("search", help="find patients and where their studies are (NAS folders, Orthanc)",
+                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("name", nargs="*", help="patient name or part of it, any order ('jurgen muller', 'mull')")
+    p.add_argument("--patient-id", help="patient ID, exact or its beginning")
+    p.add_argument("--modality", help="only studies with this modality (CT, MR, ...)")
+    p.add_argument("--from", dest="date_from", type=iso_date, metavar="YYYY-MM-DD",
+                   help="only studies on or after this procedure date")
+    p.add_argument("--to", dest="date_to", type=iso_date, metavar="YYYY-MM-DD",
+                   help="only studies on or before this procedure date")
+    p.add_argument("--limit", type=positive_int, default=50, help="at most this many patients (default 50)")
+    p.add_argument("--json", action="store_true", help="print one JSON document")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from pacs_assets.index import queries
+
+    query = queries.SearchQuery(name=" ".join(args.name) or None, patient_id=args.patient_id,
+                                modality=args.modality, date_from=args.date_from, date_to=args.date_to,
+                                limit=args.limit)
+    if query.is_empty():
+        print("pacs search: give a name, --patient-id, --modality or a date range (--from/--to).", file=sys.stderr)
+        return 2
+    if query.date_from and query.date_to and query.date_from > query.date_to:
+        print(f"pacs search: --from {query.date_from} is after --to {query.date_to}.", file=sys.stderr)
+        return 2
+    config = load_config(args.config)
+    try:
+        result = search(config, query)
+    except FileNotFoundError as exc:
+        print(f"pacs: {exc}", file=sys.stderr)
+        return 1
+    write_output(print_json if args.json else print_result, result)
+    return 0
+
+
+def search(config: PacsConfig, query) -> dict:
+    """The search (a ``queries.SearchQuery``) as a JSON-ready document; the index is open only while it runs."""
+    from pacs_assets.index import queries, store
+
+    started = time.perf_counter()
+    with store.session(config.index.path, read_only=True) as con:
+        patients, total = queries.find_patients(con, query)
+        counts = queries.file_counts(con, [s["study_instance_uid"] for p in patients for s in p["studies"]])
+    roots = {nas.id: Path(nas.root) for nas in config.nas}
+    return {
+        "query": {"name": query.name, "patient_id": query.patient_id, "modality": query.modality,
+                  "from": query.date_from, "to": query.date_to, "limit": query.limit},
+        "patients_found": total,
+        "patients_shown": len(patients),
+        "seconds": round(time.perf_counter() - started, 4),
+        "patients": [_patient(p, counts, roots) for p in patients],
+    }
+
+
+def _patient(p: dict, counts: dict, roots: dict[str, Path]) -> dict:
+    studies: dict[str, dict] = {}
+    for s in p["studies"]:  # one entry per study UID, one location per NAS (and partition day) holding it
+        study = studies.setdefault(s["study_instance_uid"], {
+            "study_instance_uid": s["study_instance_uid"], "date": s["partition_date"],
+            "date_source": s["date_source"], "study_date": s["study_date"],
+            "description": s["study_description"], "accession_number": s["accession_number"],
+            "modalities": [], "locations": []})
+        study["modalities"] = sorted(set(study["modalities"]) | (set((s["modalities"] or "").split(",")) - {""}))
+        files, in_orthanc = counts.get((s["nas_id"], s["partition_date"], s["study_instance_uid"]),
+                                       (s["instance_count"], 0))
+        if s["nas_id"] == "orthanc":  # arrived in Orthanc itself: every file is there
+            in_orthanc = files
+        root = roots.get(s["nas_id"])
+        study["locations"].append({
+            "nas_id": s["nas_id"], "partition_date": s["partition_date"], "folder": s["folder"],
+            "path": str(root / s["folder"]) if root is not None and s["folder"] is not None else None,
+            "file_formats": sorted(set((s["file_formats"] or "").split(",")) - {""}),
+            "series": s["series_count"], "files": files, "files_in_orthanc": in_orthanc})
+    return {"patient_id": p["patient_id"], "names": p["names"], "birth_date": _dicom_date(p["birth_date"]),
+            "sex": p["sex"], "studies": list(studies.values())}
+
+
+def _dicom_date(value: str | None) -> str | None:
+    """'19840702' -> '1984-07-02'; anything else as it is."""
+    if value and len(value) == 8 and value.isdigit():
+        return f"{value[:4]}-{value[4:6]}-{value[6:]}"
+    return value or None
+
+
+def print_result(result: dict) -> None:
+    out = sys.stdout
+    for p in result["patients"]:
+        names = " / ".join(p["names"]) or "(no name)"
+        facts = [f"ID {p['patient_id']}" if p["patient_id"] is not None else "(no patient ID)"]
+        if p["birth_date"]:
+            facts.append(f"born {p['birth_date']}")
+        if p["sex"]:
+            facts.append(p["sex"])
+        out.write(f"{names}   {'   '.join(facts)}\n")
+        for s in p["studies"]:
+            date = str(s["date"])
+            if s["date_source"] and s["date_source"] != "study_date":
+                date += f" (date from {s['date_source'].replace('_', ' ')})"
+            what = "  ".join(x for x in [",".join(s["modalities"]) or "?", s["description"] or ""] if x)
+            acc = f"  acc. {s['accession_number']}" if s["accession_number"] else ""
+            out.write(f"  {date}  {what}{acc}  study {s['study_instance_uid']}\n")
+            for loc in s["locations"]:
+                where = loc["path"] or loc["folder"] or "(no folder)"
+                formats = ",".join(loc["file_formats"]) or "?"
+                files = f"{loc['files']} file{'s' if loc['files'] != 1 else ''}"
+                out.write(f"      {loc['nas_id']}: {where}  [{formats}]  {files}, "
+                          f"in Orthanc {loc['files_in_orthanc']}/{loc['files']}\n")
+        out.write("\n")
+    found, shown = result["patients_found"], result["patients_shown"]
+    if found == 0:
+        out.write("No patient found.\n")
+    elif shown < found:
+        out.write(f"Showing {shown} of {found} patients: narrow the search or raise --limit.\n")
+    else:
+        out.write(f"{found} patient{'s' if found != 1 else ''} found.\n")

@@ -1,0 +1,152 @@
+"""`pacs status`: how far each NAS is, from the index, and what Orthanc holds, from Orthanc itself.
+
+Per NAS: files found by the walk, files indexed (DICOM instances), and each file's current status
+(imported, duplicate = already in Orthanc, failed, skipped = not an image, pending = still to import);
+the import rate is the attempts finished in the last 10 minutes per minute (over the minutes they
+span, at least one), and the ETA is the pending files at that rate.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import os
+import sys
+
+from pacs_assets.cli.search import print_json, write_output
+from pacs_assets.config import ConfigError, PacsConfig, load_config
+
+RATE_WINDOW = dt.timedelta(minutes=10)
+COLUMNS = ["found", "indexed", "imported", "duplicate", "failed", "skipped", "pending"]
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("status", help="per NAS: files found, indexed, imported, failed, pending; rate and ETA",
+                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--nas", help="only this NAS id")
+    p.add_argument("--json", action="store_true", help="print one JSON document")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    config = load_config(args.config)
+    try:
+        result = status(config, args.nas)
+    except FileNotFoundError as exc:
+        print(f"pacs: {exc}", file=sys.stderr)
+        return 1
+    write_output(print_json if args.json else print_result, result)
+    return 0
+
+
+def _utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)  # the ledger's timestamps are naive UTC
+
+
+def status(config: PacsConfig, nas_id: str | None = None) -> dict:
+    from pacs_assets.index import queries, store
+
+    now = _utcnow()
+    with store.session(config.index.path, read_only=True) as con:
+        by_nas = queries.nas_status(con, nas_id, now - RATE_WINDOW)
+    known = [n.id for n in config.nas]
+    if nas_id is not None and nas_id not in known and nas_id not in by_nas:
+        raise ConfigError(f"No NAS with id '{nas_id}' in {config.source_file} or in the index; "
+                          f"known: {', '.join(known + sorted(set(by_nas) - set(known)))}.")
+    order = [n for n in known if nas_id in (None, n)] + sorted(set(by_nas) - set(known))
+    rows = [_nas_row(n, by_nas.get(n, {}), now) for n in order]
+    return {"generated_at": now.isoformat(timespec="seconds") + "Z", "index": str(config.index.path),
+            "nas": rows, "orthanc": orthanc_statistics(config)}
+
+
+def _nas_row(nas_id: str, s: dict, now: dt.datetime) -> dict:
+    row = {"nas_id": nas_id, **{c: s.get(c, 0) for c in COLUMNS}}
+    attempts, first = s.get("recent_attempts", 0), s.get("recent_first")
+    rate = None
+    if attempts:
+        minutes = min(max((now - first).total_seconds() / 60, 1.0), RATE_WINDOW.total_seconds() / 60)
+        rate = attempts / minutes
+    row["rate_per_minute"] = round(rate, 1) if rate is not None else None
+    row["eta_seconds"] = round(row["pending"] / rate * 60) if rate and row["pending"] else None
+    last = s.get("last_attempt")
+    row["last_attempt_at"] = last.isoformat(timespec="seconds") + "Z" if last else None
+    return row
+
+
+def orthanc_statistics(config: PacsConfig) -> dict:
+    """Orthanc's own counts (GET /statistics), or {'url', 'error'} with one sentence."""
+    import requests
+
+    from pacs_assets.orthanc import OrthancClient, OrthancUnavailable
+
+    o = config.orthanc
+    client = OrthancClient(o.url, os.environ.get(o.username_env), os.environ.get(o.password_env),
+                           timeout=min(o.timeout_seconds, 10.0), retries=0)
+    try:
+        version = client.system().get("Version")
+        stats = client.statistics()
+    except OrthancUnavailable as exc:
+        return {"url": o.url, "error": str(exc)}
+    except (requests.RequestException, ValueError):
+        return {"url": o.url, "error": f"Orthanc at {o.url} answered GET /statistics with something unexpected."}
+    return {"url": o.url, "version": version, "patients": stats.get("CountPatients"),
+            "studies": stats.get("CountStudies"), "series": stats.get("CountSeries"),
+            "instances": stats.get("CountInstances"), "disk_size_bytes": _int(stats.get("TotalDiskSize"))}
+
+
+def _int(value) -> int | None:
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def _size(n: int) -> str:
+    for unit in ("bytes", "KB", "MB", "GB"):
+        if n < 1024 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "bytes" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TB"
+
+
+def _eta(seconds: int | None, pending: int, rate: float | None) -> str:
+    if not pending:
+        return "-"
+    if not rate:
+        return "no imports in the last 10 min"
+    minutes = round(seconds / 60)
+    if minutes < 1:
+        return "< 1 min"
+    if minutes < 120:
+        return f"{minutes} min"
+    hours = minutes / 60
+    return f"{hours:.1f} h" if hours < 48 else f"{hours / 24:.1f} days"
+
+
+def print_result(result: dict) -> None:
+    head = ["NAS"] + COLUMNS + ["rate/min", "ETA"]
+    lines = []
+    for r in result["nas"]:
+        rate = f"{r['rate_per_minute']:.1f}" if r["rate_per_minute"] is not None else "-"
+        lines.append([r["nas_id"]] + [str(r[c]) for c in COLUMNS]
+                     + [rate, _eta(r["eta_seconds"], r["pending"], r["rate_per_minute"])])
+    widths = [max(len(x[i]) for x in [head] + lines) for i in range(len(head))]
+
+    def fmt(cells: list[str]) -> str:
+        # NAS id left-aligned, numbers right-aligned, the ETA as it comes.
+        parts = [cells[0].ljust(widths[0])] + [c.rjust(w) for c, w in zip(cells[1:-1], widths[1:-1])] + [cells[-1]]
+        return "  ".join(parts).rstrip()
+
+    print(f"Index {result['index']} at {result['generated_at']}")
+    print(fmt(head))
+    for line in lines:
+        print(fmt(line))
+    if not lines:
+        print("(no NAS has been indexed yet)")
+    o = result["orthanc"]
+    if "error" in o:
+        print(o["error"])  # one sentence, naming Orthanc's address
+    else:
+        size = f", {_size(o['disk_size_bytes'])} stored" if o.get("disk_size_bytes") is not None else ""
+        print(f"Orthanc {o['version']} at {o['url']}: {o['patients']} patients, {o['studies']} studies, "
+              f"{o['series']} series, {o['instances']} instances{size}")
