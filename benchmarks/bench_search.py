@@ -123,11 +123,12 @@ def build_index(path: Path, patients: int = 10_000, studies: int = 30_000, insta
     con.execute("""
         INSERT INTO studies
         SELECT nas, day, uid, any_value(pid), strftime(day, '%Y%m%d'), 'study_date', 'Study', 'A' || any_value(s),
-               any_value(modality), any_value(nseries), count(*), any_value(folder), any_value(fmt), now()
+               any_value(modality), any_value(nseries), count(*), any_value(folder), any_value(fmt), now(), NULL
         FROM g_inst GROUP BY nas, day, uid ORDER BY min(i)""")
-    con.execute("""
+    con.execute(f"""
         INSERT INTO patients
-        SELECT nas, day, pid, any_value(name), any_value(birth), any_value(sex), count(DISTINCT uid), count(*), now()
+        SELECT nas, day, pid, any_value(name), any_value(birth), any_value(sex), count(DISTINCT uid), count(*), now(),
+               {queries.name_key_sql("any_value(name)")}
         FROM g_inst GROUP BY nas, day, pid ORDER BY min(i)""")
     # The ledger, appended in import order; the last attempt finished just now, one every 0.3 s before it.
     con.execute("""
@@ -152,7 +153,11 @@ def build_index(path: Path, patients: int = 10_000, studies: int = 30_000, insta
         FROM (SELECT *, $now - to_microseconds(((total - k) * 300000)::BIGINT) AS ts FROM ordered)
         ORDER BY k""", {"now": dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)})
     con.execute("CHECKPOINT")
+    nas_ids = [r[0] for r in con.execute("SELECT DISTINCT nas_id FROM studies").fetchall()]
     con.close()
+    # studies.files_in_orthanc, maintained by the same code the import asset runs after each import.
+    for nas in nas_ids:
+        store.refresh_orthanc_counts(path, nas, dt.date(1900, 1, 1), dt.date(2200, 1, 1))
 
 
 def _fold(text: str) -> str:

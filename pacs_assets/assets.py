@@ -161,6 +161,7 @@ def build_nas_assets(nas: NasConfig, config: PacsConfig) -> list:
                     progress=lambda s: progress.tick(s.done))
             except OrthancUnavailable as exc:
                 raise Failure(description=str(exc)) from None
+        store.refresh_orthanc_counts(index.path, nas.id, start, end)
         totals = store.status_counts(index.path, nas.id, start, end)
         named = {}
         if config.privacy.log_patient_data:  # file paths often name the patient: only where the site allows it

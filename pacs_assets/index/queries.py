@@ -12,11 +12,10 @@ Search runs in steps sized by what is found, not by the index:
    word matches when it is a substring of the key, so 'mull', 'MÜLLER', 'jurgen muller' (any order)
    and 'mueller' all find 'Müller^Jürgen'. DICOM's '^' and '=' (name components; ideographic and
    phonetic groups) need no rewriting: a query word never contains them, so it matches inside one
-   name word. The key is computed in the query (no stored column): about half of this step's time.
+   name word. The key is stored (``patients.name_key``, written with the index).
 2. ``file_counts``: for the studies found, how many of their files are in Orthanc (file_status
-   imported or duplicate), exactly as the ``file_status`` view defines it. That needs per-file rows of
-   ``instances`` and ``import_history``, the two big tables, so it costs one scan of their study UID
-   columns: the dominant cost of a search on a large index (see benchmarks/bench_search.py).
+   imported or duplicate), from ``studies.files_in_orthanc``, which each import keeps current: a
+   search never scans the big ``instances`` and ``import_history`` tables.
 """
 
 from __future__ import annotations
@@ -112,12 +111,11 @@ def find_patients(con: duckdb.DuckDBPyConnection, q: SearchQuery) -> tuple[list[
     studies_filter = " AND ".join(study_where) or "true"
     if study_where:
         patient_where.append(f"patient_id IN (SELECT patient_id FROM studies WHERE {studies_filter})")
-    key = name_key_sql("patient_name") if "w0_0" in params else "NULL"
     # Step 1: the patients (one scan of the small patients table, only the columns it needs).
     found = con.execute(f"""
         SELECT patient_id, count(*) OVER () AS total, min(patient_name), max(patient_name),
                any_value(patient_birth_date), any_value(patient_sex)
-        FROM (SELECT patient_id, patient_name, patient_birth_date, patient_sex, {key} AS k FROM patients)
+        FROM (SELECT patient_id, patient_name, patient_birth_date, patient_sex, name_key AS k FROM patients)
         WHERE {" AND ".join(patient_where) or "true"}
         GROUP BY patient_id
         ORDER BY bool_or(lower(patient_id) = $exact) DESC, min(lower(patient_name)), patient_id
@@ -145,31 +143,15 @@ def find_patients(con: duckdb.DuckDBPyConnection, q: SearchQuery) -> tuple[list[
 def file_counts(con: duckdb.DuckDBPyConnection, study_uids: Sequence[str]) -> dict[tuple, tuple[int, int]]:
     """{(nas_id, partition_date, study UID): (files indexed, files in Orthanc)} for these studies.
 
-    'In Orthanc' is file_status imported or duplicate: the file's current change token has an attempt
-    that ended so (after one, the importer never tries that file again, so it is also the last attempt).
+    'In Orthanc' is file_status imported or duplicate; every import keeps ``studies.files_in_orthanc``
+    current for its window (store.refresh_orthanc_counts), so this reads the small studies table only.
     """
     if not study_uids:
         return {}
-    # The study UID filter is an IN list, which DuckDB only uses to skip row groups, not to avoid decoding
-    # the other columns of every row: so collect the row ids first (reading the UID column only), then
-    # fetch the few rows needed by row id. MATERIALIZED keeps the optimizer from folding the steps together.
     counted = con.execute("""
-        WITH want AS (SELECT unnest($uids::VARCHAR[]) AS uid),
-        instance_rows AS MATERIALIZED (
-            SELECT rowid AS r FROM instances WHERE study_instance_uid IN (SELECT uid FROM want)
-        ), attempt_rows AS MATERIALIZED (
-            SELECT rowid AS r FROM import_history WHERE study_instance_uid IN (SELECT uid FROM want)
-        ), files AS (
-            SELECT nas_id, partition_date, study_instance_uid, file_path, change_token
-            FROM instances WHERE rowid IN (SELECT r FROM instance_rows)
-        ), in_orthanc AS (
-            SELECT DISTINCT nas_id, file_path, change_token
-            FROM import_history WHERE rowid IN (SELECT r FROM attempt_rows) AND status IN ('imported', 'duplicate')
-        )
-        SELECT f.nas_id, f.partition_date, f.study_instance_uid, count(*), count(o.file_path)
-        FROM files f LEFT JOIN in_orthanc o
-          ON o.nas_id = f.nas_id AND o.file_path = f.file_path AND o.change_token = f.change_token
-        GROUP BY ALL""", {"uids": sorted(set(study_uids))}).fetchall()
+        SELECT nas_id, partition_date, study_instance_uid, instance_count, coalesce(files_in_orthanc, 0)
+        FROM studies WHERE study_instance_uid IN (SELECT unnest($uids::VARCHAR[]))""",
+                          {"uids": sorted(set(study_uids))}).fetchall()
     return {(nas, day, uid): (files, in_orthanc) for nas, day, uid, files, in_orthanc in counted}
 
 

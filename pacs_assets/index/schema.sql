@@ -19,14 +19,16 @@ CREATE TABLE IF NOT EXISTS scan_cache AS SELECT * FROM inventory WHERE false;
 CREATE TABLE IF NOT EXISTS patients (
     nas_id VARCHAR NOT NULL, partition_date DATE NOT NULL, patient_id VARCHAR, patient_name VARCHAR,
     patient_birth_date VARCHAR, patient_sex VARCHAR, study_count INTEGER, instance_count BIGINT,
-    last_updated TIMESTAMP
+    last_updated TIMESTAMP,
+    name_key VARCHAR  -- lower case, accents stripped (queries.name_key_sql): what `pacs search` matches
 );
 
 CREATE TABLE IF NOT EXISTS studies (
     nas_id VARCHAR NOT NULL, partition_date DATE NOT NULL, study_instance_uid VARCHAR NOT NULL,
     patient_id VARCHAR, study_date VARCHAR, date_source VARCHAR, study_description VARCHAR,
     accession_number VARCHAR, modalities VARCHAR, series_count INTEGER, instance_count BIGINT,
-    folder VARCHAR, file_formats VARCHAR, last_updated TIMESTAMP
+    folder VARCHAR, file_formats VARCHAR, last_updated TIMESTAMP,
+    files_in_orthanc BIGINT  -- kept current by each import (store.refresh_orthanc_counts), for fast search
 );
 
 CREATE TABLE IF NOT EXISTS series (

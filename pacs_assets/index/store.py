@@ -20,8 +20,8 @@ from importlib import resources
 from pathlib import Path
 
 import duckdb
-import pandas as pd
 
+from pacs_assets.index.queries import name_key_sql
 from pacs_assets.sources.base import FileRecord, ScanCache
 
 RECORD_COLUMNS = FileRecord.columns_()
@@ -83,14 +83,16 @@ def transaction(path: str | os.PathLike) -> Iterator[duckdb.DuckDBPyConnection]:
         con.execute("COMMIT")
 
 
-def records_frame(records: Sequence[FileRecord], scanned_at: dt.datetime) -> pd.DataFrame:
+def records_frame(records: Sequence[FileRecord], scanned_at: dt.datetime):
+    import pandas as pd  # here, not at module level: `pacs search` must start fast
+
     frame = pd.DataFrame([dataclasses.astuple(r) for r in records], columns=RECORD_COLUMNS)
     frame["procedure_date"] = frame["procedure_date"].astype("string")
     frame["scanned_at"] = scanned_at
     return frame
 
 
-def _insert_frame(con, table: str, frame: pd.DataFrame) -> None:
+def _insert_frame(con, table: str, frame) -> None:
     con.register("_frame", frame)
     try:
         cols = ", ".join(f'"{c}"' for c in INVENTORY_COLUMNS)
@@ -182,6 +184,8 @@ class _StagingCache(ScanCache):
         if not keys:
             return {}
         con = self.staging.con
+        import pandas as pd
+
         probe = pd.DataFrame({"file_path": list(keys), "change_token": list(keys.values())})
         con.register("_probe", probe)
         try:
@@ -228,16 +232,43 @@ def rebuild_hierarchy(index_path: str | os.PathLike, nas_id: str, start: dt.date
                    min(date_source), any_value(study_description), any_value(accession_number),
                    string_agg(DISTINCT modality, ',' ORDER BY modality), count(DISTINCT series_instance_uid),
                    count(*), min(regexp_replace(file_path, '/[^/]*/[^/]*$', '')),
-                   string_agg(DISTINCT file_format, ',' ORDER BY file_format), now()
+                   string_agg(DISTINCT file_format, ',' ORDER BY file_format), now(), 0
             {src} GROUP BY nas_id, procedure_date, study_instance_uid""", window)
         con.execute(f"""
             INSERT INTO patients
             SELECT nas_id, procedure_date, patient_id, any_value(patient_name), any_value(patient_birth_date),
-                   any_value(patient_sex), count(DISTINCT study_instance_uid), count(*), now()
+                   any_value(patient_sex), count(DISTINCT study_instance_uid), count(*), now(),
+                   {name_key_sql("any_value(patient_name)")}
             {src} GROUP BY nas_id, procedure_date, patient_id""", window)
+        _refresh_orthanc_counts(con, nas_id, start, end)
         counts = {table: con.execute(f"SELECT count(*) FROM {table} WHERE {where}", window).fetchall()[0][0]
                   for table in ("patients", "studies", "series", "instances")}
     return counts
+
+
+def _refresh_orthanc_counts(con, nas_id: str, start: dt.date, end: dt.date) -> None:
+    """studies.files_in_orthanc for a window: files whose current change token was imported or duplicate.
+
+    The same definition as the file_status view (after such an attempt the importer never retries that
+    token, so it is also the last attempt), kept in the small studies table so a search never scans
+    the big instances and import_history tables.
+    """
+    con.execute("""
+        UPDATE studies s SET files_in_orthanc = c.n FROM (
+            SELECT i.nas_id, i.partition_date, i.study_instance_uid, count(*) AS n
+            FROM instances i
+            WHERE i.nas_id = $nas AND i.partition_date >= $start AND i.partition_date < $end
+              AND EXISTS (SELECT 1 FROM import_history h
+                          WHERE h.nas_id = i.nas_id AND h.file_path = i.file_path
+                            AND h.change_token = i.change_token AND h.status IN ('imported', 'duplicate'))
+            GROUP BY ALL) c
+        WHERE s.nas_id = c.nas_id AND s.partition_date = c.partition_date
+          AND s.study_instance_uid = c.study_instance_uid""", {"nas": nas_id, "start": start, "end": end})
+
+
+def refresh_orthanc_counts(index_path: str | os.PathLike, nas_id: str, start: dt.date, end: dt.date) -> None:
+    with transaction(index_path) as con:
+        _refresh_orthanc_counts(con, nas_id, start, end)
 
 
 # -- import ---------------------------------------------------------------------------------------------
@@ -275,6 +306,8 @@ def append_ledger(index_path: str | os.PathLike, rows: Sequence[Mapping]) -> Non
     """Append import attempts to ``import_history`` (one short transaction)."""
     if not rows:
         return
+    import pandas as pd
+
     frame = pd.DataFrame([[row.get(c) for c in LEDGER_COLUMNS] for row in rows], columns=LEDGER_COLUMNS)
     frame["partition_date"] = frame["partition_date"].astype("string")
     with transaction(index_path) as con:
