@@ -43,7 +43,9 @@ def tree_fingerprint(root: Path) -> dict[str, tuple]:
             p = Path(dirpath) / name
             st = p.lstat()
             digest = None
-            if p.is_file() and not p.is_symlink():
+            if p.is_symlink():
+                digest = os.readlink(p)
+            elif p.is_file():
                 digest = hashlib.sha1(p.read_bytes()).hexdigest()
             out[str(p.relative_to(root))] = (st.st_size, st.st_mtime_ns, st.st_mode, digest)
     return out

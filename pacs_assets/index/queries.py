@@ -181,7 +181,7 @@ def nas_status(con: duckdb.DuckDBPyConnection, nas_id: str | None, since: dt.dat
     for nas, status, n in con.execute(
             f"SELECT nas_id, status, count(*) FROM file_status {where} GROUP BY ALL", params).fetchall():
         row(nas)[status] = row(nas).get(status, 0) + n
-    for nas, n, first in con.execute(f"""
+    for nas, n, first in con.execute("""
             SELECT nas_id, count(*), min(finished_at) FROM import_history
             WHERE finished_at >= $since AND ($nas IS NULL OR nas_id = $nas) GROUP BY ALL""",
             {**params, "since": since}).fetchall():

@@ -16,7 +16,6 @@ import hashlib
 import io
 import os
 import random
-import shutil
 import uuid
 from dataclasses import dataclass, field, replace
 from datetime import date

@@ -14,7 +14,7 @@ from pydicom import dcmread
 from pydicom.errors import InvalidDicomError
 from pydicom.uid import UID
 
-from pacs_assets.sources.base import FAILED, OK, SKIPPED, FileRecord
+from pacs_assets.sources.base import FAILED, SKIPPED, FileRecord
 
 PIXEL_DATA_TAG = (0x7FE0, 0x0010)
 # VRs whose explicit-VR element header has 2 reserved bytes and a 4-byte length.

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import os
@@ -18,10 +17,18 @@ from pydicom import dcmread
 
 from pacs_assets.config import ConfigError, FirebirdCatalog
 from pacs_assets.jpeg2000 import JPEG2000_LOSSLESS, JPEG2000_LOSSY, verify_lossless
-from pacs_assets.sample.firebird_nas import FirebirdSampleManifest, make_bulk_firebird_nas, make_firebird_nas
+from pacs_assets.sample.firebird_nas import (
+    FirebirdSampleManifest,
+    make_bulk_firebird_nas,
+    make_firebird_nas,
+)
 from pacs_assets.sources.base import FAILED, OK, SKIPPED, FileRecord, NoCache, ScanCache
 from pacs_assets.sources.firebird_catalog import DEFAULT_MAPPING, CatalogError
-from pacs_assets.sources.firebird_jpeg2000 import FirebirdJpeg2000Source, catalog_row_path
+from pacs_assets.sources.firebird_jpeg2000 import (
+    FirebirdJpeg2000Source,
+    catalog_row_path,
+)
+from pacs_assets_tests.conftest import tree_fingerprint
 
 NAS = "fb_test"
 
@@ -54,22 +61,6 @@ def _source(m: FirebirdSampleManifest, mapping: dict | None = None, **catalog) -
 
 def _scan(source, cache: ScanCache | None = None, batch_size: int = 5) -> list[FileRecord]:
     return [r for batch in source.scan(cache or NoCache(), batch_size) for r in batch]
-
-
-def _fingerprint(root: Path) -> dict[str, tuple]:
-    out = {}
-    for dirpath, dirnames, filenames in os.walk(root):
-        for name in dirnames + filenames:
-            p = Path(dirpath) / name
-            st = p.lstat()
-            if p.is_symlink():
-                content = os.readlink(p)
-            elif p.is_file():
-                content = hashlib.sha256(p.read_bytes()).hexdigest()
-            else:
-                content = None
-            out[str(p.relative_to(root))] = (st.st_size, st.st_mtime_ns, st.st_mode, content)
-    return out
 
 
 def _image_key(rec: FileRecord) -> str | None:
@@ -177,8 +168,8 @@ def test_dicom_bytes_are_lossless_wraps_of_the_files(nas, records):
 
 def test_scan_and_import_never_write_the_nas_nor_open_outside_paths(nas):
     global _OPENED
-    before = _fingerprint(nas.root)
-    outside_before = _fingerprint(nas.outside)
+    before = tree_fingerprint(nas.root)
+    outside_before = tree_fingerprint(nas.outside)
     src = _source(nas)
     _OPENED = []
     try:
@@ -189,7 +180,7 @@ def test_scan_and_import_never_write_the_nas_nor_open_outside_paths(nas):
         opened = list(_OPENED)
     finally:
         _OPENED = None
-    assert _fingerprint(nas.root) == before and _fingerprint(nas.outside) == outside_before
+    assert tree_fingerprint(nas.root) == before and tree_fingerprint(nas.outside) == outside_before
     outside = os.path.realpath(nas.outside)
     assert not [p for p in opened if os.path.realpath(p).startswith(outside)]
     assert any(p.endswith(".jp2") for p in opened)  # the hook does see the reads
