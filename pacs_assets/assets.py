@@ -1,10 +1,11 @@
 """The asset factory: one graph per configured NAS, ``file_inventory -> dicom_index -> orthanc_instances``.
 
 All three share the NAS's daily partitions (procedure date) and a single-run backfill policy, so a
-backfill over years walks the NAS once, not once per day. Every step that writes the index runs in the
-step holds the DuckDB lock only for short merges, never for a whole walk or upload.
+backfill over years walks the NAS once, not once per day. Every step holds the DuckDB lock only for
+short merges, never for a whole walk or upload (see index/store.py).
 """
 
+# No `from __future__ import annotations` here: Dagster inspects the `context` annotation at definition time.
 
 import datetime as dt
 import time
