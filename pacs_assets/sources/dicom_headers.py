@@ -7,15 +7,20 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import struct
 import warnings
+from functools import lru_cache
 
 from pydicom import dcmread
+from pydicom.datadict import dictionary_VR, tag_for_keyword
+from pydicom.dataelem import RawDataElement
 from pydicom.errors import InvalidDicomError
 from pydicom.uid import UID
 
 from pacs_assets.sources.base import FAILED, SKIPPED, FileRecord
 
+_PYDICOM_LOG = logging.getLogger("pydicom")
 PIXEL_DATA_TAG = (0x7FE0, 0x0010)
 # VRs whose explicit-VR element header has 2 reserved bytes and a 4-byte length.
 LONG_VRS = {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"UC", b"UN", b"UR", b"UT"}
@@ -43,6 +48,7 @@ _INT_FIELDS = {"series_number": "SeriesNumber", "instance_number": "InstanceNumb
                "number_of_frames": "NumberOfFrames", "rows": "Rows", "columns": "Columns"}
 
 
+@lru_cache(maxsize=64)
 def compression_name(transfer_syntax: str | None) -> str:
     if not transfer_syntax:
         return "unknown"
@@ -62,6 +68,64 @@ def _value(ds, keyword: str):
     if value is None or value == "":
         return None
     return value
+
+
+
+
+
+_ASCII_VRS = {"UI", "CS", "DA", "AS", "TM", "DT"}
+_TEXT_VRS = {"LO", "SH", "PN"}
+_IS_RE = re.compile(rb"^ *[+-]?[0-9]+ *$")
+_TAGS: dict[str, tuple[int, str]] = {}
+
+
+def _tag_vr(keyword: str) -> tuple[int, str]:
+    found = _TAGS.get(keyword)
+    if found is None:
+        tag = tag_for_keyword(keyword)
+        found = _TAGS[keyword] = (tag, dictionary_VR(tag))
+    return found
+
+
+def _fast_value(ds, keyword: str):
+    """What ``_value(ds, keyword)`` returns, decoded straight from the raw bytes for the common cases.
+
+    pydicom's attribute access converts, validates and re-stores each element (~45 us each); for a
+    plain ASCII value of a known VR the bytes say all there is. Anything unusual takes the slow path.
+    """
+    tag, vr = _tag_vr(keyword)
+    try:
+        elem = ds.get_item(tag)  # the raw element, not converted
+    except Exception:  # noqa: BLE001
+        return _value(ds, keyword)
+    if elem is None:
+        return None
+    if type(elem) is not RawDataElement or elem.value is None or (elem.VR is not None and elem.VR != vr):
+        return _value(ds, keyword)
+    raw = elem.value
+    if not raw:
+        return None
+    if vr == "US":
+        if len(raw) != 2:
+            return _value(ds, keyword)
+        return int.from_bytes(raw, "little" if elem.is_little_endian else "big")
+    if b"\\" in raw or b"\x1b" in raw or not raw.isascii():
+        return _value(ds, keyword)
+    if vr == "IS":
+        if not _IS_RE.match(raw.rstrip(b"\x00")):
+            return _value(ds, keyword)
+        return int(raw.rstrip(b"\x00"))
+    if vr in _ASCII_VRS or vr in _TEXT_VRS:
+        text = raw.decode("ascii").rstrip("\x00 ")
+        if not text or text != text.strip() or "\x00" in text:
+            return _value(ds, keyword)
+        return text
+    return _value(ds, keyword)
+
+
+@lru_cache(maxsize=64)
+def _is_deflated(ts: str) -> bool:
+    return UID(ts).is_deflated
 
 
 def _pixel_data_problem(fp, ds, file_size: int, start: int) -> str | None:
@@ -117,7 +181,8 @@ def _encapsulated_problem(fp, pos: int, file_size: int, endian: str) -> str | No
 def read_dicom_file(nas_id: str, root: str, rel_path: str, size: int, mtime_ns: int) -> FileRecord:
     """Classify and read one file. Never raises for a bad file: the reason goes into the record."""
     # pydicom warns (and logs) about every odd value; the record's reason is where problems go.
-    logging.getLogger("pydicom").setLevel(logging.ERROR)
+    if _PYDICOM_LOG.level != logging.ERROR:
+        _PYDICOM_LOG.setLevel(logging.ERROR)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
@@ -160,17 +225,17 @@ def _read(nas_id: str, root: str, rel_path: str, size: int, mtime_ns: int) -> Fi
             rec.transfer_syntax_uid = ts
             rec.compression_type = compression_name(ts)
             for field, keyword in _STRING_FIELDS.items():
-                value = _value(ds, keyword)
+                value = _fast_value(ds, keyword)
                 setattr(rec, field, str(value).strip() if value is not None else None)
-            name = _value(ds, "PatientName")
+            name = _fast_value(ds, "PatientName")
             rec.patient_name = str(name) if name is not None else None
             for field, keyword in _INT_FIELDS.items():
-                value = _value(ds, keyword)
+                value = _fast_value(ds, keyword)
                 try:
                     setattr(rec, field, int(value) if value is not None else None)
                 except (TypeError, ValueError):
                     setattr(rec, field, None)
-            missing = [k for k in ("SOPInstanceUID", "SeriesInstanceUID", "StudyInstanceUID") if not _value(ds, k)]
+            missing = [k for k in ("SOPInstanceUID", "SeriesInstanceUID", "StudyInstanceUID") if not _fast_value(ds, k)]
             if missing:
                 if not has_preamble:
                     rec.status, rec.reason = SKIPPED, "not a DICOM file (no DICOM UIDs)"
@@ -179,7 +244,7 @@ def _read(nas_id: str, root: str, rel_path: str, size: int, mtime_ns: int) -> Fi
                 else:
                     rec.status, rec.reason = FAILED, f"DICOM file without {', '.join(missing)}"
                 return rec
-            if not UID(ts).is_deflated:  # a deflated dataset was read through a decompressor: no offsets
+            if not _is_deflated(ts):  # a deflated dataset was read through a decompressor: no offsets
                 problem = _pixel_data_problem(fp, ds, size, pixel_start)
                 if problem:
                     rec.status, rec.reason = FAILED, problem
