@@ -1,7 +1,7 @@
 """Asset checks on every NAS graph.
 
-- ``every_file_accounted_for`` (on dicom_index, **blocking**): each inventoried DICOM file is in the
-  index, and each skipped/failed file has a reason. If not, the index is inconsistent with the walk and
+- ``every_file_accounted_for`` (on dicom_index, **blocking**): each inventoried DICOM file of the run's
+  procedure dates is in the index, and each skipped/failed file has a reason. If not, the index is inconsistent with the walk and
   uploading from it would leave files unaccounted for: the import waits until it is fixed.
 - ``no_sop_instance_conflicts`` (on dicom_index, not blocking): one SOP Instance UID on two NAS devices
   with different patient, study or bytes. Orthanc keeps the first arrival, so a person must look; but
@@ -14,6 +14,8 @@ Metadata carries counts and NAS ids only, never UIDs or patient data.
 """
 
 
+import datetime as dt
+from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 
 from dagster import AssetCheckExecutionContext, AssetCheckResult, AssetCheckSeverity, AssetKey, asset_check
@@ -24,6 +26,15 @@ from pacs_assets.jpeg2000 import verify_lossless
 from pacs_assets.orthanc import OrthancUnavailable
 
 
+def run_window(tags: Mapping[str, str], nas: NasConfig) -> tuple[dt.date, dt.date]:
+    """The procedure dates [start, end) the run materialized, from its partition tags; all of them if none."""
+    first = tags.get("dagster/partition") or tags.get("dagster/asset_partition_range_start")
+    last = tags.get("dagster/partition") or tags.get("dagster/asset_partition_range_end")
+    if not first or not last:
+        return nas.partitions_start, dt.date.max
+    return dt.date.fromisoformat(first), dt.date.fromisoformat(last) + dt.timedelta(days=1)
+
+
 def build_nas_checks(nas: NasConfig, config: PacsConfig) -> list:
     index_key = AssetKey([nas.id, "dicom_index"])
     orthanc_key = AssetKey([nas.id, "orthanc_instances"])
@@ -31,7 +42,8 @@ def build_nas_checks(nas: NasConfig, config: PacsConfig) -> list:
     @asset_check(asset=index_key, name="every_file_accounted_for", blocking=True, required_resource_keys={"index"},
                  description="Every inventoried DICOM file is indexed; every skipped or failed file has a reason.")
     def every_file_accounted_for(context: AssetCheckExecutionContext) -> AssetCheckResult:
-        counts = sql.unaccounted_files(context.resources.index.path, nas.id)
+        start, end = run_window(context.run.tags, nas)
+        counts = sql.unaccounted_files(context.resources.index.path, nas.id, start, end)
         return AssetCheckResult(passed=counts["dicom_not_indexed"] == 0 and counts["without_reason"] == 0,
                                 metadata=counts)
 

@@ -2,22 +2,26 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 from collections.abc import Iterator
 
 from pacs_assets.index.store import session
 
 
-def unaccounted_files(index_path: str | os.PathLike, nas_id: str) -> dict[str, int]:
-    """Inventoried DICOM files missing from the index, and skipped/failed files without a reason."""
+def unaccounted_files(index_path: str | os.PathLike, nas_id: str, start: dt.date, end: dt.date) -> dict[str, int]:
+    """In the window [start, end): inventoried DICOM files missing from the index, and skipped/failed
+    files without a reason. Only the run's own window: another run may be between its walk and its index."""
+    window = "nas_id = $nas AND procedure_date >= $start AND procedure_date < $end"
+    params = {"nas": nas_id, "start": start, "end": end}
     with session(index_path, read_only=True) as con:
-        not_indexed = con.execute("""
-            SELECT count(*) FROM inventory f WHERE f.nas_id = ? AND f.status = 'ok'
+        not_indexed = con.execute(f"""
+            SELECT count(*) FROM inventory f WHERE {window} AND f.status = 'ok'
               AND NOT EXISTS (SELECT 1 FROM instances i WHERE i.nas_id = f.nas_id AND i.file_path = f.file_path)""",
-                                  [nas_id]).fetchall()[0][0]
-        no_reason = con.execute("SELECT count(*) FROM inventory WHERE nas_id = ? AND status <> 'ok' AND reason IS NULL",
-                                [nas_id]).fetchall()[0][0]
-        files = con.execute("SELECT count(*) FROM inventory WHERE nas_id = ?", [nas_id]).fetchall()[0][0]
+                                  params).fetchall()[0][0]
+        no_reason = con.execute(f"SELECT count(*) FROM inventory WHERE {window} AND status <> 'ok' AND reason IS NULL",
+                                params).fetchall()[0][0]
+        files = con.execute(f"SELECT count(*) FROM inventory WHERE {window}", params).fetchall()[0][0]
     return {"files": files, "dicom_not_indexed": not_indexed, "without_reason": no_reason}
 
 

@@ -14,7 +14,13 @@ import shutil
 from pathlib import Path
 
 import pytest
-from dagster import AssetKey, AssetRecordsFilter, DagsterInstance, DagsterRunStatus, RunsFilter
+from dagster import (
+    AssetKey,
+    AssetRecordsFilter,
+    DagsterInstance,
+    DagsterRunStatus,
+    RunsFilter,
+)
 
 from pacs_assets.sample.dicom_nas import make_dicom_nas
 from pacs_assets_tests.conftest import write_config
@@ -61,18 +67,20 @@ def test_run_and_materializations_are_stored(dagster_home, tmp_path, orthanc_env
         storage = type(instance.run_storage).__name__
         assert storage == ("PostgresRunStorage" if server else "SqliteRunStorage")
         assert instance.event_log_storage.get_pool_config().default_pool_limit == 1
+        if server is not None:  # dagster.postgres.yaml turns the daemon's run retries on
+            assert instance.run_retries_enabled and instance.run_retries_max_retries == 2
         result = materialize_nas(config, "ct", instance=instance)
         assert result.success
         run_id = result.run_id
-        keys = result.dagster_run.tags["dagster/asset_partition_range_start"], \
-            result.dagster_run.tags["dagster/asset_partition_range_end"]
+        tags = result.dagster_run.tags
+        first = dt.date.fromisoformat(tags["dagster/asset_partition_range_start"])
+        last = dt.date.fromisoformat(tags["dagster/asset_partition_range_end"])
 
     # A fresh instance from the same config file: what it sees is in the storage.
     with DagsterInstance.from_config(str(home)) as instance:
         runs = instance.get_runs(RunsFilter(job_name="ct_job"))
         assert [r.run_id for r in runs] == [run_id]
         assert runs[0].status == DagsterRunStatus.SUCCESS
-        first, last = (dt.date.fromisoformat(k) for k in keys)
         expected_partitions = {(first + dt.timedelta(days=i)).isoformat() for i in range((last - first).days + 1)}
         for key in ASSETS:
             latest = instance.get_latest_materialization_event(key)
@@ -84,7 +92,10 @@ def test_run_and_materializations_are_stored(dagster_home, tmp_path, orthanc_env
         walked = instance.get_latest_materialization_event(ASSETS[0]).asset_materialization.metadata
         assert walked["files_walked"].value == len(manifest.expected)  # the metadata is stored too
 
-    if server is not None:  # the same rows, read straight from PostgreSQL
+    if server is None:  # SQLite: the files are in DAGSTER_HOME
+        assert (home / "history" / "runs.db").is_file()
+        assert (home / "history" / "runs" / f"{run_id}.db").is_file()  # the run's own event log shard
+    else:  # the same rows, read straight from PostgreSQL
         import psycopg2
 
         with psycopg2.connect(host=server.host, port=server.port, user=server.user, password=server.password,

@@ -3,7 +3,7 @@ searches do in production. Not a test module (pytest does not collect it).
 
     python -m pacs_assets_tests.automation.workers --ready R --go G materialize CONFIG NAS [FIRST LAST]
     python -m pacs_assets_tests.automation.workers --ready R --go G sensor CONFIG NAS STOP
-    python -m pacs_assets_tests.automation.workers --ready R --go G search INDEX STOP
+    python -m pacs_assets_tests.automation.workers --ready R --go G search CONFIG STOP
 
 Every worker does its imports and setup first, touches READY, then waits for GO, so that all of them
 start their real work at the same moment. Each prints one JSON line ``RESULT {...}`` at the end and
@@ -44,7 +44,12 @@ def materialize(args, ready: Path, go: Path) -> dict:
                                  raise_on_error=False, instance=instance)
         failures = [str(e.step_failure_data.error.message if e.step_failure_data.error else e.message)
                     for e in result.all_events if e.event_type_value == "STEP_FAILURE"]
+        failed_checks = [{"check": e.event_specific_data.check_name,
+                          "metadata": {k: v.value for k, v in e.event_specific_data.metadata.items()}}
+                         for e in result.all_events if e.event_type_value == "ASSET_CHECK_EVALUATION"
+                         and not e.event_specific_data.passed]
         return {"success": result.success, "run_id": result.run_id, "failures": failures,
+                "failed_checks": failed_checks,
                 "seconds": round(time.monotonic() - started, 2)}
 
 
@@ -76,28 +81,47 @@ def sensor(args, ready: Path, go: Path) -> dict:
 
 
 def search(args, ready: Path, go: Path) -> dict:
-    from pacs_assets.index import store
+    """Repeated searches: `pacs search` (a new process each, as an operator runs it) when the package has
+    it, else a read-only query through store.session. Every answer must be complete and never shrink."""
+    import importlib.util
+    import subprocess
 
-    queries, waited_for_index, seen = 0, 0, []
+    from pacs_assets.config import load_config
+
+    config = load_config(args.config)
+    use_cli = importlib.util.find_spec("pacs_assets.cli.search") is not None
+    pacs = str(Path(sys.executable).parent / "pacs")
+    searches, before_index, found, errors = 0, 0, [], []
     _barrier(ready, go)
     stop = Path(args.stop)
     while True:
-        last = stop.exists()
-        try:
-            with store.session(args.index, read_only=True) as con:
-                files = con.execute("SELECT count(*) FROM file_status").fetchall()[0][0]
-                studies = con.execute(
-                    "SELECT count(*) FROM studies s JOIN instances i USING (nas_id, study_instance_uid) "
-                    "WHERE i.sop_instance_uid IS NOT NULL").fetchall()[0][0]
-                con.execute("SELECT status, count(*) FROM import_history GROUP BY ALL").fetchall()
-            queries += 1
-            seen.append((files, studies))
-        except FileNotFoundError:  # no run has created the index yet
-            waited_for_index += 1
+        last = stop.exists()  # one more search after STOP: the final index answers too
+        if use_cli:
+            done = subprocess.run([pacs, "--config", args.config, "search", "--patient-id", "S", "--json",
+                                   "--limit", "1000"], check=False, capture_output=True, text=True, timeout=120)
+            if done.returncode == 0:
+                found.append(json.loads(done.stdout)["patients_found"])
+                searches += 1
+            elif "does not exist yet" in done.stderr and not found:
+                before_index += 1  # no run has created the index yet
+            else:
+                errors.append(f"exit {done.returncode}: {done.stderr.strip()[-500:]}")
+                print(done.stderr, file=sys.stderr, flush=True)
+        else:
+            from pacs_assets.index import store
+
+            try:
+                with store.session(config.index.path, read_only=True) as con:
+                    found.append(con.execute("SELECT count(DISTINCT patient_id) FROM patients").fetchall()[0][0])
+                searches += 1
+            except FileNotFoundError:
+                before_index += 1
         if last:
             break
         time.sleep(0.05)
-    return {"queries": queries, "before_index_existed": waited_for_index, "last": seen[-1] if seen else None}
+    return {"success": not errors, "via": "pacs search" if use_cli else "store.session(read_only=True)",
+            "searches": searches, "before_index_existed": before_index, "patients_found": found,
+            "errors": errors[:5]}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -115,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("nas")
     p.add_argument("stop")
     p = sub.add_parser("search")
-    p.add_argument("index")
+    p.add_argument("config")
     p.add_argument("stop")
     args = parser.parse_args(argv)
     role = {"materialize": materialize, "sensor": sensor, "search": search}[args.role]
