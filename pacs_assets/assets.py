@@ -32,7 +32,9 @@ from pacs_assets.orthanc import OrthancUnavailable
 from pacs_assets.resources import IndexResource, OrthancResource, nas_resource_key
 
 # Pools (limits in dagster.yaml): walks use every core, and uploads share Orthanc's ingest ceiling, so
-# each runs one at a time across all runs. The index itself needs no pool: its locks are short (store.py).
+# each runs one at a time across all runs. The upload pool is also what keeps two runs of one NAS from
+# staging and uploading the same pending files at once (without it each file is sent twice: harmless for
+# Orthanc, but the ledger's last word becomes 'duplicate'). The index needs no pool: its locks are short.
 WALK_POOL, UPLOAD_POOL = "nas_walk", "orthanc_upload"
 PROGRESS_EVERY_SECONDS = 15.0
 # A walk that finds less than this share of the files the NAS had is an outage, not mass deletion.
