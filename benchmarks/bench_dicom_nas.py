@@ -92,7 +92,7 @@ def baseline_dcmread(paths: list[str]) -> float:
     return len(paths) / (time.perf_counter() - started)
 
 
-def inventory(root: Path, index_path: Path, workers: int | None) -> dict:
+def inventory(root: Path, index_path: Path, workers: int | None, before_merge=None) -> dict:
     """The file_inventory asset's path (assets.py), without Dagster: returns files, seconds, counts."""
     from pacs_assets.dates import assign_procedure_date
     from pacs_assets.index import store
@@ -112,6 +112,8 @@ def inventory(root: Path, index_path: Path, workers: int | None) -> dict:
                     rec.study_date, rec.series_date, rec.mtime_ns, PARTITIONS_START, today)
             staging.add_records(batch, scanned_at)
             walked += len(batch)
+        if before_merge:
+            before_merge()
         counts = staging.merge_inventory(NAS_ID, start, end)
     seconds = time.perf_counter() - started
     return {"files": walked, "seconds": seconds, "rate": walked / seconds, "counts": counts}
@@ -263,6 +265,7 @@ def rss_child(root: str, index: str) -> None:
 
     before = me.memory_info().rss
     peak = {"tree": 0, "main": 0, "worker": 0}
+    walk_peak = {}
     stop = threading.Event()
 
     def sample() -> None:
@@ -284,8 +287,11 @@ def rss_child(root: str, index: str) -> None:
 
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
+    def mark_walk_done() -> None:  # the walk + staging is over; what follows is merge_inventory
+        walk_peak.update(peak, main_now=me.memory_info().rss)
+
     try:
-        res = inventory(Path(root), Path(index), None)
+        res = inventory(Path(root), Path(index), None, before_merge=mark_walk_done)
     finally:
         stop.set()
         sampler.join()
@@ -293,7 +299,9 @@ def rss_child(root: str, index: str) -> None:
     print(json.dumps({"files": res["files"], "seconds": res["seconds"], "ok": res["counts"].get("ok", 0),
                       "rss_before_mb": before / 2**20, "main_maxrss_mb": maxrss_kb / 1024,
                       "main_peak_sampled_mb": peak["main"] / 2**20, "worker_peak_mb": peak["worker"] / 2**20,
-                      "tree_peak_mb": peak["tree"] / 2**20}))
+                      "tree_peak_mb": peak["tree"] / 2**20,
+                      "walk_main_peak_mb": max(walk_peak.get("main", 0), walk_peak.get("main_now", 0)) / 2**20,
+                      "walk_tree_peak_mb": walk_peak.get("tree", 0) / 2**20}))
 
 
 def bench_rss(sizes: list[int], work: Path) -> dict:
@@ -342,7 +350,8 @@ def render(report: dict) -> str:
         lines.append(f"{'':10} {'ours: inventory path, workers=1 (one core)':58} {r['ours_w1']:8.0f} f/s "
                      f"{q['ours_w1']:6.2f}  {'>=0.9':>6}  {_verdict(q['ours_w1'], INDEX_GOAL)}")
         label = f"ours: inventory path, workers={ix['workers_default']} (default, all cores)"
-        lines.append(f"{'':10} {label:58} {r['ours_default']:8.0f} f/s {q['ours_default']:6.2f}")
+        lines.append(f"{'':10} {label:58} {r['ours_default']:8.0f} f/s {q['ours_default']:6.2f}  "
+                     f"{'>=0.9':>6}  {_verdict(q['ours_default'], INDEX_GOAL)}")
         lines.append(f"{'':10} {'ours: re-scan, warm scan cache (unchanged NAS)':58} {r['rescan']:8.0f} f/s "
                      f"{q['rescan']:6.2f}")
         for p in ix["problems"]:
@@ -361,22 +370,27 @@ def render(report: dict) -> str:
     rs = report.get("rss")
     if rs:
         sizes = sorted(rs, key=int)
+        first = "memory"
         for s in sizes:
             x = rs[s]
-            lines.append(f"{'memory':10} {f'inventory of {int(s):,} files: main-process peak RSS':58} "
-                         f"{x['main_maxrss_mb']:8.0f} MB")
-            lines.append(f"{'':10} {f'  whole tree (main+forkserver+workers), sampled':58} {x['tree_peak_mb']:8.0f} MB")
-            lines.append(f"{'':10} {f'  growth of the main process during the walk':58} "
-                         f"{x['main_maxrss_mb'] - x['rss_before_mb']:8.0f} MB")
+            rows = [(f"inventory of {int(s):,} files: main-process peak RSS", x["main_maxrss_mb"]),
+                    ("  of which the walk + staging phase (sampled)", x["walk_main_peak_mb"]),
+                    ("  whole tree incl. forkserver + workers (sampled)", x["tree_peak_mb"]),
+                    ("  main process before the walk (imports only)", x["rss_before_mb"])]
+            for label, mb in rows:
+                lines.append(f"{first:10} {label:58} {mb:8.0f} MB")
+                first = ""
             if x.get("problem"):
                 lines.append(f"{'':10} PROBLEM: {x['problem']}")
         if len(sizes) >= 2:
             small, large = rs[sizes[0]], rs[sizes[-1]]
-            ratio = large["main_maxrss_mb"] / small["main_maxrss_mb"]
-            tree = large["tree_peak_mb"] / small["tree_peak_mb"]
-            label = f"peak RSS ratio {int(sizes[-1]):,} / {int(sizes[0]):,} files (main; tree {tree:.2f})"
-            lines.append(f"{'':10} {label:58} {'':12} {ratio:6.2f}  {'<=' + str(RSS_FLAT):>6}  "
-                         f"{'flat' if ratio <= RSS_FLAT and tree <= RSS_FLAT else 'GROWS'}")
+            for label, key in (("main-process peak (whole path)", "main_maxrss_mb"),
+                               ("walk + staging phase", "walk_main_peak_mb"),
+                               ("whole process tree", "tree_peak_mb")):
+                ratio = large[key] / small[key]
+                label = f"ratio {int(sizes[-1]):,} / {int(sizes[0]):,} files: {label}"
+                lines.append(f"{'':10} {label:58} {'':12} {ratio:6.2f}  {'<=' + str(RSS_FLAT):>6}  "
+                             f"{'flat' if ratio <= RSS_FLAT else 'GROWS'}")
     return "\n".join(lines)
 
 
@@ -386,8 +400,9 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--files", type=int, default=5000, help="files in the NAS for indexing and import (5000)")
-    ap.add_argument("--rss-sizes", default="10000,100000",
-                    help="NAS sizes for the peak-RSS runs, comma-separated (10000,100000); '' skips them")
+    ap.add_argument("--rss-sizes", default="10000,30000",
+                    help="NAS sizes for the peak-RSS runs, comma-separated (default 10000,30000; the full check "
+                         "is 10000,100000: ~1 GB of files and ~5 more minutes); '' skips them")
     ap.add_argument("--json", type=Path, help="also write every figure (and each round's) to this file")
     ap.add_argument("--rounds", type=int, default=3, help="indexing rounds (baseline and ours interleaved)")
     ap.add_argument("--import-rounds", type=int, default=1, help="import rounds (each: storescu, ours, storescu)")

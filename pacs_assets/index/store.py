@@ -27,6 +27,10 @@ from pacs_assets.sources.base import FileRecord, ScanCache
 RECORD_COLUMNS = FileRecord.columns_()
 INVENTORY_COLUMNS = RECORD_COLUMNS + ["scanned_at"]
 LOCK_WAIT_SECONDS = float(os.environ.get("PACS_INDEX_LOCK_WAIT", "120"))
+# DuckDB would take up to 80 % of RAM for a big merge; capped, it spills to disk and a run's memory
+# stays flat however large the NAS.
+DUCKDB_SETTINGS = {"memory_limit": os.environ.get("PACS_DUCKDB_MEMORY_LIMIT", "256MB"),
+                   "preserve_insertion_order": False}
 
 
 class IndexBusy(RuntimeError):
@@ -48,7 +52,7 @@ def connect(path: str | os.PathLike, *, read_only: bool = False, wait: float | N
         try:
             if read_only and not Path(path).exists():
                 raise FileNotFoundError(f"The index {path} does not exist yet: materialize a NAS's assets first.")
-            con = duckdb.connect(str(path), read_only=read_only)
+            con = duckdb.connect(str(path), read_only=read_only, config=DUCKDB_SETTINGS)
             if not read_only:
                 con.execute(resources.files("pacs_assets.index").joinpath("schema.sql").read_text())
             return con
@@ -108,7 +112,7 @@ class Staging:
         self.index_path = Path(index_path)
         self._dir = tempfile.TemporaryDirectory(prefix="pacs-staging-")
         self.path = Path(self._dir.name) / "staging.duckdb"
-        self.con = duckdb.connect(str(self.path))
+        self.con = duckdb.connect(str(self.path), config=DUCKDB_SETTINGS)
         schema = resources.files("pacs_assets.index").joinpath("schema.sql").read_text()
         self.con.execute(schema.split("CREATE SEQUENCE")[0])  # the table shapes, without the ledger/view
         self.con.execute("CREATE TABLE cache AS SELECT * FROM scan_cache")
@@ -137,7 +141,7 @@ class Staging:
                 con.execute(f"ATTACH '{self.path}' AS staging")
                 yield con
         finally:
-            self.con = duckdb.connect(str(self.path))
+            self.con = duckdb.connect(str(self.path), config=DUCKDB_SETTINGS)
 
     # -- scan cache ---------------------------------------------------------------------------------
     def load_cache(self, nas_id: str) -> int:
