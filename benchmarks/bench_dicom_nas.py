@@ -288,15 +288,17 @@ def rss_child(root: str, index: str) -> None:
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
     def mark_walk_done() -> None:  # the walk + staging is over; what follows is merge_inventory
-        walk_peak.update(peak, main_now=me.memory_info().rss)
+        walk_peak.update(peak, main_now=me.memory_info().rss, merge_started=time.perf_counter())
 
     try:
         res = inventory(Path(root), Path(index), None, before_merge=mark_walk_done)
     finally:
+        merge_seconds = time.perf_counter() - walk_peak.get("merge_started", time.perf_counter())
         stop.set()
         sampler.join()
     maxrss_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # Linux: kilobytes
     print(json.dumps({"files": res["files"], "seconds": res["seconds"], "ok": res["counts"].get("ok", 0),
+                      "merge_seconds": merge_seconds,
                       "rss_before_mb": before / 2**20, "main_maxrss_mb": maxrss_kb / 1024,
                       "main_peak_sampled_mb": peak["main"] / 2**20, "worker_peak_mb": peak["worker"] / 2**20,
                       "tree_peak_mb": peak["tree"] / 2**20,
