@@ -33,6 +33,14 @@ DUCKDB_SETTINGS = {"memory_limit": os.environ.get("PACS_DUCKDB_MEMORY_LIMIT", "2
                    "preserve_insertion_order": False}
 
 
+def _tuned(con: duckdb.DuckDBPyConnection) -> duckdb.DuckDBPyConnection:
+    # SET, not connect(config=...): a connect-time config must match every other open connection to the
+    # same file in this process, and tests or a caller may well hold a plain one.
+    for name, value in DUCKDB_SETTINGS.items():
+        con.execute(f"SET {name} = '{value}'" if isinstance(value, str) else f"SET {name} = {value}")
+    return con
+
+
 class IndexBusy(RuntimeError):
     """Another process kept the index locked for longer than we were willing to wait."""
 
@@ -52,7 +60,7 @@ def connect(path: str | os.PathLike, *, read_only: bool = False, wait: float | N
         try:
             if read_only and not Path(path).exists():
                 raise FileNotFoundError(f"The index {path} does not exist yet: materialize a NAS's assets first.")
-            con = duckdb.connect(str(path), read_only=read_only, config=DUCKDB_SETTINGS)
+            con = _tuned(duckdb.connect(str(path), read_only=read_only))
             if not read_only:
                 con.execute(resources.files("pacs_assets.index").joinpath("schema.sql").read_text())
             return con
@@ -112,7 +120,7 @@ class Staging:
         self.index_path = Path(index_path)
         self._dir = tempfile.TemporaryDirectory(prefix="pacs-staging-")
         self.path = Path(self._dir.name) / "staging.duckdb"
-        self.con = duckdb.connect(str(self.path), config=DUCKDB_SETTINGS)
+        self.con = _tuned(duckdb.connect(str(self.path)))
         schema = resources.files("pacs_assets.index").joinpath("schema.sql").read_text()
         self.con.execute(schema.split("CREATE SEQUENCE")[0])  # the table shapes, without the ledger/view
         self.con.execute("CREATE TABLE cache AS SELECT * FROM scan_cache")
@@ -141,7 +149,7 @@ class Staging:
                 con.execute(f"ATTACH '{self.path}' AS staging")
                 yield con
         finally:
-            self.con = duckdb.connect(str(self.path), config=DUCKDB_SETTINGS)
+            self.con = _tuned(duckdb.connect(str(self.path)))
 
     # -- scan cache ---------------------------------------------------------------------------------
     def load_cache(self, nas_id: str) -> int:
