@@ -1,6 +1,6 @@
 """Speed and memory of the plain-DICOM NAS path, as ratios against baselines measured on the same data.
 
-    python benchmarks/bench_dicom_nas.py [--files N] [--rss-sizes 10000,100000] [--json out.json]
+    python -m benchmarks.bench_dicom_nas [--files N] [--rss-sizes 10000,100000] [--json out.json]
 
 The machine this runs on is shared and noisy, so no figure here is an absolute promise: every "ours"
 rate is divided by a baseline measured in the same run, on the same files, close in time (rounds
@@ -63,7 +63,7 @@ def _warm(paths: list[str]) -> int:
 
 def _generate(root: Path, n: int) -> float:
     # Imported here on purpose: the RSS child process must never have the generator loaded.
-    from pacs_assets.sample.dicom_nas import make_bulk_dicom_nas
+    from pacs_assets.sample.bulk_dicom_nas import make_bulk_dicom_nas
 
     started = time.perf_counter()
     written = make_bulk_dicom_nas(root, n)
@@ -92,31 +92,20 @@ def baseline_dcmread(paths: list[str]) -> float:
     return len(paths) / (time.perf_counter() - started)
 
 
-def inventory(root: Path, index_path: Path, workers: int | None, before_merge=None) -> dict:
-    """The file_inventory asset's path (assets.py), without Dagster: returns files, seconds, counts."""
-    from pacs_assets.dates import assign_procedure_date
-    from pacs_assets.index import store
-    from pacs_assets.sources.dicom_folder import DicomFolderSource
+def inventory(root: Path, index_path: Path, workers: int | None, after_batch=None) -> dict:
+    """The file_inventory asset's work (pipeline.inventory.take_inventory), without Dagster."""
+    from pacs_assets.config import DicomFolderNas
+    from pacs_assets.nas.dicom_folder.source import DicomFolderSource
+    from pacs_assets.pipeline.inventory import take_inventory
 
+    nas = DicomFolderNas(id=NAS_ID, kind="dicom_folder", root=root, partitions_start=PARTITIONS_START)
     source = DicomFolderSource(NAS_ID, root, workers=workers)
     start, end = _window()
-    today = dt.date.today()
-    scanned_at = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
     started = time.perf_counter()
-    walked = 0
-    with store.Staging(index_path) as staging:
-        staging.load_cache(NAS_ID)
-        for batch in source.scan(staging.cache()):
-            for rec in batch:
-                rec.procedure_date, rec.date_source = assign_procedure_date(
-                    rec.study_date, rec.series_date, rec.mtime_ns, PARTITIONS_START, today)
-            staging.add_records(batch, scanned_at)
-            walked += len(batch)
-        if before_merge:
-            before_merge()
-        counts = staging.merge_inventory(NAS_ID, start, end)
+    result = take_inventory(source, nas, index_path, start, end, today=dt.date.today(),
+                            progress=(lambda done, known: after_batch()) if after_batch else None)
     seconds = time.perf_counter() - started
-    return {"files": walked, "seconds": seconds, "rate": walked / seconds, "counts": counts}
+    return {"files": result.walked, "seconds": seconds, "rate": result.walked / seconds, "counts": result.counts}
 
 
 def bench_indexing(root: Path, paths: list[str], work: Path, rounds: int) -> dict:
@@ -141,12 +130,15 @@ def bench_indexing(root: Path, paths: list[str], work: Path, rounds: int) -> dic
         ratios["rescan"].append(res["rate"] / base)
         _log(f"indexing round {r + 1}/{rounds}: baseline {base:.0f}/s, workers=1 {rows['ours_w1'][-1]:.0f}/s, "
              f"default {rows['ours_default'][-1]:.0f}/s, re-scan {rows['rescan'][-1]:.0f}/s")
-    from pacs_assets.sources.dicom_folder import DicomFolderSource
+    from pacs_assets.nas.dicom_folder.source import DicomFolderSource
 
     workers_default = DicomFolderSource(NAS_ID, root).workers
     # Keep one pristine index (inventory done, nothing imported) for the import benchmark.
     pristine = work / "index-pristine.duckdb"
     shutil.copy(work / f"index-r{rounds - 1}-ours_default.duckdb", pristine)
+    from pacs_assets.pipeline.hierarchy import build_hierarchy
+
+    build_hierarchy(pristine, NAS_ID, *_window())  # the upload reads what dicom_index produced
     return {
         "files": n, "rounds": rounds, "workers_default": workers_default, "problems": problems,
         "rates": {k: _median(v) for k, v in rows.items()}, "rates_all": rows,
@@ -165,7 +157,7 @@ def _orthanc_count(server) -> int:
 
 def baseline_storescu(root: Path, n: int, work: Path) -> dict:
     """Orthanc's own ingest ceiling: one storescu association over the folder, TCP_NODELAY on both sides."""
-    from pacs_assets.local_services.orthanc_server import OrthancServer
+    from pacs_assets_tests.services.orthanc import OrthancServer
 
     with tempfile.TemporaryDirectory(dir=work, prefix="orthanc-") as wd, OrthancServer(Path(wd)) as server:
         # The harness config has DicomAlwaysAllowStore: true, so Orthanc accepts the BENCH AE unregistered.
@@ -184,29 +176,25 @@ def baseline_storescu(root: Path, n: int, work: Path) -> dict:
 
 
 def ours_import(root: Path, n: int, pristine_index: Path, work: Path, concurrency: int) -> dict:
-    """import_records over the staged pending files of a copy of the pristine index, into a fresh Orthanc."""
-    from pacs_assets.importer import import_records
-    from pacs_assets.index import store
-    from pacs_assets.local_services.orthanc_server import OrthancServer
-    from pacs_assets.orthanc import OrthancClient
-    from pacs_assets.sources.dicom_folder import DicomFolderSource
+    """The orthanc_instances asset's work (pipeline.upload.upload_window) on a copy of the pristine index,
+    into a fresh Orthanc."""
+    from pacs_assets.index.connection import session
+    from pacs_assets.nas.dicom_folder.source import DicomFolderSource
+    from pacs_assets.orthanc.client import OrthancClient
+    from pacs_assets.pipeline.upload import upload_window
+    from pacs_assets_tests.services.orthanc import OrthancServer
 
     index = work / f"index-import-c{concurrency}-{time.monotonic_ns()}.duckdb"
     shutil.copy(pristine_index, index)
     start, end = _window()
     try:
-        with tempfile.TemporaryDirectory(dir=work, prefix="orthanc-") as wd, OrthancServer(Path(wd)) as server, \
-                store.Staging(index) as staging:
-            todo = store.stage_pending_imports(staging, NAS_ID, start, end)
+        with tempfile.TemporaryDirectory(dir=work, prefix="orthanc-") as wd, OrthancServer(Path(wd)) as server:
             client = OrthancClient(server.url, server.username, server.password)
-            client.system()
             source = DicomFolderSource(NAS_ID, root)
-            started = time.perf_counter()
-            summary = import_records(source, client, store.iter_staged(staging),
-                                     lambda rows: store.append_ledger(index, rows), concurrency=concurrency)
-            seconds = time.perf_counter() - started
+            done = upload_window(source, client, index, NAS_ID, start, end, concurrency=concurrency)
+            summary, todo, seconds = done.summary, done.staged, done.summary.seconds
             stored = _orthanc_count(server)
-        with store.session(index, read_only=True) as con:
+        with session(index, read_only=True) as con:
             ledger = con.execute("SELECT count(*) FROM import_history WHERE status = 'imported'").fetchall()[0][0]
     finally:
         index.unlink(missing_ok=True)
@@ -261,9 +249,10 @@ def rss_child(root: str, index: str) -> None:
 
     me = psutil.Process()
     # The path's imports, loaded before the "before" figure.
-    import pacs_assets.dates
     import pacs_assets.index.store
-    import pacs_assets.sources.dicom_folder  # noqa: F401
+
+    import pacs_assets.nas.dates
+    import pacs_assets.nas.dicom_folder.source  # noqa: F401
 
     before = me.memory_info().rss
     peak = {"tree": 0, "main": 0, "worker": 0}
@@ -290,11 +279,11 @@ def rss_child(root: str, index: str) -> None:
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
 
-    def mark_walk_done() -> None:  # the walk + staging is over; what follows is merge_inventory
+    def mark_batch_done() -> None:  # after the last batch, the walk + staging is over and merge_inventory follows
         walk_peak.update(peak, main_now=me.memory_info().rss, merge_started=time.perf_counter())
 
     try:
-        res = inventory(Path(root), Path(index), None, before_merge=mark_walk_done)
+        res = inventory(Path(root), Path(index), None, after_batch=mark_batch_done)
     finally:
         merge_seconds = time.perf_counter() - walk_peak.get("merge_started", time.perf_counter())
         stop.set()

@@ -1,6 +1,6 @@
 """Speed of the Firebird + JPEG 2000 NAS path, as ratios against baselines on the same data in the same run.
 
-    python benchmarks/bench_firebird_nas.py [--images N] [--rounds R]
+    python -m benchmarks.bench_firebird_nas [--images N] [--rounds R]
 
 wrap     baseline = a plain copy of each JP2 file's bytes to a new file (read + write);
          ours = FirebirdJpeg2000Source.dicom_bytes (J2K codestream wrapped as DICOM, no decode) + write.
@@ -21,10 +21,10 @@ import time
 from pathlib import Path
 
 from pacs_assets.config import FirebirdCatalog
+from pacs_assets.nas.base import OK, NoCache
+from pacs_assets.nas.firebird_jpeg2000.catalog import CatalogReader
+from pacs_assets.nas.firebird_jpeg2000.source import FirebirdJpeg2000Source
 from pacs_assets.sample.firebird_nas import make_bulk_firebird_nas
-from pacs_assets.sources.base import OK, NoCache
-from pacs_assets.sources.firebird_catalog import CatalogReader
-from pacs_assets.sources.firebird_jpeg2000 import FirebirdJpeg2000Source
 
 PASSWORD = "bench-only"
 

@@ -8,8 +8,8 @@ p50/p90/p99 latency of the query part (find patients + Orthanc file counts, on a
 and end to end (connect read-only, query, close), the same for status and history, and a few runs of
 the real `pacs search` command (a new Python process each).
 
-    .venv/bin/python benchmarks/bench_search.py               # builds a temp index (~30-60 s), then measures
-    .venv/bin/python benchmarks/bench_search.py --index /tmp/bench.duckdb   # reuse (or create) this one
+    .venv/bin/python -m benchmarks.bench_search               # builds a temp index (~30-60 s), then measures
+    .venv/bin/python -m benchmarks.bench_search --index /tmp/bench.duckdb   # reuse (or create) this one
 """
 
 from __future__ import annotations

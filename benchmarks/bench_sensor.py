@@ -1,8 +1,8 @@
 """The new-files sensor on an unchanged NAS, against a full walk + stat of the same tree in the same run.
 
-    python benchmarks/bench_sensor.py [--files 100000]
+    python -m benchmarks.bench_sensor [--files 100000]
 
-tick     one sensor tick (FolderWatch.tick) on an unchanged NAS, after its first look is complete;
+tick     one sensor tick (NasWatch.tick) on an unchanged NAS, after its first look is complete;
          baseline = os.walk + os.stat of every file. Goal: tick / walk <= 0.1.
 latency  from a file landing to its run being requested: the file must look the same on two ticks, so
          2 x sensor_interval_seconds (60 s by default) at most; the run itself (one partition, one new
@@ -16,16 +16,13 @@ import argparse
 import datetime as dt
 import os
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # for pacs_assets_tests.harness
-
-from pacs_assets.config import NasBase  # noqa: E402
-from pacs_assets.nas_watch import FolderWatch  # noqa: E402
-from pacs_assets.sample.dicom_nas import make_bulk_dicom_nas  # noqa: E402
+from pacs_assets.config import NasBase
+from pacs_assets.nas.watch import NasWatch
+from pacs_assets.sample.bulk_dicom_nas import make_bulk_dicom_nas
 
 DEFAULT_INTERVAL = NasBase.model_fields["sensor_interval_seconds"].default
 
@@ -43,9 +40,9 @@ def one_partition_run_seconds(tmp: Path) -> float:
     """A new study on a small NAS: time of the one-partition run the sensor would request."""
     import yaml
 
-    from pacs_assets.local_services.orthanc_server import OrthancServer
     from pacs_assets.sample.dicom_nas import make_dicom_nas
     from pacs_assets_tests.harness import materialize_nas
+    from pacs_assets_tests.services.orthanc import OrthancServer
 
     today = dt.date.today()
     manifest = make_dicom_nas(tmp / "small", patients=4, start_date=today - dt.timedelta(days=3))
@@ -72,7 +69,7 @@ def main() -> None:
         root = tmp / "nas"
         today = dt.date.today()
         make_bulk_dicom_nas(root, args.files, files_per_series=100, days=30, start_date=today - dt.timedelta(days=40))
-        watch = FolderWatch(tmp / "watch.sqlite", root, partitions_start=today - dt.timedelta(days=60))
+        watch = NasWatch(tmp / "watch.sqlite", root, partitions_start=today - dt.timedelta(days=60))
         first = time.perf_counter()
         while not watch.tick(3600, today).complete:
             pass

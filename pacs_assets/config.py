@@ -7,67 +7,33 @@ message is one sentence naming the file and the key, never a traceback.
 
 from __future__ import annotations
 
-import datetime as dt
 import os
 from pathlib import Path
-from typing import Annotated, Literal, Union
+from typing import Annotated, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import Field, ValidationError, field_validator
+
+from pacs_assets.errors import ConfigError
+from pacs_assets.nas.base import NAS_ID_PATTERN, NasBase, StrictModel
+
+# Re-exported: the settings models of the NAS kinds, where callers have always found them.
+from pacs_assets.nas.dicom_folder.settings import DicomFolderNas
+from pacs_assets.nas.firebird_jpeg2000.settings import (
+    FirebirdCatalog,
+    FirebirdJpeg2000Nas,
+)
+from pacs_assets.nas.registry import KINDS
 
 DEFAULT_CONFIG_PATHS = (Path("pacs.yaml"), Path("/etc/pacs_assets/pacs.yaml"))
-NAS_ID_PATTERN = r"^[a-z][a-z0-9_]{0,39}$"
 
 
-class ConfigError(Exception):
-    """A configuration mistake, phrased as one sentence for a human."""
+class _Strict(StrictModel):
+    pass
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class NasBase(_Strict):
-    id: str = Field(pattern=NAS_ID_PATTERN)
-    root: Path
-    # First procedure date the daily partitions cover; older or undated files fall back (see dates.py).
-    partitions_start: dt.date = dt.date(2000, 1, 1)
-    # Files whose size and mtime are younger than this are still being written: they wait a run.
-    settle_seconds: float = 0.0
-    # Automation (sensors.py, schedules.py).
-    sensor_interval_seconds: int = Field(default=60, ge=5)
-    incremental_cron: str = "*/15 * * * *"
-    reconciliation_cron: str = "0 2 * * *"
-
-
-class DicomFolderNas(NasBase):
-    kind: Literal["dicom_folder"]
-
-
-class FirebirdCatalog(_Strict):
-    """Where the Firebird catalog is: embedded (a file, the default) or a server."""
-
-    database: Path  # the .fdb file; relative paths are relative to the NAS root
-    mode: Literal["embedded", "server"] = "embedded"
-    host: str = "127.0.0.1"
-    port: int = 3050
-    user: str = "SYSDBA"
-    password_env: str = "FIREBIRD_PASSWORD"  # name of the environment variable holding the password
-    charset: str = "UTF8"
-    # Embedded mode reads a copy of the catalog taken per scan; None = the system temp folder.
-    snapshot_dir: Path | None = None
-
-
-class FirebirdJpeg2000Nas(NasBase):
-    kind: Literal["firebird_jpeg2000"]
-    firebird: FirebirdCatalog
-    # SQL mapping the vendor schema to our attributes; None = the documented default (firebird_catalog.py).
-    mapping: dict[str, str] | None = None
-    # How many imported images the lossless asset check decodes and compares pixel for pixel (0 = all).
-    lossless_check_sample: int = Field(default=25, ge=0)
-
-
-NasConfig = Annotated[Union[DicomFolderNas, FirebirdJpeg2000Nas], Field(discriminator="kind")]
+NasConfig = Annotated[Union[tuple(kind.settings for kind in KINDS.values())], Field(discriminator="kind")]
+KIND_NAMES = ", ".join(KINDS)
 
 
 class OrthancConfig(_Strict):
@@ -134,7 +100,7 @@ def _key_path(loc: tuple) -> str:
     for part in loc:
         if isinstance(part, int):
             out += f"[{part}]"
-        elif part in ("dicom_folder", "firebird_jpeg2000"):
+        elif part in KINDS:
             continue  # pydantic's discriminator branch, not a key the user wrote
         else:
             out += f".{part}" if out else str(part)
@@ -150,9 +116,9 @@ def _one_sentence(path: Path, error: ValidationError) -> str:
     if kind == "extra_forbidden":
         return f"{path}: unknown key '{key}' (check its spelling)."
     if kind == "union_tag_invalid":
-        return f"{path}: '{key}.kind' must be one of dicom_folder, firebird_jpeg2000."
+        return f"{path}: '{key}.kind' must be one of {KIND_NAMES}."
     if kind == "union_tag_not_found":
-        return f"{path}: missing key '{key}.kind' (dicom_folder or firebird_jpeg2000)."
+        return f"{path}: missing key '{key}.kind' (one of {KIND_NAMES})."
     message = first["msg"].removeprefix("Value error, ")
     return f"{path}: key '{key}' is invalid: {message}."
 
@@ -187,9 +153,5 @@ def load_config(path: str | os.PathLike | None = None) -> PacsConfig:
     return config.model_copy(update={"nas": nas, "index": index, "source_file": path})
 
 
-def check_nas_root(nas: NasBase) -> None:
-    """Refuse a root that is missing or not a folder: an unmounted NAS must never read as 'all deleted'."""
-    if not nas.root.exists():
-        raise ConfigError(f"NAS '{nas.id}': root folder {nas.root} does not exist (is the NAS mounted?).")
-    if not nas.root.is_dir():
-        raise ConfigError(f"NAS '{nas.id}': root {nas.root} is not a folder.")
+__all__ = ["ConfigError", "DicomFolderNas", "FirebirdCatalog", "FirebirdJpeg2000Nas", "NasBase", "NasConfig",
+           "PacsConfig", "load_config", "NAS_ID_PATTERN"]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import datetime as dt
 import os
 import shutil
 from collections import Counter, defaultdict
@@ -13,16 +12,18 @@ import pydicom.data
 import pytest
 import requests
 
-from pacs_assets.local_services._process import free_port
 from pacs_assets.sample.dicom_nas import make_dicom_nas
-from pacs_assets_tests.conftest import tree_fingerprint, write_config
-from pacs_assets_tests.harness import materialize_nas, step_failure_message
+from pacs_assets_tests.harness import (
+    NAS,
+    SAMPLE_START,
+    materialize_nas,
+    step_failure_message,
+    tree_fingerprint,
+    write_config,
+)
+from pacs_assets_tests.services.process import free_port
 
 # Partitions start shortly before the sample's procedure dates: a run over all partitions stays small.
-TODAY = dt.date.today()
-SAMPLE_START = TODAY - dt.timedelta(days=12)
-NAS = [{"id": "ct", "kind": "dicom_folder", "root": "nas",
-        "partitions_start": (TODAY - dt.timedelta(days=20)).isoformat()}]
 
 
 def orthanc_sop_uids(orthanc) -> set[str]:

@@ -10,14 +10,13 @@ import requests
 from dagster import AssetKey
 
 from pacs_assets.sample.dicom_nas import make_dicom_nas
-from pacs_assets_tests.conftest import write_config
-from pacs_assets_tests.harness import materialize_nas
-from pacs_assets_tests.test_assets import NAS, SAMPLE_START
-
-
-def check_results(result) -> dict[str, bool]:
-    return {e.asset_check_evaluation_data.check_name: e.asset_check_evaluation_data.passed
-            for e in result.all_events if e.event_type_value == "ASSET_CHECK_EVALUATION"}
+from pacs_assets_tests.harness import (
+    NAS,
+    SAMPLE_START,
+    check_results,
+    materialize_nas,
+    write_config,
+)
 
 
 def test_checks_pass_then_catch_planted_inconsistencies(tmp_path, orthanc_env):

@@ -11,8 +11,8 @@ from pathlib import Path
 from dagster import AssetKey, BackfillPolicy, DailyPartitionsDefinition
 
 from pacs_assets.config import load_config
-from pacs_assets.site_definitions import build_definitions
-from pacs_assets_tests.conftest import write_config
+from pacs_assets.defs.definitions import build_definitions
+from pacs_assets_tests.harness import write_config
 
 REPO = Path(__file__).resolve().parents[1]
 

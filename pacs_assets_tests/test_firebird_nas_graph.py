@@ -6,10 +6,14 @@ import duckdb
 import requests
 
 from pacs_assets.sample.firebird_nas import make_firebird_nas
-from pacs_assets_tests.conftest import tree_fingerprint, write_config
-from pacs_assets_tests.harness import materialize_nas
-from pacs_assets_tests.test_assets import NAS, SAMPLE_START
-from pacs_assets_tests.test_checks import check_results
+from pacs_assets_tests.harness import (
+    NAS,
+    SAMPLE_START,
+    check_results,
+    materialize_nas,
+    tree_fingerprint,
+    write_config,
+)
 
 
 def test_firebird_nas_is_imported_losslessly_rendered_and_not_twice(tmp_path, orthanc_env, monkeypatch):

@@ -16,20 +16,23 @@ import requests
 from dagster import AssetKey, DagsterInstance, DefaultSensorStatus, build_sensor_context
 
 from pacs_assets.config import ConfigError, load_config
-from pacs_assets.index import arrivals as arrivals_sql
-from pacs_assets.local_services._process import free_port
-from pacs_assets.orthanc import OrthancClient, OrthancUnavailable, orthanc_instance_id
-from pacs_assets.orthanc_arrivals import (
+from pacs_assets.defs.arrivals import (
     ARRIVALS_JOB,
     ARRIVALS_KEY,
     SENSOR_NAME,
     arrivals_run_config,
     read_changes,
 )
+from pacs_assets.defs.definitions import build_definitions
+from pacs_assets.index import arrivals as arrivals_sql
+from pacs_assets.orthanc.client import (
+    OrthancClient,
+    OrthancUnavailable,
+    orthanc_instance_id,
+)
 from pacs_assets.sample.dicom_nas import make_dicom_nas
-from pacs_assets.site_definitions import build_definitions
-from pacs_assets_tests.conftest import write_config
-from pacs_assets_tests.harness import materialize_nas
+from pacs_assets_tests.harness import materialize_nas, write_config
+from pacs_assets_tests.services.process import free_port
 
 pytestmark = pytest.mark.skipif(shutil.which("storescu") is None, reason="dcmtk (storescu) is not installed")
 

@@ -5,9 +5,7 @@ from __future__ import annotations
 from dagster import DagsterInstance
 
 from pacs_assets.sample.dicom_nas import make_dicom_nas
-from pacs_assets_tests.conftest import write_config
-from pacs_assets_tests.harness import materialize_nas
-from pacs_assets_tests.test_assets import NAS, SAMPLE_START
+from pacs_assets_tests.harness import NAS, SAMPLE_START, materialize_nas, write_config
 
 
 def event_log_text(instance: DagsterInstance, run_id: str) -> str:

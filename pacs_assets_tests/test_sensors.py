@@ -11,11 +11,11 @@ import duckdb
 from dagster import DagsterInstance, build_sensor_context
 
 from pacs_assets.config import load_config
-from pacs_assets.nas_watch import FolderWatch
-from pacs_assets.sample.dicom_nas import make_bulk_dicom_nas, make_dicom_nas
-from pacs_assets.site_definitions import build_definitions
-from pacs_assets_tests.conftest import write_config
-from pacs_assets_tests.harness import materialize_nas
+from pacs_assets.defs.definitions import build_definitions
+from pacs_assets.nas.watch import NasWatch
+from pacs_assets.sample.bulk_dicom_nas import make_bulk_dicom_nas
+from pacs_assets.sample.dicom_nas import make_dicom_nas
+from pacs_assets_tests.harness import materialize_nas, write_config
 
 TODAY = dt.date.today()
 START = TODAY - dt.timedelta(days=12)
@@ -113,7 +113,7 @@ def test_unmounted_nas_is_skipped_as_an_outage(tmp_path):
 def test_first_look_at_a_big_nas_spans_ticks_without_missing_or_repeating(tmp_path):
     root = tmp_path / "nas"
     n = make_bulk_dicom_nas(root, 1500, files_per_series=50, days=10, start_date=START)
-    watch = FolderWatch(tmp_path / "w.sqlite", root, partitions_start=TODAY - dt.timedelta(days=20))
+    watch = NasWatch(tmp_path / "w.sqlite", root, partitions_start=TODAY - dt.timedelta(days=20))
     reported, ticks = [], 0
     while True:
         ticks += 1
@@ -129,7 +129,7 @@ def test_first_look_at_a_big_nas_spans_ticks_without_missing_or_repeating(tmp_pa
 def test_unchanged_tick_stats_folders_only(tmp_path):
     root = tmp_path / "nas"
     make_bulk_dicom_nas(root, 600, files_per_series=50, days=3, start_date=START)
-    watch = FolderWatch(tmp_path / "w.sqlite", root, partitions_start=TODAY - dt.timedelta(days=20))
+    watch = NasWatch(tmp_path / "w.sqlite", root, partitions_start=TODAY - dt.timedelta(days=20))
     watch.tick(60, TODAY), watch.tick(60, TODAY)
     quiet = watch.tick(60, TODAY)
     assert quiet.changes == {} and quiet.folders_listed == 0 and quiet.folders_statted > 0

@@ -13,8 +13,8 @@ source .venv/bin/activate
 if [[ ! -f $DEMO/pacs.yaml ]]; then
   pacs sample --out "$DEMO"
 fi
-pacs orthanc start --dir "$DEMO/orthanc" --http-port "${ORTHANC_HTTP_PORT:-8042}" --dicom-port "${ORTHANC_DICOM_PORT:-4242}"
-trap 'pacs orthanc stop --dir "$DEMO/orthanc" || true' EXIT
+python -m pacs_assets_tests.services.orthanc start --dir "$DEMO/orthanc" --http-port "${ORTHANC_HTTP_PORT:-8042}" --dicom-port "${ORTHANC_DICOM_PORT:-4242}"
+trap 'python -m pacs_assets_tests.services.orthanc stop --dir "$DEMO/orthanc" || true' EXIT
 
 set -a
 source "$DEMO/orthanc/orthanc.env"   # ORTHANC_USERNAME / ORTHANC_PASSWORD of this private Orthanc
@@ -38,7 +38,7 @@ cleanup() {
   stop_dagster
   for _ in $(seq 20); do kill -0 "$DAGSTER_PID" 2>/dev/null || break; sleep 0.5; done
   kill -TERM -- "-$DAGSTER_PID" 2>/dev/null || true
-  pacs orthanc stop --dir "$DEMO/orthanc" || true
+  python -m pacs_assets_tests.services.orthanc stop --dir "$DEMO/orthanc" || true
 }
 trap cleanup EXIT
 wait "$DAGSTER_PID" || true

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import socket
 import sys
 import time
@@ -46,11 +45,10 @@ def echo(config: PacsConfig, *, calling_aet: str = CALLING_AET) -> dict:
 
 
 def rest_echo(config: PacsConfig, timeout: float) -> dict:
-    from pacs_assets.orthanc import OrthancClient, OrthancUnavailable
+    from pacs_assets.orthanc.client import OrthancUnavailable, client_from_config
 
     o = config.orthanc
-    client = OrthancClient(o.url, os.environ.get(o.username_env), os.environ.get(o.password_env),
-                           timeout=timeout, retries=0)
+    client = client_from_config(o, timeout=timeout, retries=0)
     started = time.perf_counter()
     try:
         info = client.system()

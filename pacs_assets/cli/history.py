@@ -59,14 +59,14 @@ def _utc(day: dt.date, tz: ZoneInfo) -> dt.datetime:
 def history(config: PacsConfig, *, nas_id: str | None = None, status: str | None = None,
             date_from: dt.date | None = None, date_to: dt.date | None = None, patient_id: str | None = None,
             study_uid: str | None = None, page: int = 1, page_size: int = 50) -> dict:
-    from pacs_assets.index import queries, store
+    from pacs_assets.index import connection, queries
 
     tz = ZoneInfo(config.timezone)
     q = queries.HistoryQuery(
         nas_id=nas_id, status=status, finished_from=_utc(date_from, tz) if date_from else None,
         finished_before=_utc(date_to + dt.timedelta(days=1), tz) if date_to else None,
         patient_id=patient_id, study_uid=study_uid, page=page, page_size=page_size)
-    with store.session(config.index.path, read_only=True) as con:
+    with connection.session(config.index.path, read_only=True) as con:
         rows, total = queries.history_page(con, q)
     for row in rows:
         for key in ("finished_at", "started_at"):

@@ -1,10 +1,10 @@
-"""The `pacs` command line for radiology IT: sample data, a local Orthanc, configuration checks."""
+"""The `pacs` command line for radiology IT: sample data, configuration checks, and (in their own modules)
+search, status, history and echo."""
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -20,22 +20,9 @@ def _cmd_sample(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_orthanc(args: argparse.Namespace) -> int:
-    from pacs_assets.local_services import orthanc_server
-
-    workdir = Path(args.dir)
-    if args.action == "start":
-        server = orthanc_server.start_detached(workdir, http_port=args.http_port, dicom_port=args.dicom_port)
-        print(f"Orthanc {server.url} (PID {server.pid}) is running; credentials in {workdir / 'orthanc.env'}")
-    else:
-        stopped = orthanc_server.stop_detached(workdir)
-        print("Orthanc stopped." if stopped else f"No Orthanc started from {workdir} is running.")
-    return 0
-
-
 def _cmd_check(args: argparse.Namespace) -> int:
-    from pacs_assets.orthanc import OrthancClient, OrthancUnavailable
-    from pacs_assets.sources import source_for
+    from pacs_assets.nas.registry import source_for
+    from pacs_assets.orthanc.client import OrthancUnavailable, client_from_config
 
     config = load_config(args.config)
     problems = []
@@ -47,8 +34,7 @@ def _cmd_check(args: argparse.Namespace) -> int:
             problems.append(str(exc))
     o = config.orthanc
     try:
-        info = OrthancClient(o.url, os.environ.get(o.username_env), os.environ.get(o.password_env),
-                             timeout=10, retries=0).system()
+        info = client_from_config(o, timeout=10, retries=0).system()
         print(f"Orthanc {info.get('Version')} at {o.url} answers")
     except OrthancUnavailable as exc:
         problems.append(str(exc))
@@ -71,13 +57,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--orthanc-url", default="http://127.0.0.1:8042")
     p.add_argument("--no-firebird", action="store_true", help="only the plain-DICOM NAS")
     p.set_defaults(func=_cmd_sample)
-
-    p = sub.add_parser("orthanc", help="start or stop a private local Orthanc (demo and tests)")
-    p.add_argument("action", choices=["start", "stop"])
-    p.add_argument("--dir", required=True, help="private folder for its storage, config, log and PID")
-    p.add_argument("--http-port", type=int, default=8042)
-    p.add_argument("--dicom-port", type=int, default=4242)
-    p.set_defaults(func=_cmd_orthanc)
 
     p = sub.add_parser("check", help="check the configuration, the NAS roots and Orthanc")
     p.add_argument("--json", action="store_true")

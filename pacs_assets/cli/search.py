@@ -92,10 +92,10 @@ def run(args: argparse.Namespace) -> int:
 
 def search(config: PacsConfig, query) -> dict:
     """The search (a ``queries.SearchQuery``) as a JSON-ready document; the index is open only while it runs."""
-    from pacs_assets.index import queries, store
+    from pacs_assets.index import connection, queries
 
     started = time.perf_counter()
-    with store.session(config.index.path, read_only=True) as con:
+    with connection.session(config.index.path, read_only=True) as con:
         patients, total = queries.find_patients(con, query)
         counts = queries.file_counts(con, [s["study_instance_uid"] for p in patients for s in p["studies"]])
     roots = {nas.id: Path(nas.root) for nas in config.nas}

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import os
 import sys
 
 from pacs_assets.cli.search import print_json, write_output
@@ -44,10 +43,10 @@ def _utcnow() -> dt.datetime:
 
 
 def status(config: PacsConfig, nas_id: str | None = None) -> dict:
-    from pacs_assets.index import queries, store
+    from pacs_assets.index import connection, queries
 
     now = _utcnow()
-    with store.session(config.index.path, read_only=True) as con:
+    with connection.session(config.index.path, read_only=True) as con:
         by_nas = queries.nas_status(con, nas_id, now - RATE_WINDOW)
     known = [n.id for n in config.nas]
     if nas_id is not None and nas_id not in known and nas_id not in by_nas:
@@ -77,11 +76,10 @@ def orthanc_statistics(config: PacsConfig) -> dict:
     """Orthanc's own counts (GET /statistics), or {'url', 'error'} with one sentence."""
     import requests
 
-    from pacs_assets.orthanc import OrthancClient, OrthancUnavailable
+    from pacs_assets.orthanc.client import OrthancUnavailable, client_from_config
 
     o = config.orthanc
-    client = OrthancClient(o.url, os.environ.get(o.username_env), os.environ.get(o.password_env),
-                           timeout=min(o.timeout_seconds, 10.0), retries=0)
+    client = client_from_config(o, timeout=min(o.timeout_seconds, 10.0), retries=0)
     try:
         version = client.system().get("Version")
         stats = client.statistics()

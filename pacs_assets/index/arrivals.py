@@ -1,4 +1,4 @@
-"""The SQL of ``orthanc_arrivals``: the instances Orthanc's /changes feed says arrived (see orthanc_arrivals.py).
+"""The SQL of ``orthanc_arrivals``: the instances Orthanc's /changes feed says arrived (see pipeline/arrivals.py).
 
 One row per Orthanc instance. A write replaces the rows of the instances it carries (delete by id, insert)
 in one transaction, so rewriting the same Seq range gives the same rows. If an instance arrived twice
@@ -13,7 +13,7 @@ from collections.abc import Mapping, Sequence
 
 import pandas as pd
 
-from pacs_assets.index.store import session, transaction
+from pacs_assets.index.connection import session, transaction
 
 # The columns a writer supplies, with their SQL types (the frame is cast on insert: an all-NULL column of a
 # pandas frame carries no type of its own).

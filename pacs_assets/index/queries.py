@@ -1,6 +1,6 @@
 """The read-only SQL behind ``pacs search``, ``pacs status`` and ``pacs history``.
 
-Every function takes an open connection (``store.session(path, read_only=True)``) and only reads; the
+Every function takes an open connection (``connection.session(path, read_only=True)``) and only reads; the
 caller keeps the index open for as short a time as it can, since while it does no writer can get in.
 
 Search runs in steps sized by what is found, not by the index:
@@ -14,7 +14,7 @@ Search runs in steps sized by what is found, not by the index:
    phonetic groups) need no rewriting: a query word never contains them, so it matches inside one
    name word. The key is stored (``patients.name_key``, written with the index).
 2. ``file_counts``: for the studies found, how many of their files are in Orthanc (file_status
-   imported or duplicate), from ``studies.files_in_orthanc``, which each import keeps current: a
+   imported or duplicate), from ``study_uploads.files_in_orthanc``, which each import keeps current: a
    search never scans the big ``instances`` and ``import_history`` tables.
 """
 
@@ -143,14 +143,15 @@ def find_patients(con: duckdb.DuckDBPyConnection, q: SearchQuery) -> tuple[list[
 def file_counts(con: duckdb.DuckDBPyConnection, study_uids: Sequence[str]) -> dict[tuple, tuple[int, int]]:
     """{(nas_id, partition_date, study UID): (files indexed, files in Orthanc)} for these studies.
 
-    'In Orthanc' is file_status imported or duplicate; every import keeps ``studies.files_in_orthanc``
-    current for its window (store.refresh_orthanc_counts), so this reads the small studies table only.
+    'In Orthanc' is file_status imported or duplicate; every import keeps ``study_uploads``
+    current for its window (ledger.refresh_orthanc_counts), so this reads two small tables only.
     """
     if not study_uids:
         return {}
     counted = con.execute("""
-        SELECT nas_id, partition_date, study_instance_uid, instance_count, coalesce(files_in_orthanc, 0)
-        FROM studies WHERE study_instance_uid IN (SELECT unnest($uids::VARCHAR[]))""",
+        SELECT s.nas_id, s.partition_date, s.study_instance_uid, s.instance_count, coalesce(u.files_in_orthanc, 0)
+        FROM studies s LEFT JOIN study_uploads u USING (nas_id, partition_date, study_instance_uid)
+        WHERE s.study_instance_uid IN (SELECT unnest($uids::VARCHAR[]))""",
                           {"uids": sorted(set(study_uids))}).fetchall()
     return {(nas, day, uid): (files, in_orthanc) for nas, day, uid, files, in_orthanc in counted}
 

@@ -27,8 +27,14 @@ CREATE TABLE IF NOT EXISTS studies (
     nas_id VARCHAR NOT NULL, partition_date DATE NOT NULL, study_instance_uid VARCHAR NOT NULL,
     patient_id VARCHAR, study_date VARCHAR, date_source VARCHAR, study_description VARCHAR,
     accession_number VARCHAR, modalities VARCHAR, series_count INTEGER, instance_count BIGINT,
-    folder VARCHAR, file_formats VARCHAR, last_updated TIMESTAMP,
-    files_in_orthanc BIGINT  -- kept current by each import (store.refresh_orthanc_counts), for fast search
+    folder VARCHAR, file_formats VARCHAR, last_updated TIMESTAMP
+);
+
+-- Per study: how many of its files are in Orthanc. Owned by the upload (ledger.refresh_orthanc_counts), so
+-- a search reads this small table, never the big instances and import_history tables.
+CREATE TABLE IF NOT EXISTS study_uploads (
+    nas_id VARCHAR NOT NULL, partition_date DATE NOT NULL, study_instance_uid VARCHAR NOT NULL,
+    files_in_orthanc BIGINT, last_updated TIMESTAMP
 );
 
 CREATE TABLE IF NOT EXISTS series (

@@ -32,8 +32,8 @@ from pathlib import Path
 import glymur
 import numpy as np
 
-from pacs_assets.sources.base import FAILED, OK, SKIPPED
-from pacs_assets.sources.firebird_catalog import create_embedded_database
+from pacs_assets.nas.base import FAILED, OK, SKIPPED
+from pacs_assets.nas.firebird_jpeg2000.catalog import create_embedded_database
 
 CATALOG = "catalog.fdb"  # at the root; pacs_assets.cli.sample names it so in the sample config
 DEFAULT_PASSWORD = "masterkey"  # Firebird's traditional default; embedded mode as root does not check it

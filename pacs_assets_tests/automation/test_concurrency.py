@@ -2,9 +2,9 @@
 
 DuckDB lets one process at a time open the index, and while it does nobody else can open it, not even
 read-only (FIELD_NOTES). Production has exactly this mix of processes: runs launched by the daemon, sensors
-ticking in the daemon, an operator's `pacs search`. The design (pacs_assets/index/store.py) is that no
+ticking in the daemon, an operator's `pacs search`. The design (pacs_assets/index/connection.py) is that no
 process keeps the index open for long: a run streams into a private staging DuckDB and merges in one short
-transaction, and ``store.connect`` waits with backoff while another process holds the lock. This test
+transaction, and ``connection.connect`` waits with backoff while another process holds the lock. This test
 checks that design under real contention:
 
 - five worker processes (pacs_assets_tests/automation/workers.py), all started together: each imports
@@ -15,7 +15,7 @@ checks that design under real contention:
   (c) the ``ct`` new-files sensor, ticking in a loop (it must never need the index: its state is a SQLite
       file beside it) — it must not fail, and must request runs for the sample's dates;
   (d) `pacs search` in a loop (a new process per search, as an operator runs it), or a read-only
-      ``store.session`` query when the package has no `pacs search`.
+      ``connection.session`` query when the package has no `pacs search`.
 - the runs share one Dagster instance (a temporary DAGSTER_HOME with the repository's dagster.yaml, SQLite
   storage), as runs launched by the daemon do. Its pools are what they are in production, except that the
   ``nas_walk`` pool is raised to 3 so that the three walks (the index's heaviest writers: scan-cache load
@@ -49,10 +49,9 @@ import pytest
 import requests
 from dagster import AssetKey, DagsterInstance
 
-from pacs_assets.local_services._process import pid_alive, stop_pid
 from pacs_assets.sample.dicom_nas import make_dicom_nas
-from pacs_assets_tests.conftest import write_config
-from pacs_assets_tests.harness import materialize_nas
+from pacs_assets_tests.harness import materialize_nas, write_config
+from pacs_assets_tests.services.process import pid_alive, stop_pid
 
 REPO = Path(__file__).resolve().parents[2]
 TODAY = dt.date.today()
@@ -235,7 +234,7 @@ def test_a_partition_run_is_not_blocked_by_another_runs_unfinished_windows(tmp_p
     manifest = make_dicom_nas(tmp_path / "nas_ct", patients=4, seed=0, start_date=SAMPLE_START)
     config = write_config(tmp_path / "pacs.yaml", [nas("ct")], orthanc_url=orthanc_env.url)
     from pacs_assets.config import load_config
-    from pacs_assets.site_definitions import build_definitions
+    from pacs_assets.defs.definitions import build_definitions
 
     job = build_definitions(load_config(config)).resolve_job_def("ct_job")
     keys = job.partitions_def.get_partition_keys()
@@ -254,7 +253,7 @@ SENSOR_TICKS = """
 import json, sys
 from dagster import DagsterInstance, build_sensor_context
 from pacs_assets.config import load_config
-from pacs_assets.site_definitions import build_definitions
+from pacs_assets.defs.definitions import build_definitions
 defs = build_definitions(load_config(sys.argv[1]))
 sensor, cursor, keys = defs.get_sensor_def("ct_new_files_sensor"), None, []
 with DagsterInstance.ephemeral() as instance:

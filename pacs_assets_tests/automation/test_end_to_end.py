@@ -25,15 +25,15 @@ import pydicom
 import requests
 from dagster import DagsterInstance, DagsterRunStatus, RunsFilter
 
-from pacs_assets.local_services._process import (
+from pacs_assets.sample.dicom_nas import make_dicom_nas
+from pacs_assets_tests.harness import write_config
+from pacs_assets_tests.services.process import (
     log_tail,
     pid_alive,
     spawn,
     stop_pid,
     wait_until,
 )
-from pacs_assets.sample.dicom_nas import make_dicom_nas
-from pacs_assets_tests.conftest import write_config
 
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent

@@ -23,8 +23,7 @@ from dagster import (
 )
 
 from pacs_assets.sample.dicom_nas import make_dicom_nas
-from pacs_assets_tests.conftest import write_config
-from pacs_assets_tests.harness import materialize_nas
+from pacs_assets_tests.harness import materialize_nas, write_config
 
 REPO = Path(__file__).resolve().parents[2]
 TODAY = dt.date.today()
@@ -45,7 +44,7 @@ def dagster_home(request, tmp_path, monkeypatch):
         shutil.copy(REPO / "dagster.yaml", home / "dagster.yaml")
         yield home, None
         return
-    from pacs_assets.local_services.postgres_server import PostgresServer
+    from pacs_assets_tests.services.postgres import PostgresServer
 
     with PostgresServer() as server:  # its own 0711 temp workdir: the `postgres` user can reach it
         for key, value in server.env().items():
@@ -53,7 +52,7 @@ def dagster_home(request, tmp_path, monkeypatch):
         shutil.copy(REPO / "dagster.postgres.yaml", home / "dagster.yaml")
         yield home, server
         pid = server.pid
-    from pacs_assets.local_services._process import pid_alive
+    from pacs_assets_tests.services.process import pid_alive
 
     assert not pid_alive(pid), "PostgreSQL outlived its test"
 

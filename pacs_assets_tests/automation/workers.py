@@ -57,7 +57,7 @@ def sensor(args, ready: Path, go: Path) -> dict:
     from dagster import DagsterInstance, build_sensor_context
 
     from pacs_assets.config import load_config
-    from pacs_assets.site_definitions import build_definitions
+    from pacs_assets.defs.definitions import build_definitions
 
     defs = build_definitions(load_config(args.config))
     sensor_def = defs.get_sensor_def(f"{args.nas}_new_files_sensor")
@@ -82,7 +82,7 @@ def sensor(args, ready: Path, go: Path) -> dict:
 
 def search(args, ready: Path, go: Path) -> dict:
     """Repeated searches: `pacs search` (a new process each, as an operator runs it) when the package has
-    it, else a read-only query through store.session. Every answer must be complete and never shrink."""
+    it, else a read-only query through connection.session. Every answer must be complete and never shrink."""
     import importlib.util
     import subprocess
 
@@ -108,10 +108,10 @@ def search(args, ready: Path, go: Path) -> dict:
                 errors.append(f"exit {done.returncode}: {done.stderr.strip()[-500:]}")
                 print(done.stderr, file=sys.stderr, flush=True)
         else:
-            from pacs_assets.index import store
+            from pacs_assets.index import connection
 
             try:
-                with store.session(config.index.path, read_only=True) as con:
+                with connection.session(config.index.path, read_only=True) as con:
                     found.append(con.execute("SELECT count(DISTINCT patient_id) FROM patients").fetchall()[0][0])
                 searches += 1
             except FileNotFoundError:
@@ -119,7 +119,7 @@ def search(args, ready: Path, go: Path) -> dict:
         if last:
             break
         time.sleep(0.05)
-    return {"success": not errors, "via": "pacs search" if use_cli else "store.session(read_only=True)",
+    return {"success": not errors, "via": "pacs search" if use_cli else "connection.session(read_only=True)",
             "searches": searches, "before_index_existed": before_index, "patients_found": found,
             "errors": errors[:5]}
 

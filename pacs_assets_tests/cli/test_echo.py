@@ -7,9 +7,9 @@ import json
 import pytest
 
 from pacs_assets.cli.main import main
-from pacs_assets.local_services._process import free_port
-from pacs_assets.local_services.orthanc_server import OrthancServer
-from pacs_assets_tests.conftest import write_config
+from pacs_assets_tests.harness import write_config
+from pacs_assets_tests.services.orthanc import OrthancServer
+from pacs_assets_tests.services.process import free_port
 
 
 def config_for(tmp_path, url: str, dicom_port: int, aet: str = "ORTHANC"):

@@ -9,7 +9,7 @@ import duckdb
 import yaml
 
 from pacs_assets.config import load_config
-from pacs_assets.site_definitions import build_definitions
+from pacs_assets.defs.definitions import build_definitions
 from pacs_assets_tests.harness import materialize_nas
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from pacs_assets.cli.main import main
-from pacs_assets_tests.index import running_site
+from pacs_assets_tests.harness import running_site
 
 
 @pytest.fixture(scope="module")

@@ -7,9 +7,8 @@ import json
 import requests
 
 from pacs_assets.cli.main import main
-from pacs_assets.local_services._process import free_port
-from pacs_assets_tests.harness import materialize_nas
-from pacs_assets_tests.index import build_site
+from pacs_assets_tests.harness import build_site, materialize_nas
+from pacs_assets_tests.services.process import free_port
 
 
 def status_json(config, capsys, *args: str) -> dict:

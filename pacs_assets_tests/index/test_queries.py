@@ -8,8 +8,8 @@ import math
 import duckdb
 import pytest
 
-from pacs_assets.index import queries, store
-from pacs_assets_tests.index import running_site
+from pacs_assets.index import connection, queries
+from pacs_assets_tests.harness import running_site
 
 
 @pytest.fixture(scope="module")
@@ -20,7 +20,7 @@ def site(tmp_path_factory):
 
 @pytest.fixture
 def con(site):
-    with store.session(site.index, read_only=True) as con:
+    with connection.session(site.index, read_only=True) as con:
         yield con
 
 

@@ -12,8 +12,12 @@ import fdb
 import glymur
 import pytest
 
-from pacs_assets.sample.firebird_nas import FirebirdSampleManifest, make_bulk_firebird_nas, make_firebird_nas
-from pacs_assets.sources.base import FAILED, OK, SKIPPED
+from pacs_assets.nas.base import FAILED, OK, SKIPPED
+from pacs_assets.sample.firebird_nas import (
+    FirebirdSampleManifest,
+    make_bulk_firebird_nas,
+    make_firebird_nas,
+)
 
 START = dt.date(2024, 3, 1)
 

@@ -1,0 +1,159 @@
+"""The asset factory: one graph per configured NAS, ``file_inventory -> dicom_index -> orthanc_instances``.
+
+All three share the NAS's daily partitions (procedure date) and a single-run backfill policy, so a
+backfill over years walks the NAS once, not once per day. Each asset is a thin wrapper: the work is a
+plain function in ``pacs_assets.pipeline``; here are only Dagster's concerns (pools, retries, progress
+logs, metadata). No step holds the DuckDB lock for longer than a short merge (index/connection.py).
+"""
+
+# No `from __future__ import annotations` here: Dagster inspects the `context` annotation at definition time.
+
+import datetime as dt
+import time
+from zoneinfo import ZoneInfo
+
+from dagster import (
+    AssetExecutionContext,
+    AssetKey,
+    BackfillPolicy,
+    Backoff,
+    Failure,
+    MaterializeResult,
+    MetadataValue,
+    RetryPolicy,
+    asset,
+)
+
+from pacs_assets.config import ConfigError, NasConfig, PacsConfig
+from pacs_assets.defs.partitions import nas_partitions
+from pacs_assets.defs.resources import IndexResource, OrthancResource, nas_resource_key
+from pacs_assets.orthanc.client import OrthancUnavailable
+from pacs_assets.pipeline.hierarchy import build_hierarchy
+from pacs_assets.pipeline.inventory import NasOutage, take_inventory
+from pacs_assets.pipeline.upload import upload_window
+
+# Pools (limits in dagster.yaml): walks use every core, and uploads share Orthanc's ingest ceiling, so
+# each runs one at a time across all runs. The upload pool is also what keeps two runs of one NAS from
+# staging and uploading the same pending files at once (without it each file is sent twice: harmless for
+# Orthanc, but the ledger's last word becomes 'duplicate'). The index needs no pool: its locks are short.
+WALK_POOL, UPLOAD_POOL = "nas_walk", "orthanc_upload"
+PROGRESS_EVERY_SECONDS = 15.0
+OWNERS = ["team:radiology-it"]
+
+
+def _window(context: AssetExecutionContext) -> tuple[dt.date, dt.date]:
+    window = context.partition_time_window
+    return window.start.date(), window.end.date()
+
+
+class _Progress:
+    """Logs 'done / total, rate, ETA' at a steady interval during long steps."""
+
+    def __init__(self, context: AssetExecutionContext, what: str, total: int | None = None):
+        self.context, self.what, self.total = context, what, total
+        self.started = self.last = time.monotonic()
+
+    def tick(self, done: int, total: int | None = None, force: bool = False) -> None:
+        now = time.monotonic()
+        self.total = total or self.total
+        if not force and now - self.last < PROGRESS_EVERY_SECONDS:
+            return
+        self.last = now
+        rate = done / max(now - self.started, 1e-9)
+        if self.total:
+            eta = (self.total - done) / rate if rate else float("inf")
+            self.context.log.info(f"{self.what}: {done}/{self.total} ({rate:.0f}/s, ETA {eta:.0f} s)")
+        else:
+            self.context.log.info(f"{self.what}: {done} ({rate:.0f}/s)")
+
+
+def _status_table(counts: dict[str, int]) -> MetadataValue:
+    rows = "\n".join(f"| {k} | {v} |" for k, v in sorted(counts.items()))
+    return MetadataValue.md(f"| status | files |\n|---|---|\n{rows}")
+
+
+def build_nas_assets(nas: NasConfig, config: PacsConfig) -> list:
+    prefix = nas.id
+    partitions = nas_partitions(nas, config.timezone)
+    source_key = nas_resource_key(nas.id)
+    tz = ZoneInfo(config.timezone)
+    common = dict(group_name=nas.id, partitions_def=partitions, backfill_policy=BackfillPolicy.single_run(),
+                  owners=OWNERS)
+
+    @asset(key=AssetKey([prefix, "file_inventory"]), kinds={"duckdb", "python"},
+           required_resource_keys={source_key, "index"}, pool=WALK_POOL,
+           description=f"Every file under NAS '{nas.id}' ({nas.kind}), walked read-only: size, mtime, change "
+                       "token, what it is and, for the skipped and failed, why. Partitioned by procedure date.",
+           **common)
+    def file_inventory(context: AssetExecutionContext) -> MaterializeResult:
+        index: IndexResource = context.resources.index
+        source = getattr(context.resources, source_key).source()
+        start, end = _window(context)
+        progress = _Progress(context, f"walking NAS '{nas.id}'")
+        try:
+            result = take_inventory(source, nas, index.path, start, end, today=dt.datetime.now(tz).date(),
+                                    progress=lambda done, known: progress.tick(done, known or None))
+        except ConfigError as exc:
+            raise Failure(description=str(exc), allow_retries=False) from None
+        except NasOutage as exc:
+            raise Failure(description=str(exc)) from None
+        counts = result.counts
+        return MaterializeResult(metadata={
+            "files_walked": result.walked,
+            "files_in_partitions": sum(counts.values()),
+            **{f"files_{k}": v for k, v in counts.items()},
+            "walk_seconds": round(result.seconds, 2),
+            "files_per_second": round(result.walked / max(result.seconds, 1e-9), 1),
+            "by_status": _status_table(counts),
+        })
+
+    @asset(key=AssetKey([prefix, "dicom_index"]), deps=[file_inventory], kinds={"duckdb"},
+           description=f"Patients, studies, series and instances found on NAS '{nas.id}', in the DuckDB index; "
+                       "each partition's rows replaced in one transaction.",
+           **common)
+    def dicom_index(context: AssetExecutionContext, index: IndexResource) -> MaterializeResult:
+        start, end = _window(context)
+        return MaterializeResult(metadata=build_hierarchy(index.path, nas.id, start, end))
+
+    @asset(key=AssetKey([prefix, "orthanc_instances"]), deps=[dicom_index], kinds={"python"},
+           description=f"NAS '{nas.id}' instances uploaded to Orthanc; every attempt in import_history. "
+                       "A rerun uploads only what is not imported yet.",
+           retry_policy=RetryPolicy(max_retries=config.orthanc.run_retries,
+                                    delay=config.orthanc.run_retry_delay_seconds,
+                                    backoff=Backoff.EXPONENTIAL) if config.orthanc.run_retries else None,
+           pool=UPLOAD_POOL, required_resource_keys={source_key, "index", "orthanc"},
+           **common)
+    def orthanc_instances(context: AssetExecutionContext) -> MaterializeResult:
+        index: IndexResource = context.resources.index
+        orthanc: OrthancResource = context.resources.orthanc
+        source = getattr(context.resources, source_key).source()
+        start, end = _window(context)
+        progress = _Progress(context, f"importing NAS '{nas.id}' into Orthanc")
+        try:
+            done = upload_window(source, orthanc.client(), index.path, nas.id, start, end,
+                                 concurrency=orthanc.concurrency, run_id=context.run.run_id,
+                                 on_staged=lambda n: setattr(progress, "total", n),
+                                 progress=lambda s: progress.tick(s.done),
+                                 with_paths=config.privacy.log_patient_data)
+        except OrthancUnavailable as exc:
+            raise Failure(description=str(exc)) from None
+        summary, totals = done.summary, done.totals
+        named = {}
+        if config.privacy.log_patient_data:  # file paths often name the patient: only where the site allows it
+            rows = "\n".join(f"| {p} | {r} |" for p, r in done.failed_files)
+            named["failed_files"] = MetadataValue.md(f"| file | reason |\n|---|---|\n{rows}")
+        failures = "\n".join(f"| {reason} | {n} |" for reason, n in summary.failures_by_reason.most_common(10))
+        return MaterializeResult(metadata={
+            "uploaded_this_run": summary.done,
+            **{f"this_run_{k}": v for k, v in summary.counts.items()},
+            **{f"files_{k}": v for k, v in totals.items()},
+            "bytes_sent": summary.bytes_sent,
+            "upload_seconds": round(summary.seconds, 2),
+            "instances_per_second": round(summary.done / max(summary.seconds, 1e-9), 1),
+            "by_status": _status_table(totals),
+            "failures_by_reason": MetadataValue.md(f"| reason | files |\n|---|---|\n{failures}" if failures
+                                                   else "no failures"),
+            **named,
+        })
+
+    return [file_inventory, dicom_index, orthanc_instances]

@@ -1,0 +1,65 @@
+"""Asset checks on every NAS graph (the work is in pipeline/checks.py; a kind may add its own).
+
+- ``every_file_accounted_for`` (on dicom_index, **blocking**): each inventoried DICOM file of the run's
+  procedure dates is in the index, and each skipped/failed file has a reason. If not, the index is
+  inconsistent with the walk and uploading from it would leave files unaccounted for: the import waits.
+- ``no_sop_instance_conflicts`` (on dicom_index, not blocking): one SOP Instance UID on two NAS devices
+  with different patient, study or bytes. Orthanc keeps the first arrival, so a person must look; but
+  one conflict must not hold up the import of everything else.
+- ``indexed_instances_in_orthanc`` (on orthanc_instances): every file the ledger says is in Orthanc
+  really is, checked by Orthanc's deterministic instance IDs on parallel persistent sessions.
+- the kind's own checks (``NasKind.checks``), e.g. ``lossless_in_orthanc`` for Firebird/JPEG 2000.
+Metadata carries counts and NAS ids only, never UIDs or patient data.
+"""
+
+from dagster import (
+    AssetCheckExecutionContext,
+    AssetCheckResult,
+    AssetCheckSeverity,
+    AssetKey,
+    asset_check,
+)
+
+from pacs_assets.config import NasConfig, PacsConfig
+from pacs_assets.defs.partitions import run_window
+from pacs_assets.nas.base import KindCheck
+from pacs_assets.nas.registry import kind_of
+from pacs_assets.pipeline import checks as work
+
+
+def build_nas_checks(nas: NasConfig, config: PacsConfig) -> list:
+    index_key = AssetKey([nas.id, "dicom_index"])
+    orthanc_key = AssetKey([nas.id, "orthanc_instances"])
+
+    @asset_check(asset=index_key, name="every_file_accounted_for", blocking=True, required_resource_keys={"index"},
+                 description="Every inventoried DICOM file is indexed; every skipped or failed file has a reason.")
+    def every_file_accounted_for(context: AssetCheckExecutionContext) -> AssetCheckResult:
+        start, end = run_window(context.run.tags, nas)
+        passed, metadata = work.every_file_accounted_for(context.resources.index.path, nas.id, start, end)
+        return AssetCheckResult(passed=passed, metadata=metadata)
+
+    @asset_check(asset=index_key, name="no_sop_instance_conflicts", required_resource_keys={"index"},
+                 description="No SOP Instance UID appears on two NAS devices with different patient, study or bytes.")
+    def no_sop_instance_conflicts(context: AssetCheckExecutionContext) -> AssetCheckResult:
+        passed, metadata = work.no_sop_instance_conflicts(context.resources.index.path, nas.id)
+        return AssetCheckResult(passed=passed, severity=AssetCheckSeverity.ERROR, metadata=metadata)
+
+    @asset_check(asset=orthanc_key, name="indexed_instances_in_orthanc", required_resource_keys={"index", "orthanc"},
+                 description="Every file recorded as imported or duplicate is present in Orthanc.")
+    def indexed_instances_in_orthanc(context: AssetCheckExecutionContext) -> AssetCheckResult:
+        passed, metadata = work.indexed_instances_in_orthanc(context.resources.index.path, nas.id,
+                                                            context.resources.orthanc.client())
+        return AssetCheckResult(passed=passed, metadata=metadata)
+
+    checks = [every_file_accounted_for, no_sop_instance_conflicts, indexed_instances_in_orthanc]
+    return checks + [_kind_check(nas, spec) for spec in kind_of(nas).checks]
+
+
+def _kind_check(nas: NasConfig, spec: KindCheck):
+    @asset_check(asset=AssetKey([nas.id, spec.on]), name=spec.name, required_resource_keys={"index", "orthanc"},
+                 description=spec.description)
+    def kind_check(context: AssetCheckExecutionContext) -> AssetCheckResult:
+        passed, metadata = spec.run(nas, context.resources.index.path, context.resources.orthanc.client())
+        return AssetCheckResult(passed=passed, metadata=metadata)
+
+    return kind_check

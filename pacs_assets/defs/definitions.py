@@ -1,0 +1,30 @@
+"""Building the Dagster definitions for a site: per configured NAS, one asset graph, one partitioned job, its
+schedules and its new-files sensor."""
+
+from __future__ import annotations
+
+from dagster import AssetSelection, Definitions, define_asset_job
+
+from pacs_assets.config import PacsConfig
+from pacs_assets.defs.arrivals import build_orthanc_arrivals
+from pacs_assets.defs.assets import build_nas_assets
+from pacs_assets.defs.checks import build_nas_checks
+from pacs_assets.defs.resources import build_resources
+from pacs_assets.defs.schedules import build_schedules
+from pacs_assets.defs.sensors import build_new_files_sensor
+
+
+def build_definitions(config: PacsConfig) -> Definitions:
+    assets, checks, jobs, schedules, sensors = [], [], [], [], []
+    for nas in config.nas:
+        assets += build_nas_assets(nas, config)
+        checks += build_nas_checks(nas, config)
+        job = define_asset_job(f"{nas.id}_job", selection=AssetSelection.groups(nas.id),
+                               description=f"Inventory, index and import NAS '{nas.id}'.")
+        jobs.append(job)
+        schedules += build_schedules(nas, config, job)
+        sensors.append(build_new_files_sensor(nas, config, job.name))
+    arrivals = build_orthanc_arrivals(config)  # orthanc/arrivals, its job and the /changes sensor
+    assets, jobs, sensors = assets + arrivals.assets, jobs + arrivals.jobs, sensors + arrivals.sensors
+    return Definitions(assets=assets, asset_checks=checks, jobs=jobs, schedules=schedules, sensors=sensors,
+                       resources=build_resources(config))

@@ -1,0 +1,109 @@
+"""Opening the DuckDB index: the lock policy, the settings, and the schema (applied once per process).
+
+DuckDB lets one process at a time open the file, and while it does no other process can open it, not
+even to read. Runs, sensors and searches are separate processes, so nothing keeps the index open for
+long: a run streams its work into a private *staging* database (staging.py), then merges it into the
+index in one short transaction. ``connect`` waits (with backoff) while another process holds the lock.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import random
+import time
+from collections.abc import Iterator
+from importlib import resources
+from pathlib import Path
+
+import duckdb
+
+LOCK_WAIT_SECONDS = float(os.environ.get("PACS_INDEX_LOCK_WAIT", "120"))
+# DuckDB would take up to 80 % of RAM for a big merge; capped, it spills to disk and a run's memory
+# stays flat however large the NAS.
+DUCKDB_SETTINGS = {"memory_limit": os.environ.get("PACS_DUCKDB_MEMORY_LIMIT", "256MB"),
+                   "preserve_insertion_order": False}
+# (path, inode) of index files whose schema this process already applied: a step opens the index
+# several times, and re-running the DDL each time costs more than the short merges themselves.
+_SCHEMA_APPLIED: set[tuple[str, int]] = set()
+
+
+def schema_sql() -> str:
+    return resources.files("pacs_assets.index").joinpath("schema.sql").read_text()
+
+
+def tuned(con: duckdb.DuckDBPyConnection) -> duckdb.DuckDBPyConnection:
+    # SET, not connect(config=...): a connect-time config must match every other open connection to the
+    # same file in this process, and tests or a caller may well hold a plain one.
+    for name, value in DUCKDB_SETTINGS.items():
+        con.execute(f"SET {name} = '{value}'" if isinstance(value, str) else f"SET {name} = {value}")
+    return con
+
+
+class IndexBusy(RuntimeError):
+    """Another process kept the index locked for longer than we were willing to wait."""
+
+
+def _is_lock_error(exc: Exception) -> bool:
+    text = str(exc)
+    return "lock" in text.lower() and ("Conflicting" in text or "Could not set lock" in text)
+
+
+def _private(path: Path) -> None:
+    # The index holds names, IDs and birth dates: owner only, whatever the umask.
+    with contextlib.suppress(OSError):
+        os.chmod(path, 0o600)
+
+
+def _apply_schema_once(con: duckdb.DuckDBPyConnection, path: Path) -> None:
+    key = (str(path.resolve()), path.stat().st_ino)
+    if key not in _SCHEMA_APPLIED:
+        con.execute(schema_sql())
+        _private(path)
+        _SCHEMA_APPLIED.add(key)
+
+
+def connect(path: str | os.PathLike, *, read_only: bool = False, wait: float | None = None) -> duckdb.DuckDBPyConnection:
+    """Open the index, waiting while another process holds its lock."""
+    wait = LOCK_WAIT_SECONDS if wait is None else wait
+    deadline = time.monotonic() + wait
+    delay = 0.02
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    while True:
+        try:
+            if read_only and not path.exists():
+                raise FileNotFoundError(f"The index {path} does not exist yet: materialize a NAS's assets first.")
+            con = tuned(duckdb.connect(str(path), read_only=read_only))
+            if not read_only:
+                _apply_schema_once(con, path)
+            return con
+        except duckdb.IOException as exc:
+            if not _is_lock_error(exc) or time.monotonic() > deadline:
+                if _is_lock_error(exc):
+                    raise IndexBusy(f"The index {path} stayed locked by another process for {wait:.0f} s.") from None
+                raise
+            time.sleep(delay * (1 + random.random()))
+            delay = min(delay * 2, 1.0)
+
+
+@contextlib.contextmanager
+def session(path: str | os.PathLike, *, read_only: bool = False) -> Iterator[duckdb.DuckDBPyConnection]:
+    con = connect(path, read_only=read_only)
+    try:
+        yield con
+    finally:
+        con.close()
+
+
+@contextlib.contextmanager
+def transaction(path: str | os.PathLike) -> Iterator[duckdb.DuckDBPyConnection]:
+    """A short read-write transaction: all of it lands, or none of it."""
+    with session(path) as con:
+        con.execute("BEGIN TRANSACTION")
+        try:
+            yield con
+        except BaseException:
+            con.execute("ROLLBACK")
+            raise
+        con.execute("COMMIT")

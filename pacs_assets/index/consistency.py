@@ -1,0 +1,73 @@
+"""The SQL behind the asset checks: consistency of inventory, index, ledger and NAS devices."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+from collections.abc import Iterator
+
+from pacs_assets.index.connection import session
+
+
+def unaccounted_files(index_path: str | os.PathLike, nas_id: str, start: dt.date, end: dt.date) -> dict[str, int]:
+    """In the window [start, end): inventoried DICOM files missing from the index, and skipped/failed
+    files without a reason. Only the run's own window: another run may be between its walk and its index."""
+    window = "nas_id = $nas AND procedure_date >= $start AND procedure_date < $end"
+    params = {"nas": nas_id, "start": start, "end": end}
+    with session(index_path, read_only=True) as con:
+        not_indexed = con.execute(f"""
+            SELECT count(*) FROM inventory f WHERE {window} AND f.status = 'ok'
+              AND NOT EXISTS (SELECT 1 FROM instances i WHERE i.nas_id = f.nas_id AND i.file_path = f.file_path)""",
+                                  params).fetchall()[0][0]
+        no_reason = con.execute(f"SELECT count(*) FROM inventory WHERE {window} AND status <> 'ok' AND reason IS NULL",
+                                params).fetchall()[0][0]
+        files = con.execute(f"SELECT count(*) FROM inventory WHERE {window}", params).fetchall()[0][0]
+    return {"files": files, "dicom_not_indexed": not_indexed, "without_reason": no_reason}
+
+
+def stored_orthanc_ids(index_path: str | os.PathLike, nas_id: str, batch: int = 1000) -> Iterator[list[str]]:
+    """Orthanc IDs of every file the ledger says is in Orthanc (imported or duplicate), in batches."""
+    with session(index_path, read_only=True) as con:
+        ids = [r[0] for r in con.execute("""
+            SELECT DISTINCT orthanc_instance_id FROM file_status
+            WHERE nas_id = ? AND status IN ('imported', 'duplicate') AND orthanc_instance_id IS NOT NULL
+            ORDER BY 1""", [nas_id]).fetchall()]
+    for i in range(0, len(ids), batch):
+        yield ids[i:i + batch]
+
+
+def sop_conflicts(index_path: str | os.PathLike) -> list[tuple[str, str, int]]:
+    """SOP Instance UIDs held by more than one NAS with different content (bytes, patient or study).
+
+    Returns (nas_ids, what differs, count) groups — never the UIDs or patient data themselves.
+    """
+    with session(index_path, read_only=True) as con:
+        return con.execute("""
+            WITH per_nas AS (
+                SELECT i.sop_instance_uid, i.nas_id, any_value(i.patient_id) AS patient_id,
+                       any_value(i.study_instance_uid) AS study, any_value(h.file_hash) AS file_hash
+                FROM instances i
+                LEFT JOIN import_history h ON h.nas_id = i.nas_id AND h.file_path = i.file_path
+                     AND h.change_token = i.change_token AND h.file_hash IS NOT NULL
+                GROUP BY i.sop_instance_uid, i.nas_id),
+            conflicts AS (
+                SELECT sop_instance_uid, string_agg(DISTINCT nas_id, ',' ORDER BY nas_id) AS nas_ids,
+                       CASE WHEN count(DISTINCT coalesce(patient_id, '')) > 1 THEN 'patient'
+                            WHEN count(DISTINCT study) > 1 THEN 'study'
+                            ELSE 'file content' END AS differs
+                FROM per_nas GROUP BY sop_instance_uid
+                HAVING count(DISTINCT nas_id) > 1
+                   AND (count(DISTINCT coalesce(patient_id, '')) > 1 OR count(DISTINCT study) > 1
+                        OR count(DISTINCT file_hash) > 1))
+            SELECT nas_ids, differs, count(*) FROM conflicts GROUP BY ALL ORDER BY ALL""").fetchall()
+
+
+def lossless_candidates(index_path: str | os.PathLike, nas_id: str, limit: int) -> list[tuple[str, str]]:
+    """(file_path, orthanc_instance_id) of JPEG 2000 lossless files in Orthanc; a spread sample unless limit=0."""
+    with session(index_path, read_only=True) as con:
+        return con.execute(f"""
+            SELECT s.file_path, s.orthanc_instance_id FROM file_status s
+            JOIN inventory f USING (nas_id, file_path)
+            WHERE s.nas_id = ? AND s.status IN ('imported', 'duplicate') AND f.file_format = 'JP2'
+              AND f.transfer_syntax_uid = '1.2.840.10008.1.2.4.90'
+            ORDER BY hash(s.file_path) {'LIMIT ' + str(int(limit)) if limit else ''}""", [nas_id]).fetchall()

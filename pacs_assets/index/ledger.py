@@ -1,0 +1,102 @@
+"""The import ledger (``import_history``, one row per upload attempt, never rewritten), what is left to
+upload, and the per-study counts of files in Orthanc. Written only by the ``orthanc_instances`` asset.
+
+The upload reads its work from ``instances`` (what ``dicom_index`` produced), not from the inventory.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+from collections.abc import Iterator, Mapping, Sequence
+
+from pacs_assets.index.connection import session, transaction
+from pacs_assets.index.inventory import RECORD_COLUMNS
+from pacs_assets.index.staging import Staging
+from pacs_assets.nas.base import FileRecord
+
+LEDGER_COLUMNS = ["nas_id", "file_path", "change_token", "file_hash", "partition_date", "orthanc_instance_id",
+                  "patient_id", "study_instance_uid", "series_instance_uid", "sop_instance_uid", "status",
+                  "error_message", "retryable", "attempts", "http_status", "started_at", "finished_at", "run_id"]
+
+
+def stage_pending_uploads(staging: Staging, nas_id: str, start: dt.date, end: dt.date) -> int:
+    """Copy into staging the window's indexed instances that still need an upload. Returns how many.
+
+    The instance row says what to send; the inventory row (same file, same change token) carries what the
+    NAS kind needs to read it (format, transfer syntax, catalog facts).
+    """
+    with staging.attached_to_index() as con:
+        con.execute("""
+            INSERT INTO staging.inventory
+            SELECT f.* FROM instances i
+            JOIN inventory f ON f.nas_id = i.nas_id AND f.file_path = i.file_path
+                            AND f.change_token = i.change_token
+            WHERE i.nas_id = ? AND i.partition_date >= ? AND i.partition_date < ?
+              AND NOT EXISTS (
+                SELECT 1 FROM import_history h
+                WHERE h.nas_id = i.nas_id AND h.file_path = i.file_path AND h.change_token = i.change_token
+                  AND (h.status IN ('imported', 'duplicate') OR NOT h.retryable))""", [nas_id, start, end])
+    return staging.count("inventory")
+
+
+def iter_staged(staging: Staging, batch: int = 500) -> Iterator[FileRecord]:
+    cursor = staging.con.cursor()
+    cols = ", ".join(f'"{c}"' for c in RECORD_COLUMNS)
+    cursor.execute(f"SELECT {cols} FROM inventory ORDER BY procedure_date DESC, file_path")
+    while rows := cursor.fetchmany(batch):
+        for row in rows:
+            yield FileRecord(*row)
+    cursor.close()
+
+
+def append_ledger(index_path: str | os.PathLike, rows: Sequence[Mapping]) -> None:
+    """Append import attempts to ``import_history`` (one short transaction)."""
+    if not rows:
+        return
+    import pandas as pd
+
+    frame = pd.DataFrame([[row.get(c) for c in LEDGER_COLUMNS] for row in rows], columns=LEDGER_COLUMNS)
+    frame["partition_date"] = frame["partition_date"].astype("string")
+    with transaction(index_path) as con:
+        con.register("_ledger", frame)
+        cols = ", ".join(LEDGER_COLUMNS)
+        con.execute(f"INSERT INTO import_history ({cols}) SELECT {cols} FROM _ledger")
+        con.unregister("_ledger")
+
+
+def refresh_orthanc_counts(index_path: str | os.PathLike, nas_id: str, start: dt.date, end: dt.date) -> None:
+    """``study_uploads.files_in_orthanc`` for a window: files whose current change token was imported or
+    duplicate (the same definition as the file_status view), kept per study so a search never scans the
+    big instances and import_history tables."""
+    with transaction(index_path) as con:
+        window = {"nas": nas_id, "start": start, "end": end}
+        con.execute("DELETE FROM study_uploads WHERE nas_id = $nas AND partition_date >= $start "
+                    "AND partition_date < $end", window)
+        con.execute("""
+            INSERT INTO study_uploads
+            SELECT i.nas_id, i.partition_date, i.study_instance_uid,
+                   count(*) FILTER (WHERE EXISTS (
+                       SELECT 1 FROM import_history h
+                       WHERE h.nas_id = i.nas_id AND h.file_path = i.file_path
+                         AND h.change_token = i.change_token AND h.status IN ('imported', 'duplicate'))), now()
+            FROM instances i
+            WHERE i.nas_id = $nas AND i.partition_date >= $start AND i.partition_date < $end
+            GROUP BY ALL""", window)
+
+
+def status_counts(index_path: str | os.PathLike, nas_id: str, start: dt.date, end: dt.date) -> dict[str, int]:
+    with session(index_path) as con:
+        return dict(con.execute(
+            "SELECT status, count(*) FROM file_status WHERE nas_id = ? AND partition_date >= ? AND partition_date < ? "
+            "GROUP BY status", [nas_id, start, end]).fetchall())
+
+
+def failed_files(index_path: str | os.PathLike, nas_id: str, start: dt.date, end: dt.date,
+                 limit: int = 20) -> list[tuple[str, str]]:
+    """(file_path, reason) of failed files in the window. Paths may name patients: callers must ask."""
+    with session(index_path, read_only=True) as con:
+        return con.execute(
+            "SELECT file_path, reason FROM file_status WHERE nas_id = ? AND status = 'failed' "
+            "AND partition_date >= ? AND partition_date < ? ORDER BY file_path LIMIT ?",
+            [nas_id, start, end, limit]).fetchall()

@@ -1,0 +1,92 @@
+"""A run's private scratch database, beside the index, never locked by anyone else.
+
+Staging holds patient data (it is a copy of inventory rows), so it lives in a 0700 folder under the
+index's own folder, as a 0600 file, and is removed when the run ends. A run killed with SIGKILL cannot
+clean up: the next ``Staging`` of any run removes the folders whose owning process is gone.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import duckdb
+
+from pacs_assets.index.connection import schema_sql, session, transaction, tuned
+
+STAGING_DIR = "staging"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_stale_staging(index_path: str | os.PathLike) -> int:
+    """Remove staging folders left by processes that died (``<pid>-<random>``). Returns how many."""
+    base = Path(index_path).parent / STAGING_DIR
+    removed = 0
+    if not base.is_dir():
+        return 0
+    for entry in base.iterdir():
+        pid = entry.name.split("-", 1)[0]
+        if pid.isdigit() and int(pid) != os.getpid() and not _pid_alive(int(pid)):
+            shutil.rmtree(entry, ignore_errors=True)
+            removed += 1
+    return removed
+
+
+class Staging:
+    """A private DuckDB file for one run: the run's scratch space."""
+
+    def __init__(self, index_path: str | os.PathLike):
+        self.index_path = Path(index_path)
+        base = self.index_path.parent / STAGING_DIR
+        base.mkdir(mode=0o700, parents=True, exist_ok=True)
+        os.chmod(base, 0o700)
+        remove_stale_staging(self.index_path)
+        self.dir = Path(tempfile.mkdtemp(prefix=f"{os.getpid()}-", dir=base))  # mkdtemp: mode 0700
+        self.path = self.dir / "staging.duckdb"
+        self.con = tuned(duckdb.connect(str(self.path)))
+        os.chmod(self.path, 0o600)
+        self.con.execute(schema_sql().split("CREATE SEQUENCE")[0])  # the table shapes, without the ledger/view
+        self.con.execute("CREATE TABLE cache AS SELECT * FROM scan_cache")
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self.con.close()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    def __enter__(self) -> Staging:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def count(self, table: str) -> int:
+        return self.con.execute(f"SELECT count(*) FROM {table}").fetchall()[0][0]
+
+    @contextlib.contextmanager
+    def attached_to_index(self, *, atomic: bool = False) -> Iterator[duckdb.DuckDBPyConnection]:
+        """An index connection (one short lock) with this staging file attached as ``staging``.
+
+        DuckDB allows one writer per file even within a process, so our own connection steps aside.
+        ``atomic``: everything done on the connection lands in one transaction, or nothing does.
+        """
+        self.con.execute("CHECKPOINT")
+        self.con.close()
+        try:
+            with (transaction if atomic else session)(self.index_path) as con:
+                con.execute(f"ATTACH '{self.path}' AS staging")
+                yield con
+        finally:
+            self.con = tuned(duckdb.connect(str(self.path)))

@@ -1,0 +1,148 @@
+"""The one interface every NAS kind implements, and the record it produces for each file.
+
+A source walks its NAS read-only and yields ``FileRecord`` batches (streamed: a NAS of millions of
+files is never held in memory); it later hands the importer the DICOM bytes for one record.
+
+A NAS *kind* is one subpackage of ``pacs_assets.nas`` that builds a ``NasKind`` (its settings model,
+its source, how the folder watch dates a new file, its extra checks) and one line in ``registry.py``.
+Nothing here imports Dagster: the Dagster layer (``pacs_assets.defs``) wraps what a kind declares.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field
+
+# The statuses a file can have in the inventory (before import). 'ok' means indexable DICOM content.
+OK, SKIPPED, FAILED = "ok", "skipped", "failed"
+
+
+@dataclasses.dataclass
+class FileRecord:
+    """What one file on a NAS is, as far as the inventory knows. Column names match the index tables."""
+
+    nas_id: str
+    file_path: str  # relative to the NAS root, POSIX separators
+    size: int = 0
+    mtime_ns: int = 0
+    change_token: str = ""  # "<size>-<mtime_ns>" (plus a catalog row version for catalog-backed NAS kinds)
+    status: str = OK  # ok | skipped | failed
+    reason: str | None = None  # why a file is skipped or failed; one sentence
+    file_format: str | None = None  # DICOM | DICOM-headerless | JP2
+    transfer_syntax_uid: str | None = None
+    compression_type: str | None = None
+    patient_id: str | None = None
+    patient_name: str | None = None
+    patient_birth_date: str | None = None
+    patient_sex: str | None = None
+    study_instance_uid: str | None = None
+    study_date: str | None = None  # as written in the source, possibly malformed
+    study_description: str | None = None
+    accession_number: str | None = None
+    series_instance_uid: str | None = None
+    series_number: int | None = None
+    series_date: str | None = None
+    modality: str | None = None
+    series_description: str | None = None
+    sop_instance_uid: str | None = None
+    sop_class_uid: str | None = None
+    instance_number: int | None = None
+    number_of_frames: int | None = None
+    rows: int | None = None
+    columns: int | None = None
+    extra_json: str | None = None  # kind-specific facts (catalog keys, JP2 header) the importer needs
+    procedure_date: dt.date | None = None  # the partition this file belongs to (see dates.py)
+    date_source: str | None = None  # study_date | series_date | file_mtime | partitions_start
+
+    @classmethod
+    def columns_(cls) -> list[str]:
+        return [f.name for f in dataclasses.fields(cls)]
+
+
+class ScanCache(ABC):
+    """What earlier runs already read: lets a source skip re-parsing files whose change token is unchanged."""
+
+    @abstractmethod
+    def lookup(self, keys: Mapping[str, str]) -> dict[str, FileRecord]:
+        """Given {file_path: change_token}, return the cached records whose token still matches."""
+
+
+class NoCache(ScanCache):
+    def lookup(self, keys: Mapping[str, str]) -> dict[str, FileRecord]:
+        return {}
+
+
+class NasSource(ABC):
+    """One NAS device. Implementations: ``dicom_folder`` and ``firebird_jpeg2000``."""
+
+    kind: str
+
+    def __init__(self, nas_id: str, root: Path):
+        self.nas_id = nas_id
+        self.root = Path(root)
+
+    @abstractmethod
+    def check_available(self) -> None:
+        """Raise ConfigError (one sentence) if the NAS cannot be read now: unmounted root, catalog missing..."""
+
+    @abstractmethod
+    def scan(self, cache: ScanCache, batch_size: int = 2000) -> Iterator[list[FileRecord]]:
+        """Walk the NAS read-only and yield batches of records, every file exactly once.
+
+        ``procedure_date``/``date_source`` may be left empty: the caller assigns partitions.
+        """
+
+    @abstractmethod
+    def dicom_bytes(self, record: FileRecord) -> bytes:
+        """The DICOM Part 10 bytes to send to Orthanc for this record (never modifies the NAS)."""
+
+
+# -- settings every NAS has (its block in pacs.yaml) --------------------------------------------------------
+
+NAS_ID_PATTERN = r"^[a-z][a-z0-9_]{0,39}$"
+
+
+class StrictModel(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class NasBase(StrictModel):
+    id: str = Field(pattern=NAS_ID_PATTERN)
+    root: Path
+    # First procedure date the daily partitions cover; older or undated files fall back (see dates.py).
+    partitions_start: dt.date = dt.date(2000, 1, 1)
+    # Files whose size and mtime are younger than this are still being written: they wait a run.
+    settle_seconds: float = 0.0
+    # Automation (defs/sensors.py, defs/schedules.py).
+    sensor_interval_seconds: int = Field(default=60, ge=5)
+    incremental_cron: str = "*/15 * * * *"
+    reconciliation_cron: str = "0 2 * * *"
+
+
+# -- the kind registry entry ----------------------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class KindCheck:
+    """A check a kind adds to its NAS graph, as a plain function: ``run(nas, index_path, client)`` returns
+    ``(passed, metadata)``. ``on`` names the asset it checks (``orthanc_instances`` or ``dicom_index``)."""
+
+    name: str
+    on: str
+    description: str
+    run: Callable[..., tuple[bool, dict]]
+
+
+@dataclasses.dataclass(frozen=True)
+class NasKind:
+    name: str  # the ``kind:`` value in pacs.yaml
+    settings: type[NasBase]  # its pydantic model (with ``kind: Literal[name]``)
+    build_source: Callable[[NasBase], NasSource]
+    # How the folder watch dates a new file (root, rel, size, mtime_ns) -> (study_date, series_date), or
+    # None when only the kind's catalog knows a file's date: the sensor then asks for the range it spans.
+    read_dates: Callable[[str, str, int, int], tuple[str | None, str | None]] | None = None
+    checks: tuple[KindCheck, ...] = ()

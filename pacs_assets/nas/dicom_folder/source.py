@@ -1,0 +1,117 @@
+"""The ``dicom_folder`` NAS kind: a folder tree of plain DICOM files (with or without the Part 10 header).
+
+The walk (nas/walk.py) is streamed and read-only and follows symbolic links inside the root, each folder
+once; everything it meets gets exactly one record.
+Header parsing runs on all cores; files whose size and mtime are unchanged come from the scan cache.
+"""
+
+from __future__ import annotations
+
+import io
+import multiprocessing
+import os
+from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+from pydicom import dcmread
+from pydicom.dataset import FileMetaDataset
+
+from pacs_assets.nas.base import FileRecord, NasSource, ScanCache
+from pacs_assets.nas.dicom_folder.headers import read_dicom_file
+from pacs_assets.nas.walk import check_root, walk
+
+# Below this many files to parse, a process pool costs more than it saves.
+POOL_THRESHOLD = 256
+
+
+def _parse_chunk(args: tuple[str, str, list[tuple[str, int, int]]]) -> list[FileRecord]:
+    nas_id, root, items = args
+    return [read_dicom_file(nas_id, root, rel, size, mtime) for rel, size, mtime in items]
+
+
+class DicomFolderSource(NasSource):
+    kind = "dicom_folder"
+
+    def __init__(self, nas_id: str, root: Path, *, settle_seconds: float = 0.0, workers: int | None = None):
+        super().__init__(nas_id, root)
+        self.settle_seconds = settle_seconds
+        self.workers = workers or min(os.cpu_count() or 1, 8)
+
+    def check_available(self) -> None:
+        check_root(self.nas_id, self.root)
+
+    def walk(self) -> Iterator[tuple[str, int, int] | FileRecord]:
+        """Yield (rel_path, size, mtime_ns) for each regular file, or a finished record for what is not one."""
+        for entry in walk(self.root, follow_links=True, settle_seconds=self.settle_seconds):
+            if entry.status is None:
+                yield (entry.rel, entry.size, entry.mtime_ns)
+            else:
+                yield FileRecord(nas_id=self.nas_id, file_path=entry.rel, size=entry.size, mtime_ns=entry.mtime_ns,
+                                 change_token=f"{entry.size}-{entry.mtime_ns}", status=entry.status,
+                                 reason=entry.reason)
+
+    # -- the scan -----------------------------------------------------------------------------------
+    def scan(self, cache: ScanCache, batch_size: int = 2000) -> Iterator[list[FileRecord]]:
+        self.check_available()
+        pool = None
+        try:
+            batch: list = []
+            for item in self.walk():
+                batch.append(item)
+                if len(batch) >= batch_size:
+                    pool = pool or self._pool_if(batch)
+                    yield self._resolve(batch, cache, pool)
+                    batch = []
+            if batch:
+                pool = pool or self._pool_if(batch)
+                yield self._resolve(batch, cache, pool)
+        finally:
+            if pool is not None:
+                pool.shutdown(cancel_futures=True)
+
+    def _pool_if(self, batch: list) -> ProcessPoolExecutor | None:
+        if self.workers < 2 or len(batch) < POOL_THRESHOLD:
+            return None
+        # forkserver: the run worker has threads, and forking a threaded process can deadlock.
+        ctx = multiprocessing.get_context("forkserver")
+        ctx.set_forkserver_preload(["pacs_assets.nas.dicom_folder.headers"])
+        return ProcessPoolExecutor(self.workers, mp_context=ctx)
+
+    def _resolve(self, batch: list, cache: ScanCache, pool: ProcessPoolExecutor | None) -> list[FileRecord]:
+        files = [item for item in batch if isinstance(item, tuple)]
+        cached = cache.lookup({rel: f"{size}-{mtime}" for rel, size, mtime in files})
+        todo = [item for item in files if item[0] not in cached]
+        parsed: dict[str, FileRecord] = {}
+        root = str(self.root)
+        if pool is not None and len(todo) >= POOL_THRESHOLD:
+            step = max(16, len(todo) // (self.workers * 4))
+            chunks = [(self.nas_id, root, todo[i:i + step]) for i in range(0, len(todo), step)]
+            for records in pool.map(_parse_chunk, chunks):
+                parsed.update((r.file_path, r) for r in records)
+        else:
+            parsed.update((r.file_path, r) for r in _parse_chunk((self.nas_id, root, todo)))
+        out = []
+        for item in batch:
+            if isinstance(item, FileRecord):
+                out.append(item)
+            else:
+                out.append(cached.get(item[0]) or parsed[item[0]])
+        return out
+
+    # -- import ---------------------------------------------------------------------------------------
+    def dicom_bytes(self, record: FileRecord) -> bytes:
+        data = (self.root / record.file_path).read_bytes()
+        if record.file_format != "DICOM-headerless":
+            return data
+        # Orthanc would store a headerless file as is, without file meta: add the meta first.
+        ds = dcmread(io.BytesIO(data), force=True)
+        implicit, little = ds.original_encoding
+        meta = FileMetaDataset()
+        meta.MediaStorageSOPClassUID = ds.SOPClassUID
+        meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+        meta.TransferSyntaxUID = record.transfer_syntax_uid
+        ds.file_meta = meta
+        out = io.BytesIO()
+        ds.save_as(out, enforce_file_format=True, implicit_vr=implicit, little_endian=little)
+        return out.getvalue()

@@ -1,0 +1,195 @@
+"""Finding what changed on a NAS cheaply, for the new-files sensor.
+
+A folder's modification time changes when an entry is added, removed or renamed in it, so on an
+unchanged NAS a tick only stats the folders it knows (no listing, no file stat). Files seen for the
+first time, or changed, wait until their size and mtime hold still across two looks (a file still being
+copied looks truncated). The state lives in a small SQLite file per NAS beside the index — not in the
+sensor cursor, which stays small, and not in DuckDB, whose lock the runs need.
+
+A tick has a time budget: the first look at a big NAS spans several ticks, resuming from a queue of
+folders still to list, so no file is missed or reported twice. A file rewritten in place (same folder,
+no rename) does not change its folder's mtime: the nightly reconciliation run catches those.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import os
+import sqlite3
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from pathlib import Path
+
+from pacs_assets.errors import ConfigError
+from pacs_assets.nas.dates import assign_procedure_date
+from pacs_assets.nas.walk import check_root
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS dirs (path TEXT PRIMARY KEY, mtime_ns INTEGER);
+-- stable: 0 until size and mtime held still from tick seen_tick to a later one; then 1.
+CREATE TABLE IF NOT EXISTS files (path TEXT PRIMARY KEY, dir TEXT, size INTEGER, mtime_ns INTEGER,
+                                  stable INTEGER, partition TEXT, seen_tick INTEGER);
+CREATE INDEX IF NOT EXISTS files_dir ON files(dir);
+CREATE INDEX IF NOT EXISTS files_unstable ON files(stable) WHERE stable = 0;
+CREATE TABLE IF NOT EXISTS queue (path TEXT PRIMARY KEY);
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER);
+INSERT OR IGNORE INTO meta VALUES ('tick', 0);
+"""
+
+
+class NasUnavailable(RuntimeError):
+    """The NAS root is missing or suddenly empty: an outage, never a mass deletion."""
+
+
+@dataclasses.dataclass
+class TickResult:
+    # partition date -> sorted (path, token) of the files that became stable, changed or vanished in it
+    changes: dict[dt.date, list[tuple[str, str]]]
+    folders_statted: int
+    folders_listed: int
+    queued: int  # folders still to list on a later tick (first look at a big NAS)
+    pending: int  # files seen but not yet stable
+
+    @property
+    def complete(self) -> bool:
+        return self.queued == 0 and self.pending == 0
+
+
+class NasWatch:
+    """The watch of one NAS: the folders it knows with their mtimes, and the files waiting to settle.
+
+    ``read_dates`` is the NAS kind's way to date a new file (NasKind.read_dates); None dates it by mtime.
+    """
+
+    def __init__(self, state_path: Path, root: Path, *, partitions_start: dt.date, settle_seconds: float = 0.0,
+                 read_dates: Callable[[str, str, int, int], tuple[str | None, str | None]] | None = None):
+        self.root = Path(root)
+        self.read_dates = read_dates
+        self.start = partitions_start
+        self.settle_ns = int(settle_seconds * 1e9)
+        state_path.parent.mkdir(parents=True, exist_ok=True)
+        self.db = sqlite3.connect(state_path, timeout=30)
+        self.db.executescript(SCHEMA)
+
+    def close(self) -> None:
+        self.db.close()
+
+    def _join(self, rel: str) -> str:
+        return os.path.join(self.root, rel) if rel else str(self.root)
+
+    def tick(self, budget_seconds: float, today: dt.date) -> TickResult:
+        deadline = time.monotonic() + budget_seconds
+        changes: dict[dt.date, set[tuple[str, str]]] = defaultdict(set)
+        known_files = self.db.execute("SELECT count(*) FROM files").fetchone()[0]
+        try:
+            check_root("", self.root)
+        except ConfigError:
+            raise NasUnavailable(f"NAS root {self.root} is missing, unreadable or empty while {known_files} files "
+                                 "were known: treated as an outage, nothing reported.") from None
+        statted = listed = 0
+        with self.db:
+            self.db.execute("UPDATE meta SET value = value + 1 WHERE key = 'tick'")
+            self.tick_no = self.db.execute("SELECT value FROM meta WHERE key = 'tick'").fetchone()[0]
+            if not self.db.execute("SELECT 1 FROM queue LIMIT 1").fetchone():
+                statted = self._queue_changed_dirs(changes)
+            while listed == 0 or time.monotonic() < deadline:  # at least one folder per tick
+                row = self.db.execute("SELECT path FROM queue ORDER BY path LIMIT 1").fetchone()
+                if row is None:
+                    break
+                self._list_dir(row[0], changes)
+                self.db.execute("DELETE FROM queue WHERE path = ?", row)
+                listed += 1
+            self._settle(changes, today, deadline)
+        queued = self.db.execute("SELECT count(*) FROM queue").fetchone()[0]
+        pending = self.db.execute("SELECT count(*) FROM files WHERE stable = 0").fetchone()[0]
+        return TickResult({d: sorted(v) for d, v in changes.items()}, statted, listed, queued, pending)
+
+    def _queue_changed_dirs(self, changes) -> int:
+        if not self.db.execute("SELECT 1 FROM dirs LIMIT 1").fetchone():
+            self.db.execute("INSERT OR IGNORE INTO queue VALUES ('')")
+            return 0
+        n = 0
+        for rel, mtime in self.db.execute("SELECT path, mtime_ns FROM dirs").fetchall():
+            n += 1
+            try:
+                now = os.stat(self._join(rel)).st_mtime_ns
+            except FileNotFoundError:
+                self._forget_dir(rel, changes)
+                continue
+            if now != mtime:
+                self.db.execute("INSERT OR IGNORE INTO queue VALUES (?)", (rel,))
+        return n
+
+    def _forget_dir(self, rel: str, changes) -> None:
+        like = f"{rel}/%" if rel else "%"
+        for path, size, mtime, part in self.db.execute(
+                "SELECT path, size, mtime_ns, partition FROM files WHERE dir = ? OR dir LIKE ?", (rel, like)).fetchall():
+            if part:
+                changes[dt.date.fromisoformat(part)].add((path, f"deleted-{size}-{mtime}"))
+        self.db.execute("DELETE FROM files WHERE dir = ? OR dir LIKE ?", (rel, like))
+        self.db.execute("DELETE FROM dirs WHERE path = ? OR path LIKE ?", (rel, like))
+
+    def _list_dir(self, rel: str, changes) -> None:
+        path = self._join(rel)
+        try:
+            dir_mtime = os.stat(path).st_mtime_ns
+            with os.scandir(path) as it:
+                entries = list(it)
+        except FileNotFoundError:
+            self._forget_dir(rel, changes)
+            return
+        except OSError:
+            return  # unreadable: the inventory records it with its reason
+        known = {p: (s, m) for p, s, m in self.db.execute(
+            "SELECT path, size, mtime_ns FROM files WHERE dir = ?", (rel,)).fetchall()}
+        seen = set()
+        for entry in entries:
+            child = f"{rel}/{entry.name}" if rel else entry.name
+            try:
+                if entry.is_symlink():
+                    continue  # links are followed (or refused) by the inventory walk, not watched
+                if entry.is_dir():
+                    if not self.db.execute("SELECT 1 FROM dirs WHERE path = ?", (child,)).fetchone():
+                        self.db.execute("INSERT OR IGNORE INTO queue VALUES (?)", (child,))
+                    continue
+                st = entry.stat()
+            except OSError:
+                continue
+            seen.add(child)
+            if known.get(child) != (st.st_size, st.st_mtime_ns):
+                self.db.execute("INSERT OR REPLACE INTO files VALUES (?, ?, ?, ?, 0, NULL, ?)",
+                                (child, rel, st.st_size, st.st_mtime_ns, self.tick_no))
+        for gone in set(known) - seen:
+            size, mtime = known[gone]
+            part = self.db.execute("SELECT partition FROM files WHERE path = ?", (gone,)).fetchone()[0]
+            if part:
+                changes[dt.date.fromisoformat(part)].add((gone, f"deleted-{size}-{mtime}"))
+            self.db.execute("DELETE FROM files WHERE path = ?", (gone,))
+        self.db.execute("INSERT OR REPLACE INTO dirs VALUES (?, ?)", (rel, dir_mtime))
+
+    def _settle(self, changes, today: dt.date, deadline: float) -> None:
+        """Pending files seen on an earlier tick: unchanged since (and old enough) means stable."""
+        now_ns = time.time_ns()
+        for path, size, mtime in self.db.execute(
+                "SELECT path, size, mtime_ns FROM files WHERE stable = 0 AND seen_tick < ? ORDER BY path",
+                (self.tick_no,)).fetchall():
+            if time.monotonic() > deadline + 5:  # reading headers: leave the rest for the next tick
+                break
+            try:
+                st = os.stat(self._join(path))
+            except FileNotFoundError:
+                self.db.execute("DELETE FROM files WHERE path = ?", (path,))
+                continue
+            if (st.st_size, st.st_mtime_ns) != (size, mtime):
+                self.db.execute("UPDATE files SET size = ?, mtime_ns = ?, seen_tick = ? WHERE path = ?",
+                                (st.st_size, st.st_mtime_ns, self.tick_no, path))
+                continue
+            if now_ns - mtime < self.settle_ns:
+                continue
+            study_date, series_date = (self.read_dates(str(self.root), path, size, mtime) if self.read_dates
+                                       else (None, None))
+            day, _ = assign_procedure_date(study_date, series_date, mtime, self.start, today)
+            self.db.execute("UPDATE files SET stable = 1, partition = ? WHERE path = ?", (day.isoformat(), path))
+            changes[day].add((path, f"{size}-{mtime}"))

@@ -1,0 +1,1 @@
+"""Orthanc: the REST client (client.py) and its /changes feed (changes.py)."""

@@ -1,0 +1,40 @@
+"""The asset checks' work, as plain functions returning ``(passed, metadata)``. Metadata carries counts and
+NAS ids only, never UIDs, paths or patient data."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+from concurrent.futures import ThreadPoolExecutor
+
+from pacs_assets.index import consistency
+from pacs_assets.orthanc.client import OrthancClient, OrthancUnavailable
+
+
+def every_file_accounted_for(index_path: str | os.PathLike, nas_id: str, start: dt.date,
+                             end: dt.date) -> tuple[bool, dict]:
+    counts = consistency.unaccounted_files(index_path, nas_id, start, end)
+    return counts["dicom_not_indexed"] == 0 and counts["without_reason"] == 0, counts
+
+
+def no_sop_instance_conflicts(index_path: str | os.PathLike, nas_id: str) -> tuple[bool, dict]:
+    groups = [g for g in consistency.sop_conflicts(index_path) if nas_id in g[0].split(",")]
+    table = "\n".join(f"| {nas_ids} | {differs} | {n} |" for nas_ids, differs, n in groups)
+    return not groups, {"conflicting_instances": sum(g[2] for g in groups),
+                        "conflicts": f"| NAS | differs | instances |\n|---|---|---|\n{table}" if groups else "none"}
+
+
+def indexed_instances_in_orthanc(index_path: str | os.PathLike, nas_id: str,
+                                 client: OrthancClient) -> tuple[bool, dict]:
+    """Every file the ledger says is in Orthanc really is, by Orthanc's deterministic instance IDs."""
+    try:
+        client.system()
+    except OrthancUnavailable as exc:
+        return False, {"error": str(exc)}
+    checked = missing = 0
+    with ThreadPoolExecutor(8) as pool:
+        for batch in consistency.stored_orthanc_ids(index_path, nas_id):
+            present = list(pool.map(client.instance_exists, batch))
+            checked += len(batch)
+            missing += present.count(False)
+    return missing == 0, {"checked": checked, "missing_in_orthanc": missing}

@@ -1,0 +1,81 @@
+"""The wheel ships the product only: every pacs_assets package and its data, no tests, harness or benchmarks.
+And the layers' arrows go one way (defs -> pipeline -> nas / orthanc / index), with no import cycle."""
+
+from __future__ import annotations
+
+import ast
+import shutil
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGE = ROOT / "pacs_assets"
+# Which top-level parts of pacs_assets each part may import. The CLI stands apart: nothing imports it.
+ALLOWED = {
+    "defs": {"defs", "pipeline", "nas", "orthanc", "index", "config", "errors"},
+    "pipeline": {"pipeline", "nas", "orthanc", "index", "config", "errors"},
+    "cli": {"cli", "nas", "orthanc", "index", "config", "errors", "sample"},
+    "index": {"index", "nas", "errors"},
+    "orthanc": {"orthanc", "errors"},
+    "nas": {"nas", "index", "errors"},  # a kind's extra check reads the index (lazily, inside the check)
+    "sample": {"sample", "nas", "errors"},
+    "config": {"nas", "errors"},
+    "errors": set(),
+}
+
+
+def test_wheel_holds_the_product_and_nothing_else(tmp_path):
+    # From a copy of the source tree: a build writes build/ and *.egg-info beside the sources.
+    src = tmp_path / "src"
+    shutil.copytree(ROOT, src, ignore=shutil.ignore_patterns(".git", ".venv", "var", "build", "*.egg-info",
+                                                             "__pycache__"))
+    subprocess.run([sys.executable, "-m", "build", "--wheel", "--no-isolation", "--outdir", str(tmp_path), str(src)],
+                   check=True, capture_output=True, cwd=tmp_path)
+    (wheel,) = tmp_path.glob("pacs_assets-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    tops = {n.split("/")[0] for n in names if not n.split("/")[0].endswith(".dist-info")}
+    assert tops == {"pacs_assets"}, tops
+    assert "pacs_assets/index/schema.sql" in names
+    shipped = {n for n in names if n.endswith(".py")}
+    expected = {p.relative_to(ROOT).as_posix() for p in PACKAGE.rglob("*.py")}
+    assert shipped == expected, expected ^ shipped
+
+
+def _imports(path: Path) -> set[str]:
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("pacs_assets"):
+            found.add(node.module)
+        elif isinstance(node, ast.Import):
+            found |= {a.name for a in node.names if a.name.startswith("pacs_assets")}
+    return found
+
+
+def _part(module_path: Path) -> str:
+    rel = module_path.relative_to(PACKAGE).with_suffix("")
+    return rel.parts[0]
+
+
+def test_layers_import_one_way_and_the_product_never_imports_tests():
+    wrong = []
+    for path in PACKAGE.rglob("*.py"):
+        if path.parent == PACKAGE and path.stem in ("__init__", "definitions"):
+            continue  # the code location entry points build everything
+        part = _part(path)
+        for module in _imports(path):
+            assert not module.startswith("pacs_assets_tests"), f"{path} imports the tests ({module})"
+            target = module.split(".")[1] if "." in module else module
+            if target not in ALLOWED[part]:
+                wrong.append(f"{path.relative_to(ROOT)} imports {module}")
+    assert wrong == []
+
+
+def test_no_product_module_imports_dagster_below_the_dagster_layer():
+    for part in ("pipeline", "nas", "orthanc", "index"):
+        for path in (PACKAGE / part).rglob("*.py"):
+            tree = ast.parse(path.read_text())
+            names = {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+            names |= {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
+            assert not any(n == "dagster" or n.startswith("dagster.") for n in names), path
