@@ -45,6 +45,8 @@ class OrthancConfig(_Strict):
     retries: int = Field(default=4, ge=0, le=20)
     run_retries: int = Field(default=2, ge=0, le=10)  # Dagster step retries when Orthanc is down
     run_retry_delay_seconds: float = Field(default=60.0, ge=0)
+    # Before an upload starts, how long to wait (sleeping, with backoff) for an Orthanc that does not answer.
+    outage_wait_seconds: float = Field(default=120.0, ge=0)
     changes_sensor_interval_seconds: int = Field(default=30, ge=5)  # orthanc_changes_sensor
     dicom_aet: str = "ORTHANC"
     dicom_port: int = 4242

@@ -27,7 +27,7 @@ from dagster import (
 from pacs_assets.config import ConfigError, NasConfig, PacsConfig
 from pacs_assets.defs.partitions import nas_partitions
 from pacs_assets.defs.resources import IndexResource, OrthancResource, nas_resource_key
-from pacs_assets.orthanc.client import OrthancUnavailable
+from pacs_assets.orthanc.client import OrthancRefused, OrthancUnavailable
 from pacs_assets.pipeline.hierarchy import build_hierarchy
 from pacs_assets.pipeline.inventory import NasOutage, take_inventory
 from pacs_assets.pipeline.upload import upload_window
@@ -134,7 +134,10 @@ def build_nas_assets(nas: NasConfig, config: PacsConfig) -> list:
                                  concurrency=orthanc.concurrency, run_id=context.run.run_id,
                                  on_staged=lambda n: setattr(progress, "total", n),
                                  progress=lambda s: progress.tick(s.done),
-                                 with_paths=config.privacy.log_patient_data)
+                                 with_paths=config.privacy.log_patient_data,
+                                 outage_wait_seconds=config.orthanc.outage_wait_seconds)
+        except OrthancRefused as exc:  # a wrong password does not get better by waiting: fail now, no retry
+            raise Failure(description=str(exc), allow_retries=False) from None
         except OrthancUnavailable as exc:
             raise Failure(description=str(exc)) from None
         summary, totals = done.summary, done.totals

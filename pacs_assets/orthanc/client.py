@@ -23,6 +23,11 @@ class OrthancUnavailable(RuntimeError):
     """Orthanc cannot be reached or refuses our credentials; the message is one sentence."""
 
 
+class OrthancRefused(OrthancUnavailable):
+    """Orthanc answered, and the answer will not change by waiting (HTTP 401, a server that is not Orthanc):
+    a person must fix the configuration, so nobody retries it."""
+
+
 @dataclasses.dataclass
 class UploadResult:
     status: str  # imported | duplicate | failed
@@ -86,7 +91,7 @@ class OrthancClient:
                 if resp.status_code == 404 and missing_ok:
                     return None
                 if resp.status_code == 401:
-                    raise OrthancUnavailable(f"Orthanc at {self.url} refused the credentials (HTTP 401): "
+                    raise OrthancRefused(f"Orthanc at {self.url} refused the credentials (HTTP 401): "
                                              "check ORTHANC_USERNAME / ORTHANC_PASSWORD.")
                 error = f"Orthanc at {self.url} answered HTTP {resp.status_code} to GET {what}."
                 retryable = resp.status_code >= 500 or resp.status_code == 429
@@ -103,14 +108,14 @@ class OrthancClient:
         except requests.Timeout:
             raise OrthancUnavailable(f"Orthanc at {self.url} did not answer within {self.timeout:.0f} s.") from None
         if resp.status_code == 401:
-            raise OrthancUnavailable(
+            raise OrthancRefused(
                 f"Orthanc at {self.url} refused the credentials (HTTP 401): check ORTHANC_USERNAME / ORTHANC_PASSWORD.")
         if resp.status_code != 200:
             raise OrthancUnavailable(f"Orthanc at {self.url} answered HTTP {resp.status_code} to GET /system.")
         try:
             return resp.json()
         except ValueError:
-            raise OrthancUnavailable(f"{self.url} answered GET /system with something that is not Orthanc.") from None
+            raise OrthancRefused(f"{self.url} answered GET /system with something that is not Orthanc.") from None
 
     def statistics(self) -> dict:
         return self._get("/statistics").json()

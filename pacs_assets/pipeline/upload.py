@@ -22,7 +22,7 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from pacs_assets.index import ledger
 from pacs_assets.index.staging import Staging
 from pacs_assets.nas.base import FileRecord, NasSource
-from pacs_assets.orthanc.client import OrthancClient, OrthancUnavailable, UploadResult
+from pacs_assets.orthanc.client import OrthancClient, OrthancRefused, OrthancUnavailable, UploadResult
 
 
 @dataclasses.dataclass
@@ -79,11 +79,12 @@ def import_records(
     summary = ImportSummary()
     pending_rows: list[dict] = []
     abort: str | None = None
+    refused: str | None = None  # a 401: waiting will not help, nobody should retry
     started = time.monotonic()
     in_flight: set[Future] = set()
 
     def collect(done: set[Future]) -> None:
-        nonlocal abort
+        nonlocal abort, refused
         for fut in done:
             row, size = fut.result()
             pending_rows.append(row)
@@ -92,7 +93,7 @@ def import_records(
             if row["status"] == "failed":
                 summary.failures_by_reason[(row["error_message"] or "")[:80]] += 1
                 if row["http_status"] == 401:
-                    abort = f"Orthanc at {client.url} refused the credentials (HTTP 401)"
+                    abort = refused = f"Orthanc at {client.url} refused the credentials (HTTP 401)"
                 elif row["retryable"] and row["http_status"] is None and row["attempts"]:
                     abort = f"Orthanc at {client.url} became unreachable"
         if len(pending_rows) >= flush_every:
@@ -115,9 +116,28 @@ def import_records(
     write_ledger(pending_rows)
     summary.seconds = time.monotonic() - started
     if abort:
-        raise OrthancUnavailable(
+        raise (OrthancRefused if refused else OrthancUnavailable)(
             f"{abort} after {summary.done} uploads; the files not yet uploaded stay pending for the next run.")
     return summary
+
+
+def wait_for_orthanc(client: OrthancClient, wait_seconds: float, *, max_delay: float = 15.0) -> dict:
+    """``GET /system`` until Orthanc answers, for up to ``wait_seconds``, sleeping with exponential backoff
+    between tries (a sleep, not a spin: a run waiting out a restart of Orthanc costs no CPU). A refusal
+    (HTTP 401, not Orthanc) is raised at once: waiting will not change it."""
+    deadline = time.monotonic() + wait_seconds
+    delay = 0.5
+    while True:
+        try:
+            return client.system()
+        except OrthancRefused:
+            raise
+        except OrthancUnavailable:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise
+            time.sleep(min(delay, left))
+            delay = min(delay * 2, max_delay)
 
 
 @dataclasses.dataclass
@@ -132,10 +152,10 @@ def upload_window(source: NasSource, client: OrthancClient, index_path: str | os
                   start: dt.date, end: dt.date, *, concurrency: int = 4, run_id: str | None = None,
                   on_staged: Callable[[int], None] | None = None,
                   progress: Callable[[ImportSummary], None] | None = None,
-                  with_paths: bool = False) -> WindowUpload:
+                  with_paths: bool = False, outage_wait_seconds: float = 0.0) -> WindowUpload:
     """Upload the window's indexed instances that are not in Orthanc yet. Raises OrthancUnavailable (one
     sentence) when Orthanc cannot be reached or refuses us; what finished is recorded either way."""
-    client.system()
+    wait_for_orthanc(client, outage_wait_seconds)
     with Staging(index_path) as staging:
         staged = ledger.stage_pending_uploads(staging, nas_id, start, end)
         if on_staged:

@@ -1,0 +1,73 @@
+"""Failed runs fail fast and cost no CPU: a wrong password is never retried; an Orthanc that is down is waited
+for with sleeps (backoff), not a spinning executor, and the failure says what happened in one sentence."""
+
+from __future__ import annotations
+
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import yaml
+
+from pacs_assets.sample.dicom_nas import make_dicom_nas
+from pacs_assets_tests.harness import NAS, SAMPLE_START, materialize_nas, step_failure_message, write_config
+
+REPO = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+
+
+def _config(tmp_path, orthanc_url: str, **orthanc):
+    config = write_config(tmp_path / "pacs.yaml", NAS, orthanc_url=orthanc_url)
+    raw = yaml.safe_load(config.read_text())
+    raw["orthanc"].update(orthanc)
+    config.write_text(yaml.safe_dump(raw))
+    return config
+
+
+def _step_events(result, kind: str) -> int:
+    return sum(1 for e in result.all_events if e.event_type_value == kind)
+
+
+def test_a_wrong_password_fails_at_once_without_retries(tmp_path, orthanc, monkeypatch):
+    make_dicom_nas(tmp_path / "nas", patients=4, start_date=SAMPLE_START)
+    monkeypatch.setenv("ORTHANC_USERNAME", orthanc.username)
+    monkeypatch.setenv("ORTHANC_PASSWORD", "not-the-password")
+    config = _config(tmp_path, orthanc.url, run_retries=2, run_retry_delay_seconds=30, outage_wait_seconds=60)
+    started = time.monotonic()
+    result = materialize_nas(config, "ct", raise_on_error=False)
+    seconds = time.monotonic() - started
+    assert not result.success
+    assert "refused the credentials (HTTP 401)" in step_failure_message(result)
+    assert _step_events(result, "STEP_UP_FOR_RETRY") == 0 and _step_events(result, "STEP_RESTARTED") == 0
+    assert seconds < 25, f"a 401 took {seconds:.0f} s to fail (retries or outage waits were not skipped)"
+
+
+def test_an_orthanc_that_is_down_is_waited_for_without_burning_a_core(tmp_path, orthanc_env):
+    """Through `dagster asset materialize` (the project's executor, not execute_in_process): the process tree's
+    CPU while it waits out the outage is far below one core."""
+    make_dicom_nas(tmp_path / "nas", patients=4, start_date=SAMPLE_START)
+    config = _config(tmp_path, orthanc_env.url, run_retries=1, run_retry_delay_seconds=2, outage_wait_seconds=6)
+    assert materialize_nas(config, "ct").success  # walk + index + upload once, all up
+    orthanc_env.stop()
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    shutil.copy(REPO / "dagster.yaml", home / "dagster.yaml")
+    env = {**os.environ, "PACS_CONFIG": str(config), "DAGSTER_HOME": str(home)}
+    before, started = resource.getrusage(resource.RUSAGE_CHILDREN), time.monotonic()
+    done = subprocess.run([str(BIN / "dagster"), "asset", "materialize", "-m", "pacs_assets.definitions",
+                           "--select", "ct/orthanc_instances", "--partition", SAMPLE_START.isoformat()],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    after, wall = resource.getrusage(resource.RUSAGE_CHILDREN), time.monotonic() - started
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    output = done.stdout + done.stderr
+    assert done.returncode != 0
+    assert f"Orthanc at {orthanc_env.url} is unreachable" in output
+    assert "STEP_UP_FOR_RETRY" in output  # the one retry happened
+    # Two outage waits of 6 s (the first attempt and its retry, 2 s apart): at least 14 s of waiting...
+    assert wall >= 14, output[-2000:]
+    # ...while the processes sleep: the CPU used is starting Dagster (~3-5 s here), far below one core.
+    assert cpu < 0.5 * wall, f"{cpu:.1f} s of CPU over {wall:.1f} s"
