@@ -7,7 +7,8 @@ PACKAGES=(
   orthanc orthanc-gdcm dcmtk                  # the PACS, its JPEG 2000 renderer, storescu
   firebird3.0-server libfbclient2             # vendor catalogs (server + client library for fdb)
   libopenjp2-7                                # glymur writes JPEG 2000 with it
-  postgresql                                  # optional Dagster instance storage
+  postgresql                                  # optional Dagster instance storage; Orthanc index for several nodes
+  orthanc-postgresql                          # the PostgreSQL index plugin (several Orthanc nodes, one index)
   python3-venv
 )
 
