@@ -131,7 +131,7 @@ def test_pydicom_corpus_completes_with_one_status_per_file(tmp_path, orthanc_env
     rows = query(tmp_path / "index.duckdb", "SELECT file_path, status, reason FROM file_status")
     assert sorted(r[0] for r in rows) == sorted(files)
     counts = Counter(r[1] for r in rows)
-    assert set(counts) <= {"imported", "duplicate", "failed", "skipped"}
+    assert set(counts) <= {"imported", "duplicate", "uid_conflict", "failed", "skipped"}
     assert counts["imported"] > 50 and counts["skipped"] > 0 and counts["failed"] > 0
     assert all(reason for _, st, reason in rows if st in ("failed", "skipped"))
     assert query(tmp_path / "index.duckdb", "SELECT status FROM file_status WHERE file_path = 'MR_truncated.dcm'") == [("failed",)]

@@ -1,7 +1,8 @@
 """`pacs history`: the import ledger (every upload attempt), newest first, one page at a time.
 
 Dates (--from/--to, inclusive) and the times shown are in the site's timezone (``timezone`` in the
-configuration, UTC by default); the ledger itself stores UTC.
+configuration, UTC by default); the ledger itself stores UTC. A ``uid_conflict`` attempt's message names
+the file Orthanc kept in its place.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from zoneinfo import ZoneInfo
 from pacs_assets.cli.search import iso_date, positive_int, print_json, write_output
 from pacs_assets.config import PacsConfig, load_config
 
-STATUSES = ("imported", "duplicate", "failed")
+STATUSES = ("imported", "duplicate", "uid_conflict", "failed")
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:

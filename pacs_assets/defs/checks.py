@@ -6,6 +6,11 @@
 - ``no_sop_instance_conflicts`` (on dicom_index, not blocking): one SOP Instance UID on two NAS devices
   with different patient, study or bytes. Orthanc keeps the first arrival, so a person must look; but
   one conflict must not hold up the import of everything else.
+- ``no_uid_conflicts`` (on orthanc_instances, **warning**): files sharing a SOP Instance UID with different
+  bytes, within this NAS and with other NAS devices, and files that ended ``uid_conflict`` (Orthanc kept
+  another file with their UIDs). On orthanc_instances because content is known from the upload (the hash
+  of the bytes sent, Orthanc's MD5 on ``AlreadyStored``); a warning because each such file is recorded and
+  named in ``pacs history --status uid_conflict``, and nothing a rerun does can change it.
 - ``indexed_instances_in_orthanc`` (on orthanc_instances): every file the ledger says is in Orthanc
   really is, checked by Orthanc's deterministic instance IDs on parallel persistent sessions.
 - the kind's own checks (``NasKind.checks``), e.g. ``lossless_in_orthanc`` for Firebird/JPEG 2000.
@@ -44,6 +49,13 @@ def build_nas_checks(nas: NasConfig, config: PacsConfig) -> list:
         passed, metadata = work.no_sop_instance_conflicts(context.resources.index.path, nas.id)
         return AssetCheckResult(passed=passed, severity=AssetCheckSeverity.ERROR, metadata=metadata)
 
+    @asset_check(asset=orthanc_key, name="no_uid_conflicts", required_resource_keys={"index"},
+                 description="No file shares a SOP Instance UID with a file of different content (on this NAS or "
+                             "another); none was set aside by Orthanc as uid_conflict.")
+    def no_uid_conflicts(context: AssetCheckExecutionContext) -> AssetCheckResult:
+        passed, metadata = work.no_uid_conflicts(context.resources.index.path, nas.id)
+        return AssetCheckResult(passed=passed, severity=AssetCheckSeverity.WARN, metadata=metadata)
+
     @asset_check(asset=orthanc_key, name="indexed_instances_in_orthanc", required_resource_keys={"index", "orthanc"},
                  description="Every file recorded as imported or duplicate is present in Orthanc.")
     def indexed_instances_in_orthanc(context: AssetCheckExecutionContext) -> AssetCheckResult:
@@ -51,7 +63,7 @@ def build_nas_checks(nas: NasConfig, config: PacsConfig) -> list:
                                                             context.resources.orthanc.client())
         return AssetCheckResult(passed=passed, metadata=metadata)
 
-    checks = [every_file_accounted_for, no_sop_instance_conflicts, indexed_instances_in_orthanc]
+    checks = [every_file_accounted_for, no_sop_instance_conflicts, no_uid_conflicts, indexed_instances_in_orthanc]
     return checks + [_kind_check(nas, spec) for spec in kind_of(nas).checks]
 
 

@@ -62,6 +62,40 @@ def sop_conflicts(index_path: str | os.PathLike) -> list[tuple[str, str, int]]:
             SELECT nas_ids, differs, count(*) FROM conflicts GROUP BY ALL ORDER BY ALL""").fetchall()
 
 
+def uid_conflicts(index_path: str | os.PathLike, nas_id: str) -> dict:
+    """Files of a NAS sharing a SOP Instance UID with different content: within the NAS, and with each other
+    NAS; and how many of its files ended ``uid_conflict`` (Orthanc kept another file in their place).
+
+    Content is the hash of the bytes last sent for a file's current version (the ledger's ``file_hash``), so
+    only files that reached the upload count. Returns counts only, never UIDs or paths:
+    ``{"uid_conflict_files", "groups_within_nas", "files_in_groups_within_nas", "across": {other_nas: groups}}``.
+    """
+    sent = """
+        WITH sent AS (  -- per file of any NAS sharing a UID with this NAS: the hash of the bytes last sent
+            SELECT i.nas_id, i.sop_instance_uid, h.file_hash
+            FROM instances i
+            JOIN import_history h ON h.nas_id = i.nas_id AND h.file_path = i.file_path
+                 AND h.change_token = i.change_token AND h.file_hash IS NOT NULL
+            WHERE i.sop_instance_uid IN (SELECT sop_instance_uid FROM instances WHERE nas_id = $nas)
+            QUALIFY row_number() OVER (PARTITION BY i.nas_id, i.file_path ORDER BY h.attempt_id DESC) = 1)"""
+    params = {"nas": nas_id}
+    with session(index_path, read_only=True) as con:
+        groups, files = con.execute(f"""{sent}
+            SELECT count(*), coalesce(sum(n), 0) FROM (
+                SELECT count(*) AS n FROM sent WHERE nas_id = $nas
+                GROUP BY sop_instance_uid HAVING count(DISTINCT file_hash) > 1)""", params).fetchall()[0]
+        across = con.execute(f"""{sent}
+            SELECT other, count(*) FROM (
+                SELECT o.nas_id AS other, o.sop_instance_uid FROM sent m
+                JOIN sent o ON o.sop_instance_uid = m.sop_instance_uid AND o.nas_id <> m.nas_id
+                WHERE m.nas_id = $nas GROUP BY ALL HAVING bool_or(o.file_hash <> m.file_hash))
+            GROUP BY other ORDER BY other""", params).fetchall()
+        conflicted = con.execute("SELECT count(*) FROM file_status WHERE nas_id = $nas AND status = 'uid_conflict'",
+                                 params).fetchall()[0][0]
+    return {"uid_conflict_files": conflicted, "groups_within_nas": groups, "files_in_groups_within_nas": int(files),
+            "across": dict(across)}
+
+
 def lossless_candidates(index_path: str | os.PathLike, nas_id: str, limit: int) -> list[tuple[str, str]]:
     """(file_path, orthanc_instance_id) of JPEG 2000 lossless files in Orthanc; a spread sample unless limit=0."""
     with session(index_path, read_only=True) as con:

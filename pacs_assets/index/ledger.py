@@ -2,6 +2,10 @@
 upload, and the per-study counts of files in Orthanc. Written only by the ``orthanc_instances`` asset.
 
 The upload reads its work from ``instances`` (what ``dicom_index`` produced), not from the inventory.
+
+An attempt ends ``imported``, ``duplicate`` (Orthanc already held these bytes), ``uid_conflict`` (Orthanc
+already held a *different* file with the same UIDs and kept it; ``error_message`` names which) or
+``failed``. Only a retryable failure is tried again by a later run.
 """
 
 from __future__ import annotations
@@ -18,6 +22,9 @@ from pacs_assets.nas.base import FileRecord
 LEDGER_COLUMNS = ["nas_id", "file_path", "change_token", "file_hash", "partition_date", "orthanc_instance_id",
                   "patient_id", "study_instance_uid", "series_instance_uid", "sop_instance_uid", "status",
                   "error_message", "retryable", "attempts", "http_status", "started_at", "finished_at", "run_id"]
+LEDGER_STATUSES = ("imported", "duplicate", "uid_conflict", "failed")
+FILE_STATUSES = LEDGER_STATUSES + ("skipped", "pending")  # the file_status view's vocabulary
+SETTLED = "('imported', 'duplicate', 'uid_conflict')"  # SQL: a file version that no run uploads again
 
 
 def stage_pending_uploads(staging: Staging, nas_id: str, start: dt.date, end: dt.date) -> int:
@@ -27,7 +34,7 @@ def stage_pending_uploads(staging: Staging, nas_id: str, start: dt.date, end: dt
     NAS kind needs to read it (format, transfer syntax, catalog facts).
     """
     with staging.attached_to_index() as con:
-        con.execute("""
+        con.execute(f"""
             INSERT INTO staging.inventory
             SELECT f.* FROM instances i
             JOIN inventory f ON f.nas_id = i.nas_id AND f.file_path = i.file_path
@@ -36,7 +43,7 @@ def stage_pending_uploads(staging: Staging, nas_id: str, start: dt.date, end: dt
               AND NOT EXISTS (
                 SELECT 1 FROM import_history h
                 WHERE h.nas_id = i.nas_id AND h.file_path = i.file_path AND h.change_token = i.change_token
-                  AND (h.status IN ('imported', 'duplicate') OR NOT h.retryable))""", [nas_id, start, end])
+                  AND (h.status IN {SETTLED} OR NOT h.retryable))""", [nas_id, start, end])
     return staging.count("inventory")
 
 
@@ -65,6 +72,20 @@ def append_ledger(index_path: str | os.PathLike, rows: Sequence[Mapping]) -> Non
         con.unregister("_ledger")
 
 
+def kept_files(index_path: str | os.PathLike, orthanc_ids: Sequence[str]) -> dict[str, tuple[str, str]]:
+    """{Orthanc instance ID: (nas_id, file_path)} of the file, on any NAS, whose upload last created that
+    instance in Orthanc (the ledger's latest ``imported`` attempt for the ID). IDs no NAS imported are absent."""
+    if not orthanc_ids:
+        return {}
+    with session(index_path, read_only=True) as con:
+        rows = con.execute("""
+            SELECT orthanc_instance_id, arg_max(nas_id, attempt_id), arg_max(file_path, attempt_id)
+            FROM import_history
+            WHERE status = 'imported' AND orthanc_instance_id IN (SELECT unnest($ids::VARCHAR[]))
+            GROUP BY 1""", {"ids": sorted(set(orthanc_ids))}).fetchall()
+    return {oid: (nas, path) for oid, nas, path in rows}
+
+
 def refresh_orthanc_counts(index_path: str | os.PathLike, nas_id: str, start: dt.date, end: dt.date) -> None:
     """``study_uploads.files_in_orthanc`` for a window: files whose current change token was imported or
     duplicate (the same definition as the file_status view), kept per study so a search never scans the
@@ -86,8 +107,9 @@ def refresh_orthanc_counts(index_path: str | os.PathLike, nas_id: str, start: dt
 
 
 def status_counts(index_path: str | os.PathLike, nas_id: str, start: dt.date, end: dt.date) -> dict[str, int]:
+    """{file_status: files} in the window, every status of the vocabulary present (0 if none)."""
     with session(index_path) as con:
-        return dict(con.execute(
+        return dict.fromkeys(FILE_STATUSES, 0) | dict(con.execute(
             "SELECT status, count(*) FROM file_status WHERE nas_id = ? AND partition_date >= ? AND partition_date < ? "
             "GROUP BY status", [nas_id, start, end]).fetchall())
 

@@ -27,6 +27,8 @@ from collections.abc import Sequence
 
 import duckdb
 
+from pacs_assets.index import ledger
+
 # Letters strip_accents() leaves alone (they do not decompose into a base letter and a mark).
 _SPELLED_OUT = [("ß", "ss"), ("ł", "l"), ("ø", "o"), ("æ", "ae"), ("œ", "oe"), ("đ", "d"), ("ı", "i")]
 # German spelling without umlauts (Mueller for Müller): a query word using it also tries the base letter.
@@ -158,7 +160,7 @@ def file_counts(con: duckdb.DuckDBPyConnection, study_uids: Sequence[str]) -> di
 
 # -- status ---------------------------------------------------------------------------------------------
 
-FILE_STATUSES = ("imported", "duplicate", "failed", "skipped", "pending")
+FILE_STATUSES = ledger.FILE_STATUSES  # imported, duplicate, uid_conflict, failed, skipped, pending
 
 
 def nas_status(con: duckdb.DuckDBPyConnection, nas_id: str | None, since: dt.datetime) -> dict[str, dict]:

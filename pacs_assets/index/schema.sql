@@ -68,13 +68,14 @@ CREATE TABLE IF NOT EXISTS import_history (
     file_path VARCHAR NOT NULL, change_token VARCHAR, file_hash VARCHAR, partition_date DATE,
     orthanc_instance_id VARCHAR, patient_id VARCHAR, study_instance_uid VARCHAR,
     series_instance_uid VARCHAR, sop_instance_uid VARCHAR,
-    status VARCHAR NOT NULL,  -- imported | duplicate | failed
+    status VARCHAR NOT NULL,  -- imported | duplicate | uid_conflict | failed
+    -- error_message: a failure's reason; for uid_conflict, the file Orthanc kept (same UIDs, other bytes)
     error_message VARCHAR, retryable BOOLEAN, attempts INTEGER, http_status INTEGER,
     started_at TIMESTAMP, finished_at TIMESTAMP, run_id VARCHAR
 );
 
--- One current status per file found under a NAS root: imported, duplicate, failed, skipped
--- (or pending, between indexing and import).
+-- One current status per file found under a NAS root: imported, duplicate, uid_conflict, failed, skipped
+-- (or pending, between indexing and import). reason: why skipped/failed, or which file Orthanc kept instead.
 CREATE OR REPLACE VIEW file_status AS
 WITH last_attempt AS (
     SELECT * FROM import_history

@@ -2,6 +2,10 @@
 
 Retried: connection errors, timeouts, 5xx, and 409 (a concurrent identical upload). Never retried: 4xx,
 which Orthanc uses for a file it cannot parse — retrying junk wastes hours (FIELD_NOTES).
+
+``AlreadyStored`` means Orthanc holds an instance with the same four identifiers, not the same bytes: the
+client asks for the MD5 Orthanc keeps with its copy (one small request, only then) and answers
+``duplicate`` for the same bytes, ``uid_conflict`` for a different file reusing the UIDs.
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ class OrthancRefused(OrthancUnavailable):
 
 @dataclasses.dataclass
 class UploadResult:
-    status: str  # imported | duplicate | failed
+    status: str  # imported | duplicate | uid_conflict | failed
     orthanc_instance_id: str | None = None
     error_message: str | None = None
     retryable: bool = False
@@ -76,7 +80,10 @@ class OrthancClient:
         Returns None for a 404 when ``missing_ok`` (an instance deleted since it arrived); raises
         OrthancUnavailable with one sentence otherwise.
         """
-        what = what or path
+        resp = self._get_retrying(path, what or path, params, missing_ok)
+        return None if resp is None else resp.json()
+
+    def _get_retrying(self, path: str, what: str, params: dict | None, missing_ok: bool) -> requests.Response | None:
         attempt = 0
         while True:
             attempt += 1
@@ -87,7 +94,7 @@ class OrthancClient:
                 error, retryable = f"Orthanc at {self.url} {kind} (GET {what}).", True
             else:
                 if resp.status_code == 200:
-                    return resp.json()
+                    return resp
                 if resp.status_code == 404 and missing_ok:
                     return None
                 if resp.status_code == 401:
@@ -133,8 +140,34 @@ class OrthancClient:
         """Which of these instance IDs Orthanc already holds (one request per ID, on the persistent session)."""
         return {i for i in orthanc_ids if self.instance_exists(i)}
 
-    def upload(self, data: bytes) -> UploadResult:
-        """POST /instances with retries and jittered exponential backoff on what can succeed later."""
+    def stored_md5(self, orthanc_id: str) -> str | None:
+        """The MD5 of the DICOM file Orthanc holds for an instance, as Orthanc recorded it on arrival (of the
+        uncompressed bytes), or None when it keeps none (``StoreMD5ForAttachments: false``)."""
+        resp = self._get_retrying(f"/instances/{orthanc_id}/attachments/dicom/md5", "the stored file's MD5",
+                                  None, missing_ok=False)
+        return resp.text.strip() or None
+
+    def upload(self, data: bytes, md5: str | None = None) -> UploadResult:
+        """POST /instances with retries and jittered exponential backoff on what can succeed later.
+
+        On ``AlreadyStored``, the MD5 of ``data`` (``md5``, or computed then) is compared with Orthanc's copy:
+        ``duplicate`` for the same bytes, ``uid_conflict`` (never retried) for a different file."""
+        result = self._post(data)
+        if result.status != "duplicate":
+            return result
+        try:
+            stored = self.stored_md5(result.orthanc_instance_id)
+            if stored is None:  # Orthanc keeps no MD5: hash its copy instead (a download, rare configurations)
+                stored = hashlib.md5(self.instance_file(result.orthanc_instance_id)).hexdigest()
+        except (OrthancUnavailable, requests.RequestException) as exc:
+            return dataclasses.replace(result, status="failed", retryable=True, error_message=(
+                f"Orthanc already holds these UIDs; comparing with its copy failed: {str(exc)[:160]}"))
+        if stored == (md5 or hashlib.md5(data).hexdigest()):
+            return result
+        return dataclasses.replace(result, status="uid_conflict", error_message=(
+            "same UIDs as a file Orthanc already holds, different bytes: Orthanc kept its copy"))
+
+    def _post(self, data: bytes) -> UploadResult:
         attempt = 0
         while True:
             attempt += 1

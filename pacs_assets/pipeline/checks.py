@@ -24,6 +24,17 @@ def no_sop_instance_conflicts(index_path: str | os.PathLike, nas_id: str) -> tup
                         "conflicts": f"| NAS | differs | instances |\n|---|---|---|\n{table}" if groups else "none"}
 
 
+def no_uid_conflicts(index_path: str | os.PathLike, nas_id: str) -> tuple[bool, dict]:
+    """No file of this NAS shares a SOP Instance UID with a file of different content (on this NAS or
+    another), and none ended ``uid_conflict``. Counts only: ``pacs history --status uid_conflict`` names them."""
+    found = consistency.uid_conflicts(index_path, nas_id)
+    across = found.pop("across")
+    table = "\n".join(f"| {other} | {n} |" for other, n in across.items())
+    metadata = {**found, "groups_across_nas": sum(across.values()),
+                "across_nas": f"| other NAS | UIDs with different content |\n|---|---|\n{table}" if across else "none"}
+    return not (found["uid_conflict_files"] or found["groups_within_nas"] or across), metadata
+
+
 def indexed_instances_in_orthanc(index_path: str | os.PathLike, nas_id: str,
                                  client: OrthancClient) -> tuple[bool, dict]:
     """Every file the ledger says is in Orthanc really is, by Orthanc's deterministic instance IDs."""

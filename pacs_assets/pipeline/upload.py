@@ -27,7 +27,7 @@ from pacs_assets.orthanc.client import OrthancClient, OrthancRefused, OrthancUna
 
 @dataclasses.dataclass
 class ImportSummary:
-    counts: Counter = dataclasses.field(default_factory=Counter)
+    counts: Counter = dataclasses.field(default_factory=lambda: Counter(dict.fromkeys(ledger.LEDGER_STATUSES, 0)))
     bytes_sent: int = 0
     seconds: float = 0.0
     failures_by_reason: Counter = dataclasses.field(default_factory=Counter)
@@ -52,7 +52,7 @@ def _upload_one(source: NasSource, client: OrthancClient, record: FileRecord, ru
     file_hash = None
     if data is not None:
         file_hash = hashlib.sha1(data).hexdigest()
-        result = client.upload(data)
+        result = client.upload(data, md5=hashlib.md5(data).hexdigest())
     row = {
         "nas_id": record.nas_id, "file_path": record.file_path, "change_token": record.change_token,
         "file_hash": file_hash, "partition_date": record.procedure_date,
@@ -140,6 +140,49 @@ def wait_for_orthanc(client: OrthancClient, wait_seconds: float, *, max_delay: f
             delay = min(delay * 2, max_delay)
 
 
+NOT_FROM_A_NAS = "a file Orthanc already held (not from a NAS)"
+
+
+class _KeptFileNamer:
+    """Writes ledger rows, giving each ``uid_conflict`` the file Orthanc kept as its reason: the NAS and path
+    of the upload that created the instance (this run's rows, else the ledger, any NAS), else
+    ``NOT_FROM_A_NAS``. A conflict whose kept file is not known yet may be an upload of this run still in
+    flight: it waits for the next batch, and for ``close`` at the latest."""
+
+    def __init__(self, index_path: str | os.PathLike):
+        self.index_path = index_path
+        self.imported: dict[str, tuple[str, str]] = {}  # this run's imports: Orthanc ID -> (nas, path)
+        self.waiting: list[dict] = []
+
+    def __call__(self, rows: list[dict], final: bool = False) -> None:
+        self.imported.update({r["orthanc_instance_id"]: (r["nas_id"], r["file_path"])
+                              for r in rows if r["status"] == "imported"})
+        conflicts = self.waiting + [r for r in rows if r["status"] == "uid_conflict"]
+        unknown = {r["orthanc_instance_id"] for r in conflicts} - set(self.imported)
+        kept = {**ledger.kept_files(self.index_path, sorted(unknown)), **self.imported}
+        held = [] if final else [r for r in conflicts if r["orthanc_instance_id"] not in kept]
+        held_ids = {id(r) for r in held}
+        for row in conflicts:
+            if id(row) not in held_ids:
+                row["error_message"] = _kept_reason(row, kept.get(row["orthanc_instance_id"]))
+        ledger.append_ledger(self.index_path, [r for r in self.waiting + rows if id(r) not in held_ids])
+        self.waiting = held
+
+    def close(self) -> None:
+        if self.waiting:
+            self([], final=True)
+
+
+def _kept_reason(row: dict, kept: tuple[str, str] | None) -> str:
+    if kept is None:
+        where = NOT_FROM_A_NAS
+    elif kept == (row["nas_id"], row["file_path"]):
+        where = f"an earlier version of this file (NAS '{kept[0]}', {kept[1]})"
+    else:
+        where = f"NAS '{kept[0]}', {kept[1]}"
+    return f"same UIDs as another file, different bytes; Orthanc kept {where}"
+
+
 @dataclasses.dataclass
 class WindowUpload:
     summary: ImportSummary
@@ -160,11 +203,12 @@ def upload_window(source: NasSource, client: OrthancClient, index_path: str | os
         staged = ledger.stage_pending_uploads(staging, nas_id, start, end)
         if on_staged:
             on_staged(staged)
+        writer = _KeptFileNamer(index_path)
         try:
-            summary = import_records(source, client, ledger.iter_staged(staging),
-                                     lambda rows: ledger.append_ledger(index_path, rows),
+            summary = import_records(source, client, ledger.iter_staged(staging), writer,
                                      concurrency=concurrency, run_id=run_id, progress=progress)
         finally:
+            writer.close()
             ledger.refresh_orthanc_counts(index_path, nas_id, start, end)
     totals = ledger.status_counts(index_path, nas_id, start, end)
     failed = ledger.failed_files(index_path, nas_id, start, end) if with_paths else []
