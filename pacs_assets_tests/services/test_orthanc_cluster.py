@@ -85,7 +85,7 @@ def test_nodes_share_one_index_and_one_storage(cluster, ct_files):
         assert get_json(cluster, 0, "/statistics") == get_json(cluster, 1, "/statistics")
         assert get_json(cluster, 1, "/statistics")["CountInstances"] == 1
         found = requests.post(f"{cluster.urls[1]}/tools/find", auth=cluster.auth, timeout=30,
-                              json={"Level": "Instance", "Query": {"PatientID": "SYN*"}}).json()
+                              json={"Level": "Instance", "Query": {"PatientID": "BLK*"}}).json()
         assert found == [expected_id]
         changes = get_json(cluster, 1, "/changes", params={"since": 0, "limit": 100})
         assert any(c["ChangeType"] == "NewInstance" and c["ID"] == expected_id for c in changes["Changes"])
