@@ -171,15 +171,23 @@ class Reclaims:
     def load(cls, index_path: str | os.PathLike, nas_id: str) -> Reclaims:
         """The NAS's interrupted uploads not answered since, whose instance no one recorded imported."""
         with session(index_path) as con:
+            if not con.execute("SELECT 1 FROM interrupted_uploads WHERE nas_id = ? LIMIT 1", [nas_id]).fetchall():
+                return cls({})  # the usual case: no upload of this NAS was ever cut off
             rows = con.execute("""
-                SELECT DISTINCT u.file_path, u.change_token, u.orthanc_instance_id FROM interrupted_uploads u
-                WHERE u.nas_id = ?
-                  AND NOT EXISTS (SELECT 1 FROM import_history h
-                                  WHERE h.status = 'imported' AND h.orthanc_instance_id = u.orthanc_instance_id)
-                  AND NOT EXISTS (SELECT 1 FROM import_history h
-                                  WHERE h.nas_id = u.nas_id AND h.file_path = u.file_path
-                                    AND h.change_token IS NOT DISTINCT FROM u.change_token
-                                    AND h.status IN ('imported', 'duplicate'))""", [nas_id]).fetchall()
+                WITH u AS (SELECT DISTINCT file_path, change_token, orthanc_instance_id FROM interrupted_uploads
+                           WHERE nas_id = $nas),
+                -- the answers that matter, found in one pass over import_history (it may be big)
+                answered AS (SELECT nas_id, file_path, change_token, orthanc_instance_id, status FROM import_history
+                             WHERE status IN ('imported', 'duplicate')
+                               AND (orthanc_instance_id IN (SELECT orthanc_instance_id FROM u)
+                                    OR file_path IN (SELECT file_path FROM u)))
+                SELECT u.* FROM u
+                WHERE NOT EXISTS (SELECT 1 FROM answered a
+                                  WHERE a.status = 'imported' AND a.orthanc_instance_id = u.orthanc_instance_id)
+                  AND NOT EXISTS (SELECT 1 FROM answered a
+                                  WHERE a.nas_id = $nas AND a.file_path = u.file_path
+                                    AND a.change_token IS NOT DISTINCT FROM u.change_token)""",
+                               {"nas": nas_id}).fetchall()
         return cls({(path, token): oid for path, token, oid in rows})
 
     def guard(self, expected_id: str):
