@@ -11,12 +11,14 @@ a) indexing  baseline = a plain one-process ``pydicom.dcmread(path, stop_before_
              ours = the file_inventory asset's path (DicomFolderSource.scan + Staging + merge).
 b) import    baseline = Orthanc's own ingest ceiling (``storescu +sd +r``, one association, TCP_NODELAY);
              ours = ``import_records`` (REST, threads) at concurrency 4 (the default), then 2/6/8.
+   journal   the same upload with and without its journal (index/journal.py), fsync every 256 lines or every line.
 c) memory    peak RSS of the inventory path in a fresh process, for two NAS sizes: it must stay flat.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import json
 import os
@@ -35,6 +37,7 @@ NAS_ID = "bench"
 PARTITIONS_START = dt.date(2000, 1, 1)
 INDEX_GOAL = 0.9  # ours / baseline, one core
 IMPORT_GOAL = 0.9  # ours / storescu ceiling
+JOURNAL_GOAL = 0.95  # with the journal / without, same files, same run: "the same within noise"
 RSS_FLAT = 1.25  # peak(large) / peak(small) at most this to call it flat
 
 
@@ -175,34 +178,105 @@ def baseline_storescu(root: Path, n: int, work: Path) -> dict:
     return {"rate": n / seconds, "seconds": seconds, "stored": stored, "problem": problem}
 
 
+@contextlib.contextmanager
+def _fresh_target(pristine_index: Path, work: Path, label: str):
+    """A copy of the pristine index (inventory and hierarchy done, nothing imported) and a fresh private
+    Orthanc: yields (index, server, client); the index copy is deleted afterwards."""
+    from pacs_assets.orthanc.client import OrthancClient
+    from pacs_assets_tests.services.orthanc import OrthancServer
+
+    index = work / f"index-import-{label}-{time.monotonic_ns()}.duckdb"
+    shutil.copy(pristine_index, index)
+    try:
+        with tempfile.TemporaryDirectory(dir=work, prefix="orthanc-") as wd, OrthancServer(Path(wd)) as server:
+            yield index, server, OrthancClient(server.url, server.username, server.password)
+    finally:
+        index.unlink(missing_ok=True)
+
+
+def _imported_rows(index: Path) -> int:
+    from pacs_assets.index.connection import session
+
+    with session(index, read_only=True) as con:
+        return con.execute("SELECT count(*) FROM import_history WHERE status = 'imported'").fetchall()[0][0]
+
+
+def _problem(label: str, n: int, todo: int, summary, stored: int, ledger: int) -> str | None:
+    if todo != n or summary.counts.get("imported") != n or stored != n or ledger != n:
+        return (f"{label}: staged {todo}, imported {dict(summary.counts)}, Orthanc holds {stored}, ledger {ledger} "
+                f"(expected {n})")
+    return None
+
+
 def ours_import(root: Path, n: int, pristine_index: Path, work: Path, concurrency: int) -> dict:
     """The orthanc_instances asset's work (pipeline.upload.upload_window) on a copy of the pristine index,
     into a fresh Orthanc."""
-    from pacs_assets.index.connection import session
     from pacs_assets.nas.dicom_folder.source import DicomFolderSource
-    from pacs_assets.orthanc.client import OrthancClient
     from pacs_assets.pipeline.upload import upload_window
-    from pacs_assets_tests.services.orthanc import OrthancServer
 
-    index = work / f"index-import-c{concurrency}-{time.monotonic_ns()}.duckdb"
-    shutil.copy(pristine_index, index)
-    start, end = _window()
-    try:
-        with tempfile.TemporaryDirectory(dir=work, prefix="orthanc-") as wd, OrthancServer(Path(wd)) as server:
-            client = OrthancClient(server.url, server.username, server.password)
-            source = DicomFolderSource(NAS_ID, root)
-            done = upload_window(source, client, index, NAS_ID, start, end, concurrency=concurrency)
-            summary, todo, seconds = done.summary, done.staged, done.summary.seconds
-            stored = _orthanc_count(server)
-        with session(index, read_only=True) as con:
-            ledger = con.execute("SELECT count(*) FROM import_history WHERE status = 'imported'").fetchall()[0][0]
-    finally:
-        index.unlink(missing_ok=True)
-    problem = None
-    if todo != n or summary.counts.get("imported") != n or stored != n or ledger != n:
-        problem = (f"concurrency {concurrency}: staged {todo}, imported {dict(summary.counts)}, "
-                   f"Orthanc holds {stored}, ledger {ledger} (expected {n})")
+    with _fresh_target(pristine_index, work, f"c{concurrency}") as (index, server, client):
+        done = upload_window(DicomFolderSource(NAS_ID, root), client, index, NAS_ID, *_window(),
+                             concurrency=concurrency)
+        summary, seconds = done.summary, done.summary.seconds
+        problem = _problem(f"concurrency {concurrency}", n, done.staged, summary, _orthanc_count(server),
+                           _imported_rows(index))
     return {"rate": n / seconds, "seconds": seconds, "counts": dict(summary.counts), "problem": problem}
+
+
+JOURNAL_FSYNC = {"default": {}, "every_line": {"fsync_every": 1}}  # Journal keywords ({}: FSYNC_EVERY lines)
+
+
+def journal_import(root: Path, n: int, pristine_index: Path, work: Path, concurrency: int, variant: str) -> dict:
+    """``import_records`` as upload_window calls it, without a journal ("none") or with one fsynced every
+    FSYNC_EVERY lines ("default") or every line; the journal's end-of-run merge is timed apart."""
+    from pacs_assets.index import ledger
+    from pacs_assets.index.journal import Journal, merge_journals
+    from pacs_assets.index.staging import Staging
+    from pacs_assets.nas.dicom_folder.source import DicomFolderSource
+    from pacs_assets.pipeline.upload import import_records
+
+    with _fresh_target(pristine_index, work, f"journal-{variant}") as (index, server, client):
+        journal = None
+        with Staging(index) as staging:
+            todo = ledger.stage_pending_uploads(staging, NAS_ID, *_window())
+            if variant != "none":
+                journal = Journal(index, **JOURNAL_FSYNC[variant])
+            summary = import_records(DicomFolderSource(NAS_ID, root), client, ledger.iter_staged(staging),
+                                     lambda rows: ledger.append_ledger(index, rows), concurrency=concurrency,
+                                     journal=journal)
+        merge_started = time.perf_counter()
+        if journal:
+            journal.close()
+            merge_journals(index, own=journal.path)
+        merge_seconds = time.perf_counter() - merge_started
+        problem = _problem(f"journal {variant}", n, todo, summary, _orthanc_count(server), _imported_rows(index))
+    return {"rate": n / summary.seconds, "seconds": summary.seconds, "merge_seconds": merge_seconds,
+            "problem": problem}
+
+
+def bench_journal(root: Path, n: int, pristine_index: Path, work: Path, concurrency: int, rounds: int) -> dict:
+    """Per round, every journal variant back to back (the order rotates from round to round); each ratio
+    is a variant's rate over that round's rate without the journal."""
+    names = ["none", *JOURNAL_FSYNC]
+    rates: dict[str, list[float]] = {v: [] for v in names}
+    ratios: dict[str, list[float]] = {v: [] for v in names if v != "none"}
+    merges: dict[str, list[float]] = {v: [] for v in ratios}
+    problems = []
+    for r in range(rounds):
+        results = {v: journal_import(root, n, pristine_index, work, concurrency, v)
+                   for v in names[r % len(names):] + names[:r % len(names)]}
+        for v, res in results.items():
+            rates[v].append(res["rate"])
+            if v in ratios:
+                ratios[v].append(res["rate"] / results["none"]["rate"])
+                merges[v].append(res["merge_seconds"])
+            if res["problem"]:
+                problems.append(res["problem"])
+        _log(f"journal round {r + 1}/{rounds}: " + ", ".join(f"{v} {res['rate']:.0f}/s" for v, res in results.items()))
+    return {"files": n, "rounds": rounds, "concurrency": concurrency,
+            "rates": {v: _median(x) for v, x in rates.items()}, "rates_all": rates,
+            "ratios": {v: _median(x) for v, x in ratios.items()}, "ratios_all": ratios,
+            "merge_seconds": {v: _median(x) for v, x in merges.items()}, "problems": problems}
 
 
 def bench_import(root: Path, n: int, pristine_index: Path, work: Path, concurrencies: list[int],
@@ -361,6 +435,18 @@ def render(report: dict) -> str:
         lines.append(f"{'':10} highest ratio to the ceiling: concurrency {im['closest_concurrency']}")
         for p in im["problems"]:
             lines.append(f"{'':10} PROBLEM: {p}")
+    jr = report.get("journal")
+    if jr:
+        r, q, m = jr["rates"], jr["ratios"], jr["merge_seconds"]
+        lines.append(f"{'journal':10} {'import_records without the journal, concurrency ' + str(jr['concurrency']):58} "
+                     f"{r['none']:8.0f} i/s")
+        for v, label in (("default", "with the journal, fsync every 256 lines (default)"),
+                         ("every_line", "with the journal, fsync every line")):
+            lines.append(f"{'':10} {label:58} {r[v]:8.0f} i/s {q[v]:6.2f}  {'>=0.95':>6}  "
+                         f"{_verdict(q[v], JOURNAL_GOAL)}")
+            lines.append(f"{'':10} {'  then its merge into import_history':58} {m[v] * 1000:8.0f} ms")
+        for p in jr["problems"]:
+            lines.append(f"{'':10} PROBLEM: {p}")
     rs = report.get("rss")
     if rs:
         sizes = sorted(rs, key=int)
@@ -400,6 +486,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", type=Path, help="also write every figure (and each round's) to this file")
     ap.add_argument("--rounds", type=int, default=3, help="indexing rounds (baseline and ours interleaved)")
     ap.add_argument("--import-rounds", type=int, default=1, help="import rounds (each: storescu, ours, storescu)")
+    ap.add_argument("--journal-rounds", type=int, default=3,
+                    help="rounds of the upload with and without its journal, at the first concurrency (0 skips)")
     ap.add_argument("--concurrency", default="4,2,6,8", help="import concurrencies to try (the first is the default)")
     ap.add_argument("--skip-indexing", action="store_true")
     ap.add_argument("--skip-import", action="store_true")
@@ -437,6 +525,10 @@ def main(argv: list[str] | None = None) -> int:
                 concurrencies = [int(c) for c in args.concurrency.split(",") if c.strip()]
                 _log(f"import: {args.import_rounds} round(s), concurrency {concurrencies}")
                 report["import"] = bench_import(root, len(paths), pristine, work, concurrencies, args.import_rounds)
+                if args.journal_rounds:
+                    _log(f"journal: {args.journal_rounds} round(s), concurrency {concurrencies[0]}")
+                    report["journal"] = bench_journal(root, len(paths), pristine, work, concurrencies[0],
+                                                      args.journal_rounds)
         shutil.rmtree(root, ignore_errors=True)
         sizes = [int(s) for s in args.rss_sizes.split(",") if s.strip()]
         if sizes:

@@ -14,6 +14,8 @@ import datetime as dt
 import os
 from collections.abc import Iterator, Mapping, Sequence
 
+import duckdb
+
 from pacs_assets.index.connection import session, transaction
 from pacs_assets.index.inventory import RECORD_COLUMNS
 from pacs_assets.index.staging import Staging
@@ -21,7 +23,8 @@ from pacs_assets.nas.base import FileRecord
 
 LEDGER_COLUMNS = ["nas_id", "file_path", "change_token", "file_hash", "partition_date", "orthanc_instance_id",
                   "patient_id", "study_instance_uid", "series_instance_uid", "sop_instance_uid", "status",
-                  "error_message", "retryable", "attempts", "http_status", "started_at", "finished_at", "run_id"]
+                  "error_message", "retryable", "attempts", "http_status", "started_at", "finished_at", "run_id",
+                  "attempt_key"]
 LEDGER_STATUSES = ("imported", "duplicate", "uid_conflict", "failed")
 FILE_STATUSES = LEDGER_STATUSES + ("skipped", "pending")  # the file_status view's vocabulary
 SETTLED = "('imported', 'duplicate', 'uid_conflict')"  # SQL: a file version that no run uploads again
@@ -59,17 +62,27 @@ def iter_staged(staging: Staging, batch: int = 500) -> Iterator[FileRecord]:
 
 def append_ledger(index_path: str | os.PathLike, rows: Sequence[Mapping]) -> None:
     """Append import attempts to ``import_history`` (one short transaction)."""
-    if not rows:
-        return
+    if rows:
+        with transaction(index_path) as con:
+            insert_rows(con, "import_history", LEDGER_COLUMNS, rows)
+
+
+def insert_rows(con: duckdb.DuckDBPyConnection, table: str, columns: Sequence[str], rows: Sequence[Mapping], *,
+                new_keys_only: bool = False) -> None:
+    """Insert dicts as rows (one DataFrame, not row by row). ``new_keys_only``: skip rows whose
+    ``attempt_key`` the table already holds, so that writing the same attempts twice adds nothing."""
     import pandas as pd
 
-    frame = pd.DataFrame([[row.get(c) for c in LEDGER_COLUMNS] for row in rows], columns=LEDGER_COLUMNS)
-    frame["partition_date"] = frame["partition_date"].astype("string")
-    with transaction(index_path) as con:
-        con.register("_ledger", frame)
-        cols = ", ".join(LEDGER_COLUMNS)
-        con.execute(f"INSERT INTO import_history ({cols}) SELECT {cols} FROM _ledger")
-        con.unregister("_ledger")
+    frame = pd.DataFrame([[row.get(c) for c in columns] for row in rows], columns=list(columns))
+    if "partition_date" in frame:
+        frame["partition_date"] = frame["partition_date"].astype("string")
+    cols = ", ".join(columns)
+    new = f"WHERE attempt_key NOT IN (SELECT attempt_key FROM {table} WHERE attempt_key IS NOT NULL)"
+    con.register("_rows", frame)
+    try:
+        con.execute(f"INSERT INTO {table} ({cols}) SELECT {cols} FROM _rows {new if new_keys_only else ''}")
+    finally:
+        con.unregister("_rows")
 
 
 def kept_files(index_path: str | os.PathLike, orthanc_ids: Sequence[str]) -> dict[str, tuple[str, str]]:

@@ -71,7 +71,17 @@ CREATE TABLE IF NOT EXISTS import_history (
     status VARCHAR NOT NULL,  -- imported | duplicate | uid_conflict | failed
     -- error_message: a failure's reason; for uid_conflict, the file Orthanc kept (same UIDs, other bytes)
     error_message VARCHAR, retryable BOOLEAN, attempts INTEGER, http_status INTEGER,
-    started_at TIMESTAMP, finished_at TIMESTAMP, run_id VARCHAR
+    started_at TIMESTAMP, finished_at TIMESTAMP, run_id VARCHAR,
+    attempt_key VARCHAR  -- the attempt's key in its upload journal (index/journal.py): merging twice adds nothing
+);
+ALTER TABLE import_history ADD COLUMN IF NOT EXISTS attempt_key VARCHAR;
+
+-- Uploads whose POST went out but whose answer never reached the journal (the process was killed mid-POST).
+-- Not attempts Orthanc answered: the file stays pending. index/journal.py says how its next answer is read.
+CREATE TABLE IF NOT EXISTS interrupted_uploads (
+    attempt_key VARCHAR NOT NULL, nas_id VARCHAR NOT NULL, file_path VARCHAR NOT NULL, change_token VARCHAR,
+    orthanc_instance_id VARCHAR,  -- the ID the upload expected (computed as Orthanc does)
+    started_at TIMESTAMP, run_id VARCHAR
 );
 
 -- One current status per file found under a NAS root: imported, duplicate, uid_conflict, failed, skipped

@@ -21,7 +21,7 @@ from pacs_assets.index.connection import schema_sql, session, transaction, tuned
 STAGING_DIR = "staging"
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -31,18 +31,24 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+def left_by_dead_processes(base: Path, pattern: str = "*") -> list[Path]:
+    """The entries of ``base`` named ``<pid>-<random>...`` whose process is gone (never this process's own)."""
+    if not base.is_dir():
+        return []
+    found = []
+    for entry in base.glob(pattern):
+        pid = entry.name.split("-", 1)[0]
+        if pid.isdigit() and int(pid) != os.getpid() and not pid_alive(int(pid)):
+            found.append(entry)
+    return found
+
+
 def remove_stale_staging(index_path: str | os.PathLike) -> int:
     """Remove staging folders left by processes that died (``<pid>-<random>``). Returns how many."""
-    base = Path(index_path).parent / STAGING_DIR
-    removed = 0
-    if not base.is_dir():
-        return 0
-    for entry in base.iterdir():
-        pid = entry.name.split("-", 1)[0]
-        if pid.isdigit() and int(pid) != os.getpid() and not _pid_alive(int(pid)):
-            shutil.rmtree(entry, ignore_errors=True)
-            removed += 1
-    return removed
+    stale = left_by_dead_processes(Path(index_path).parent / STAGING_DIR)
+    for entry in stale:
+        shutil.rmtree(entry, ignore_errors=True)
+    return len(stale)
 
 
 class Staging:

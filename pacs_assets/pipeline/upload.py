@@ -4,8 +4,11 @@
 window's pending instances (from ``instances``, what ``dicom_index`` produced) and runs it.
 
 Memory stays flat: at most ``concurrency * 4`` uploads are in flight and ledger rows are flushed in
-batches. If Orthanc becomes unreachable (after retries) or refuses our credentials, no new upload starts,
-what finished is recorded, and ``OrthancUnavailable`` says how far the run got; the rest stays pending.
+batches. The batches are for speed; exactness comes from the run's journal (index/journal.py), written
+before and after each POST and merged into ``import_history`` when ``upload_window`` starts (journals of
+killed runs) and ends (its own), so a SIGKILL loses no attempt Orthanc answered. If Orthanc becomes
+unreachable (after retries) or refuses our credentials, no new upload starts, what finished is recorded,
+and ``OrthancUnavailable`` says how far the run got; the rest stays pending.
 """
 
 from __future__ import annotations
@@ -20,9 +23,19 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 
 from pacs_assets.index import ledger
+from pacs_assets.index.journal import Journal, Reclaims, merge_journals
 from pacs_assets.index.staging import Staging
 from pacs_assets.nas.base import FileRecord, NasSource
-from pacs_assets.orthanc.client import OrthancClient, OrthancRefused, OrthancUnavailable, UploadResult
+from pacs_assets.orthanc.client import (
+    OrthancClient,
+    OrthancRefused,
+    OrthancUnavailable,
+    UploadResult,
+    orthanc_instance_id,
+)
+
+NO_RECLAIMS = Reclaims({})
+RECLAIMED = "AlreadyStored: from this NAS's own interrupted upload (index/journal.py)"
 
 
 @dataclasses.dataclass
@@ -33,35 +46,51 @@ class ImportSummary:
     failures_by_reason: Counter = dataclasses.field(default_factory=Counter)
 
     @property
-    def done(self) -> int:
+    def done(self) -> int:  # attempts, whatever their outcome
         return sum(self.counts.values())
+
+    @property
+    def stored(self) -> int:  # files Orthanc holds after their attempt (imported or already there)
+        return self.counts["imported"] + self.counts["duplicate"]
 
 
 def _now() -> dt.datetime:
     return dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
 
 
-def _upload_one(source: NasSource, client: OrthancClient, record: FileRecord, run_id: str | None) -> tuple[dict, int]:
-    started = _now()
-    try:
-        data = source.dicom_bytes(record)
-    except Exception as exc:  # noqa: BLE001 - a file that vanished or broke since indexing is a failed attempt
-        data = None
-        result = UploadResult("failed", error_message=f"cannot read the file for upload: {str(exc)[:200]}",
-                              retryable=True, attempts=0)
-    file_hash = None
-    if data is not None:
-        file_hash = hashlib.sha1(data).hexdigest()
-        result = client.upload(data, md5=hashlib.md5(data).hexdigest())
+def _upload_one(source: NasSource, client: OrthancClient, record: FileRecord, run_id: str | None,
+                journal: Journal | None, reclaims: Reclaims) -> tuple[dict, int]:
+    expected = orthanc_instance_id(record.patient_id, record.study_instance_uid, record.series_instance_uid,
+                                   record.sop_instance_uid)
+    key = journal.new_key() if journal else None
+    with reclaims.guard(expected):
+        started = _now()
+        if journal:
+            journal.started(key, record.nas_id, record.file_path, record.change_token, expected, started, run_id)
+        try:
+            data = source.dicom_bytes(record)
+        except Exception as exc:  # noqa: BLE001 - a file that vanished or broke since indexing is a failed attempt
+            data = None
+            result = UploadResult("failed", error_message=f"cannot read the file for upload: {str(exc)[:200]}",
+                                  retryable=True, attempts=0)
+        file_hash = None
+        if data is not None:
+            file_hash = hashlib.sha1(data).hexdigest()
+            result = client.upload(data, md5=hashlib.md5(data).hexdigest())
+        status = reclaims.status(expected, record.file_path, record.change_token, result.status,
+                                 result.orthanc_instance_id)
     row = {
         "nas_id": record.nas_id, "file_path": record.file_path, "change_token": record.change_token,
         "file_hash": file_hash, "partition_date": record.procedure_date,
         "orthanc_instance_id": result.orthanc_instance_id, "patient_id": record.patient_id,
         "study_instance_uid": record.study_instance_uid, "series_instance_uid": record.series_instance_uid,
-        "sop_instance_uid": record.sop_instance_uid, "status": result.status,
-        "error_message": result.error_message, "retryable": result.retryable, "attempts": result.attempts,
-        "http_status": result.http_status, "started_at": started, "finished_at": _now(), "run_id": run_id,
+        "sop_instance_uid": record.sop_instance_uid, "status": status,
+        "error_message": RECLAIMED if status != result.status else result.error_message,
+        "retryable": result.retryable, "attempts": result.attempts, "http_status": result.http_status,
+        "started_at": started, "finished_at": _now(), "run_id": run_id, "attempt_key": key,
     }
+    if journal:
+        journal.answered(row)
     return row, len(data) if data else 0
 
 
@@ -75,7 +104,12 @@ def import_records(
     run_id: str | None = None,
     flush_every: int = 500,
     progress: Callable[[ImportSummary], None] | None = None,
+    journal: Journal | None = None,
+    reclaims: Reclaims = NO_RECLAIMS,
 ) -> ImportSummary:
+    """Upload ``records``; ``write_ledger`` gets the attempts in batches. With a ``journal`` each attempt is
+    also journaled before and after its POST (index/journal.py), and ``reclaims`` applies its
+    interrupted-upload rule."""
     summary = ImportSummary()
     pending_rows: list[dict] = []
     abort: str | None = None
@@ -107,7 +141,7 @@ def import_records(
         for record in records:
             if abort:
                 break
-            in_flight.add(pool.submit(_upload_one, source, client, record, run_id))
+            in_flight.add(pool.submit(_upload_one, source, client, record, run_id, journal, reclaims))
             if len(in_flight) >= concurrency * 4:
                 done, in_flight = wait(in_flight, return_when=FIRST_COMPLETED)
                 collect(done)
@@ -117,7 +151,8 @@ def import_records(
     summary.seconds = time.monotonic() - started
     if abort:
         raise (OrthancRefused if refused else OrthancUnavailable)(
-            f"{abort} after {summary.done} uploads; the files not yet uploaded stay pending for the next run.")
+            f"{abort} after {summary.stored} files stored ({summary.done} attempts); the files not yet uploaded "
+            "stay pending for the next run.")
     return summary
 
 
@@ -199,17 +234,27 @@ def upload_window(source: NasSource, client: OrthancClient, index_path: str | os
     """Upload the window's indexed instances that are not in Orthanc yet. Raises OrthancUnavailable (one
     sentence) when Orthanc cannot be reached or refuses us; what finished is recorded either way."""
     wait_for_orthanc(client, outage_wait_seconds)
+    merge_journals(index_path)  # what killed runs left, before deciding what is still pending
+    reclaims = Reclaims.load(index_path, nas_id)
     with Staging(index_path) as staging:
         staged = ledger.stage_pending_uploads(staging, nas_id, start, end)
         if on_staged:
             on_staged(staged)
         writer = _KeptFileNamer(index_path)
+        journal = Journal(index_path)
         try:
             summary = import_records(source, client, ledger.iter_staged(staging), writer,
-                                     concurrency=concurrency, run_id=run_id, progress=progress)
+                                     concurrency=concurrency, run_id=run_id, progress=progress,
+                                     journal=journal, reclaims=reclaims)
         finally:
-            writer.close()
-            ledger.refresh_orthanc_counts(index_path, nas_id, start, end)
+            try:
+                writer.close()  # first: its rows name the kept file of each uid_conflict
+            finally:
+                journal.close()
+                try:
+                    merge_journals(index_path, own=journal.path)  # what the batches did not write yet
+                finally:
+                    ledger.refresh_orthanc_counts(index_path, nas_id, start, end)
     totals = ledger.status_counts(index_path, nas_id, start, end)
     failed = ledger.failed_files(index_path, nas_id, start, end) if with_paths else []
     return WindowUpload(summary, staged, totals, failed)
