@@ -18,6 +18,8 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from pacs_assets.nas.body import UploadBody
+
 # The statuses a file can have in the inventory (before import). 'ok' means indexable DICOM content.
 OK, SKIPPED, FAILED = "ok", "skipped", "failed"
 
@@ -98,8 +100,13 @@ class NasSource(ABC):
         """
 
     @abstractmethod
+    def upload_body(self, record: FileRecord) -> UploadBody:
+        """What to send to Orthanc for this record: a DICOM Part 10 file as a streamed body (nas/body.py),
+        built without reading the file's content into memory (never modifies the NAS)."""
+
     def dicom_bytes(self, record: FileRecord) -> bytes:
-        """The DICOM Part 10 bytes to send to Orthanc for this record (never modifies the NAS)."""
+        """The same, in memory: for checks and tests on small files."""
+        return self.upload_body(record).read_all()
 
 
 # -- settings every NAS has (its block in pacs.yaml) --------------------------------------------------------

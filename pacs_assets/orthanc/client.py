@@ -12,13 +12,18 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import http.client
 import os
 import random
+import socket
 import threading
 import time
 
 import requests
 from requests.adapters import HTTPAdapter
+
+from pacs_assets.errors import UploadBodyError
+from pacs_assets.orthanc.stream import BytesBody, Poster
 
 RETRYABLE_STATUS = {409, 429, 500, 502, 503, 504}
 
@@ -40,6 +45,8 @@ class UploadResult:
     retryable: bool = False
     attempts: int = 1
     http_status: int | None = None
+    file_hash: str | None = None  # SHA-1 of the bytes sent
+    node: str | None = None  # the Orthanc URL that answered (several nodes may share one index)
 
 
 def orthanc_instance_id(patient_id: str | None, study_uid: str, series_uid: str, sop_uid: str) -> str:
@@ -147,60 +154,74 @@ class OrthancClient:
                                   None, missing_ok=False)
         return resp.text.strip() or None
 
-    def upload(self, data: bytes, md5: str | None = None) -> UploadResult:
-        """POST /instances with retries and jittered exponential backoff on what can succeed later.
+    @property
+    def poster(self) -> Poster:
+        poster = getattr(self, "_poster", None)
+        if poster is None:
+            auth = self.auth or (None, None)
+            poster = self._poster = Poster(self.url, auth[0], auth[1], self.timeout)
+        return poster
 
-        On ``AlreadyStored``, the MD5 of ``data`` (``md5``, or computed then) is compared with Orthanc's copy:
-        ``duplicate`` for the same bytes, ``uid_conflict`` (never retried) for a different file."""
-        result = self._post(data)
+    def upload(self, body, md5: str | None = None) -> UploadResult:
+        """POST /instances, streaming ``body`` (an UploadBody, see nas/body.py; or bytes), with retries and
+        jittered exponential backoff on what can succeed later.
+
+        On ``AlreadyStored``, the MD5 of the body (``md5``, or computed then by reading it again) is compared
+        with Orthanc's copy: ``duplicate`` for the same bytes, ``uid_conflict`` (never retried) for another file.
+        """
+        if isinstance(body, (bytes, bytearray)):
+            body = BytesBody(body)
+        result = self._post(body)
         if result.status != "duplicate":
             return result
         try:
             stored = self.stored_md5(result.orthanc_instance_id)
             if stored is None:  # Orthanc keeps no MD5: hash its copy instead (a download, rare configurations)
                 stored = hashlib.md5(self.instance_file(result.orthanc_instance_id)).hexdigest()
-        except (OrthancUnavailable, requests.RequestException) as exc:
+            ours = md5 or body.md5()
+        except (OrthancUnavailable, requests.RequestException, OSError) as exc:
             return dataclasses.replace(result, status="failed", retryable=True, error_message=(
                 f"Orthanc already holds these UIDs; comparing with its copy failed: {str(exc)[:160]}"))
-        if stored == (md5 or hashlib.md5(data).hexdigest()):
+        if stored == ours:
             return result
         return dataclasses.replace(result, status="uid_conflict", error_message=(
             "same UIDs as a file Orthanc already holds, different bytes: Orthanc kept its copy"))
 
-    def _post(self, data: bytes) -> UploadResult:
+    def _post(self, body) -> UploadResult:
         attempt = 0
         while True:
             attempt += 1
             try:
-                resp = self.session.post(f"{self.url}/instances", data=data, timeout=self.timeout,
-                                         headers={"Content-Type": "application/dicom"})
-            except (requests.ConnectionError, requests.Timeout) as exc:
-                kind = "timed out" if isinstance(exc, requests.Timeout) else "connection failed"
+                status, answer, sha1 = self.poster.post(body)
+            except UploadBodyError as exc:  # the file changed since indexing: a later run reads it again
+                return UploadResult("failed", error_message=str(exc), retryable=True, attempts=attempt,
+                                    node=self.url)
+            except (OSError, http.client.HTTPException) as exc:
+                kind = "timed out" if isinstance(exc, TimeoutError | socket.timeout) else "connection failed"
                 result = UploadResult("failed", error_message=f"Orthanc at {self.url}: {kind}", retryable=True,
-                                      attempts=attempt)
+                                      attempts=attempt, node=self.url)
             else:
-                result = self._interpret(resp, attempt)
+                result = dataclasses.replace(self._interpret(status, answer, attempt), file_hash=sha1,
+                                             node=self.url)
             if not result.retryable or result.http_status == 401 or attempt > self.retries:
                 return result
             time.sleep(self.backoff * (2 ** (attempt - 1)) * (0.5 + random.random()))
 
     @staticmethod
-    def _interpret(resp: requests.Response, attempt: int) -> UploadResult:
-        if resp.status_code == 200:
-            body = resp.json()
-            body = body[0] if isinstance(body, list) else body
+    def _interpret(status_code: int, answer: object, attempt: int) -> UploadResult:
+        if status_code == 200 and isinstance(answer, (dict, list)):
+            body = answer[0] if isinstance(answer, list) else answer
             status = "duplicate" if body.get("Status") == "AlreadyStored" else "imported"
             return UploadResult(status, orthanc_instance_id=body.get("ID"), attempts=attempt, http_status=200)
-        try:
-            body = resp.json()
-            message = body.get("Details") or body.get("Message") or resp.text[:200]
-        except ValueError:
-            message = resp.text[:200] or resp.reason
-        if resp.status_code == 401:
+        if isinstance(answer, dict):
+            message = answer.get("Details") or answer.get("Message") or str(answer)[:200]
+        else:
+            message = str(answer)[:200] or f"HTTP {status_code}"
+        if status_code == 401:
             message = "Orthanc refused the credentials (HTTP 401)"
-        return UploadResult("failed", error_message=f"HTTP {resp.status_code}: {message}",
-                            retryable=resp.status_code in RETRYABLE_STATUS or resp.status_code == 401,
-                            attempts=attempt, http_status=resp.status_code)
+        return UploadResult("failed", error_message=f"HTTP {status_code}: {message}",
+                            retryable=status_code in RETRYABLE_STATUS or status_code == 401,
+                            attempts=attempt, http_status=status_code)
 
 
 def client_from_config(cfg, *, timeout: float | None = None, retries: int | None = None,

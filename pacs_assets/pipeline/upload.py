@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-import hashlib
 import os
 import time
 from collections import Counter
@@ -68,15 +67,14 @@ def _upload_one(source: NasSource, client: OrthancClient, record: FileRecord, ru
         if journal:
             journal.started(key, record.nas_id, record.file_path, record.change_token, expected, started, run_id)
         try:
-            data = source.dicom_bytes(record)
+            body = source.upload_body(record)
         except Exception as exc:  # noqa: BLE001 - a file that vanished or broke since indexing is a failed attempt
-            data = None
+            body = None
             result = UploadResult("failed", error_message=f"cannot read the file for upload: {str(exc)[:200]}",
                                   retryable=True, attempts=0)
-        file_hash = None
-        if data is not None:
-            file_hash = hashlib.sha1(data).hexdigest()
-            result = client.upload(data, md5=hashlib.md5(data).hexdigest())
+        if body is not None:  # streamed from the NAS: memory does not depend on the file's size
+            result = client.upload(body)
+        file_hash = result.file_hash
         status = reclaims.status(expected, record.file_path, record.change_token, result.status,
                                  result.orthanc_instance_id)
     row = {
@@ -91,7 +89,7 @@ def _upload_one(source: NasSource, client: OrthancClient, record: FileRecord, ru
     }
     if journal:
         journal.answered(row)
-    return row, len(data) if data else 0
+    return row, body.length if body is not None and result.http_status == 200 else 0
 
 
 def import_records(

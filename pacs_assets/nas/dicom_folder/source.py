@@ -7,17 +7,16 @@ Header parsing runs on all cores; files whose size and mtime are unchanged come 
 
 from __future__ import annotations
 
-import io
 import multiprocessing
 import os
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
-from pydicom import dcmread
 from pydicom.dataset import FileMetaDataset
 
 from pacs_assets.nas.base import FileRecord, NasSource, ScanCache
+from pacs_assets.nas.body import UploadBody
 from pacs_assets.nas.dicom_folder.headers import read_dicom_file
 from pacs_assets.nas.walk import check_root, walk
 
@@ -100,18 +99,26 @@ class DicomFolderSource(NasSource):
         return out
 
     # -- import ---------------------------------------------------------------------------------------
-    def dicom_bytes(self, record: FileRecord) -> bytes:
-        data = (self.root / record.file_path).read_bytes()
+    def upload_body(self, record: FileRecord) -> UploadBody:
+        path = self.root / record.file_path
         if record.file_format != "DICOM-headerless":
-            return data
-        # Orthanc would store a headerless file as is, without file meta: add the meta first.
-        ds = dcmread(io.BytesIO(data), force=True)
-        implicit, little = ds.original_encoding
-        meta = FileMetaDataset()
-        meta.MediaStorageSOPClassUID = ds.SOPClassUID
-        meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
-        meta.TransferSyntaxUID = record.transfer_syntax_uid
-        ds.file_meta = meta
-        out = io.BytesIO()
-        ds.save_as(out, enforce_file_format=True, implicit_vr=implicit, little_endian=little)
-        return out.getvalue()
+            return UploadBody.of_file(path)
+        # Orthanc would store a headerless file as is, without file meta: send a preamble and File Meta group
+        # first, then the file's bytes unchanged (they are already in the transfer syntax the meta names).
+        meta = file_meta_bytes(record.transfer_syntax_uid, record.sop_class_uid, record.sop_instance_uid)
+        return UploadBody([meta, (path, 0, os.stat(path).st_size)])
+
+
+def file_meta_bytes(transfer_syntax_uid: str, sop_class_uid: str, sop_instance_uid: str) -> bytes:
+    """128-byte preamble + ``DICM`` + a File Meta group (group length included), written by pydicom."""
+    from pydicom.filebase import DicomBytesIO
+    from pydicom.filewriter import write_file_meta_info
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = sop_class_uid
+    meta.MediaStorageSOPInstanceUID = sop_instance_uid
+    meta.TransferSyntaxUID = transfer_syntax_uid
+    buf = DicomBytesIO()
+    buf.write(b"\0" * 128 + b"DICM")
+    write_file_meta_info(buf, meta, enforce_standard=True)  # adds version, implementation UID, group length
+    return buf.getvalue()

@@ -247,11 +247,19 @@ def _elements(attributes: dict[str, object]) -> bytes:
 
 
 def wrap_as_dicom(codestream: bytes, info: J2kInfo, attributes: dict[str, object]) -> bytes:
-    """A DICOM Part 10 file holding ``codestream`` unchanged as encapsulated Pixel Data (no decode).
+    """A DICOM Part 10 file holding ``codestream`` unchanged as encapsulated Pixel Data (no decode)."""
+    head, tail = dicom_around_codestream(info, attributes)
+    return head + codestream + tail
+
+
+def dicom_around_codestream(info: J2kInfo, attributes: dict[str, object]) -> tuple[bytes, bytes]:
+    """The bytes before and after the codestream in the DICOM file that wraps it: the upload streams the
+    codestream from the NAS between them (nas/body.py), never holding it in memory.
 
     ``attributes`` are DICOM keyword -> value (PatientName, StudyInstanceUID, SOPInstanceUID, ...);
     None values are written empty. The SOP class defaults to Secondary Capture.
     """
+    length = info.codestream_length
     ds: dict[str, object] = {"SpecificCharacterSet": "ISO_IR 192",  # UTF-8: catalog names are often not ASCII
                              "SOPClassUID": SECONDARY_CAPTURE, "ConversionType": "WSD"}
     # Type 2 attributes of the patient/study/series/image modules: present, possibly empty.
@@ -270,9 +278,9 @@ def wrap_as_dicom(codestream: bytes, info: J2kInfo, attributes: dict[str, object
     else:
         raw = info.rows * info.columns * info.samples_per_pixel * info.bits_allocated // 8
         ds.update(LossyImageCompression="01", LossyImageCompressionMethod="ISO_15444_1",
-                  LossyImageCompressionRatio=f"{raw / max(len(codestream), 1):.2f}")
+                  LossyImageCompressionRatio=f"{raw / max(length, 1):.2f}")
     if not ds.get("SOPInstanceUID"):
-        raise ValueError("wrap_as_dicom needs a SOPInstanceUID attribute.")
+        raise ValueError("wrapping a codestream as DICOM needs a SOPInstanceUID attribute.")
 
     meta = b"".join(_element(tag, vr, value) for tag, vr, value in (
         (0x00020001, "OB", b"\0\1"),
@@ -281,15 +289,15 @@ def wrap_as_dicom(codestream: bytes, info: J2kInfo, attributes: dict[str, object
         (0x00020010, "UI", info.transfer_syntax_uid),
         (0x00020012, "UI", PYDICOM_IMPLEMENTATION_UID),
     ))
-    pad = b"\0" if len(codestream) % 2 else b""  # items have even lengths
-    return b"".join((
+    pad = b"\0" if length % 2 else b""  # items have even lengths
+    head = b"".join((
         b"\0" * 128, b"DICM", _element(0x00020000, "UL", len(meta)), meta, _elements(ds),
         # Pixel Data, undefined length: an empty Basic Offset Table item, one fragment, a delimiter.
         struct.pack("<HH2sHI", 0x7FE0, 0x0010, b"OB", 0, 0xFFFFFFFF),
         struct.pack("<HHI", 0xFFFE, 0xE000, 0),
-        struct.pack("<HHI", 0xFFFE, 0xE000, len(codestream) + len(pad)), codestream, pad,
-        struct.pack("<HHI", 0xFFFE, 0xE0DD, 0),
+        struct.pack("<HHI", 0xFFFE, 0xE000, length + len(pad)),
     ))
+    return head, pad + struct.pack("<HHI", 0xFFFE, 0xE0DD, 0)
 
 
 def verify_lossless(dicom_bytes: bytes, jp2_path: Path | str) -> tuple[bool, str]:

@@ -34,6 +34,7 @@ from pydicom.uid import RE_VALID_UID
 
 from pacs_assets.errors import ConfigError
 from pacs_assets.nas.base import FAILED, OK, SKIPPED, FileRecord, NasSource, ScanCache
+from pacs_assets.nas.body import UploadBody
 from pacs_assets.nas.dates import parse_da
 from pacs_assets.nas.firebird_jpeg2000.catalog import CatalogReader
 from pacs_assets.nas.firebird_jpeg2000.jpeg2000 import (
@@ -41,8 +42,7 @@ from pacs_assets.nas.firebird_jpeg2000.jpeg2000 import (
     J2kInfo,
     Jpeg2000Error,
     codestream_info,
-    read_codestream,
-    wrap_as_dicom,
+    dicom_around_codestream,
 )
 from pacs_assets.nas.firebird_jpeg2000.settings import FirebirdCatalog
 from pacs_assets.nas.walk import check_root, walk
@@ -274,7 +274,7 @@ class FirebirdJpeg2000Source(NasSource):
                              change_token=f"{entry.size}-{entry.mtime_ns}", status=status, reason=reason)
 
     # -- import ---------------------------------------------------------------------------------------
-    def dicom_bytes(self, record: FileRecord) -> bytes:
+    def upload_body(self, record: FileRecord) -> UploadBody:
         if record.status != OK:
             raise ValueError(f"{record.file_path} is {record.status}, not importable: {record.reason}")
         rel, real, refusal = self._locate(record.file_path, fresh=True)
@@ -286,4 +286,6 @@ class FirebirdJpeg2000Source(NasSource):
             value = getattr(record, field)
             if parse_da(value):  # a malformed catalog date is left out of the DICOM, kept in the index
                 attributes[kw] = value.replace(".", "")
-        return wrap_as_dicom(read_codestream(real, info), info, attributes)
+        head, tail = dicom_around_codestream(info, attributes)
+        # The codestream goes from the NAS file to Orthanc in chunks, between the DICOM head and tail.
+        return UploadBody([head, (real, info.codestream_offset, info.codestream_length), tail])
