@@ -9,6 +9,8 @@ index in one short transaction. ``connect`` waits (with backoff) while another p
 from __future__ import annotations
 
 import contextlib
+import functools
+import hashlib
 import os
 import random
 import time
@@ -23,11 +25,9 @@ LOCK_WAIT_SECONDS = float(os.environ.get("PACS_INDEX_LOCK_WAIT", "120"))
 # stays flat however large the NAS.
 DUCKDB_SETTINGS = {"memory_limit": os.environ.get("PACS_DUCKDB_MEMORY_LIMIT", "256MB"),
                    "preserve_insertion_order": False}
-# (path, inode) of index files whose schema this process already applied: a step opens the index
-# several times, and re-running the DDL each time costs more than the short merges themselves.
-_SCHEMA_APPLIED: set[tuple[str, int]] = set()
 
 
+@functools.cache
 def schema_sql() -> str:
     return resources.files("pacs_assets.index").joinpath("schema.sql").read_text()
 
@@ -56,11 +56,18 @@ def _private(path: Path) -> None:
 
 
 def _apply_schema_once(con: duckdb.DuckDBPyConnection, path: Path) -> None:
-    key = (str(path.resolve()), path.stat().st_ino)
-    if key not in _SCHEMA_APPLIED:
-        con.execute(schema_sql())
-        _private(path)
-        _SCHEMA_APPLIED.add(key)
+    """Run schema.sql unless this file already has this very schema: a step opens the index several times,
+    and re-running the DDL each time cost more than the short merges themselves. The probe is one tiny
+    query, so a file deleted and created again (same path, maybe the same inode) still gets its schema."""
+    version = hashlib.sha1(schema_sql().encode()).hexdigest()[:16]
+    try:
+        if con.execute("SELECT version FROM pacs_schema").fetchall() == [(version,)]:
+            return
+    except duckdb.CatalogException:
+        pass
+    con.execute(schema_sql())
+    con.execute("CREATE OR REPLACE TABLE pacs_schema AS SELECT ? AS version", [version])
+    _private(path)
 
 
 def connect(path: str | os.PathLike, *, read_only: bool = False, wait: float | None = None) -> duckdb.DuckDBPyConnection:

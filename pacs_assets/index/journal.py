@@ -190,6 +190,11 @@ class Reclaims:
                                {"nas": nas_id}).fetchall()
         return cls({(path, token): oid for path, token, oid in rows})
 
+    @property
+    def instance_ids(self) -> frozenset[str]:
+        """The Orthanc IDs of the interrupted uploads this rule covers."""
+        return frozenset(self._ids)
+
     def guard(self, expected_id: str):
         """Hold around the upload of a file whose instance has an interrupted upload (a handful at most):
         uploads of the same instance then answer one after the other."""

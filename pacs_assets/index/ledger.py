@@ -24,7 +24,7 @@ from pacs_assets.nas.base import FileRecord
 LEDGER_COLUMNS = ["nas_id", "file_path", "change_token", "file_hash", "partition_date", "orthanc_instance_id",
                   "patient_id", "study_instance_uid", "series_instance_uid", "sop_instance_uid", "status",
                   "error_message", "retryable", "attempts", "http_status", "started_at", "finished_at", "run_id",
-                  "attempt_key"]
+                  "attempt_key", "orthanc_node"]
 LEDGER_STATUSES = ("imported", "duplicate", "uid_conflict", "failed")
 FILE_STATUSES = LEDGER_STATUSES + ("skipped", "pending")  # the file_status view's vocabulary
 SETTLED = "('imported', 'duplicate', 'uid_conflict')"  # SQL: a file version that no run uploads again

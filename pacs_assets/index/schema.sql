@@ -72,9 +72,11 @@ CREATE TABLE IF NOT EXISTS import_history (
     -- error_message: a failure's reason; for uid_conflict, the file Orthanc kept (same UIDs, other bytes)
     error_message VARCHAR, retryable BOOLEAN, attempts INTEGER, http_status INTEGER,
     started_at TIMESTAMP, finished_at TIMESTAMP, run_id VARCHAR,
-    attempt_key VARCHAR  -- the attempt's key in its upload journal (index/journal.py): merging twice adds nothing
+    attempt_key VARCHAR,  -- the attempt's key in its upload journal (index/journal.py): merging twice adds nothing
+    orthanc_node VARCHAR  -- the Orthanc URL that answered (several nodes may share one index and storage)
 );
 ALTER TABLE import_history ADD COLUMN IF NOT EXISTS attempt_key VARCHAR;
+ALTER TABLE import_history ADD COLUMN IF NOT EXISTS orthanc_node VARCHAR;
 
 -- Uploads whose POST went out but whose answer never reached the journal (the process was killed mid-POST).
 -- Not attempts Orthanc answered: the file stays pending. index/journal.py says how its next answer is read.

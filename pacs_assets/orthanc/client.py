@@ -147,6 +147,35 @@ class OrthancClient:
         """Which of these instance IDs Orthanc already holds (one request per ID, on the persistent session)."""
         return {i for i in orthanc_ids if self.instance_exists(i)}
 
+    def find_instances(self, sop_instance_uids: list[str]) -> dict[str, int]:
+        """{Orthanc instance ID: stored file size} of the instances Orthanc holds with these SOP Instance UIDs:
+        one ``/tools/find`` for the whole list (DICOM list matching, UIDs joined by backslashes)."""
+        if not sop_instance_uids:
+            return {}
+        found = self._post_json("/tools/find", {"Level": "Instance", "Expand": True,
+                                                "Query": {"SOPInstanceUID": "\\".join(sop_instance_uids)}})
+        return {item["ID"]: int(item.get("FileSize") or -1) for item in found}
+
+    def _post_json(self, path: str, payload: dict):
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                resp = self.session.post(f"{self.url}{path}", json=payload, timeout=self.timeout)
+            except (requests.ConnectionError, requests.Timeout):
+                error = f"Orthanc at {self.url} is unreachable (POST {path})."
+            else:
+                if resp.status_code == 200:
+                    return resp.json()
+                if resp.status_code == 401:
+                    raise OrthancRefused(f"Orthanc at {self.url} refused the credentials (HTTP 401).")
+                error = f"Orthanc at {self.url} answered HTTP {resp.status_code} to POST {path}."
+                if resp.status_code < 500:
+                    raise OrthancUnavailable(error)
+            if attempt > self.retries:
+                raise OrthancUnavailable(error)
+            time.sleep(self.backoff * (2 ** (attempt - 1)) * (0.5 + random.random()))
+
     def stored_md5(self, orthanc_id: str) -> str | None:
         """The MD5 of the DICOM file Orthanc holds for an instance, as Orthanc recorded it on arrival (of the
         uncompressed bytes), or None when it keeps none (``StoreMD5ForAttachments: false``)."""

@@ -25,6 +25,7 @@ from pacs_assets.index import ledger
 from pacs_assets.index.journal import Journal, Reclaims, merge_journals
 from pacs_assets.index.staging import Staging
 from pacs_assets.nas.base import FileRecord, NasSource
+from pacs_assets.pipeline.already_stored import record_already_stored
 from pacs_assets.orthanc.client import (
     OrthancClient,
     OrthancRefused,
@@ -86,6 +87,7 @@ def _upload_one(source: NasSource, client: OrthancClient, record: FileRecord, ru
         "error_message": RECLAIMED if status != result.status else result.error_message,
         "retryable": result.retryable, "attempts": result.attempts, "http_status": result.http_status,
         "started_at": started, "finished_at": _now(), "run_id": run_id, "attempt_key": key,
+        "orthanc_node": result.node,
     }
     if journal:
         journal.answered(row)
@@ -222,6 +224,7 @@ class WindowUpload:
     staged: int  # files that needed an upload when the step began
     totals: dict[str, int]  # file_status -> files, in the window, after the upload
     failed_files: list[tuple[str, str]]  # (path, reason); only when the caller may see paths
+    already_stored: int = 0  # staged files Orthanc already held: recorded without sending
 
 
 def upload_window(source: NasSource, client: OrthancClient, index_path: str | os.PathLike, nas_id: str,
@@ -236,8 +239,10 @@ def upload_window(source: NasSource, client: OrthancClient, index_path: str | os
     reclaims = Reclaims.load(index_path, nas_id)
     with Staging(index_path) as staging:
         staged = ledger.stage_pending_uploads(staging, nas_id, start, end)
+        found = record_already_stored(source, client, staging, index_path, run_id=run_id,
+                                      skip=reclaims.instance_ids) if staged else 0
         if on_staged:
-            on_staged(staged)
+            on_staged(staged - found)
         writer = _KeptFileNamer(index_path)
         journal = Journal(index_path)
         try:
@@ -255,4 +260,4 @@ def upload_window(source: NasSource, client: OrthancClient, index_path: str | os
                     ledger.refresh_orthanc_counts(index_path, nas_id, start, end)
     totals = ledger.status_counts(index_path, nas_id, start, end)
     failed = ledger.failed_files(index_path, nas_id, start, end) if with_paths else []
-    return WindowUpload(summary, staged, totals, failed)
+    return WindowUpload(summary, staged, totals, failed, found)

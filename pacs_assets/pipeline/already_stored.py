@@ -1,0 +1,86 @@
+"""Before any upload: which of the staged files Orthanc already holds, asked in bulk, recorded without sending.
+
+After the index was lost or rebuilt, every file looks pending, and re-sending costs Orthanc a full write
+and delete per file (FIELD_NOTES). Instead the staged files are looked up by SOP Instance UID, 500 per
+``/tools/find``; a file whose deterministic Orthanc ID is there with the same stored size as the body we
+would send is recorded from that answer, and only the rest is uploaded. The bytes are not compared on this
+path (that would mean one request per file): a same-size file reusing the UIDs is recorded as in Orthanc.
+A hit is ``duplicate`` when the ledger knows the upload that put the instance there, else ``imported``
+(the index was rebuilt: the upload on record is gone, and it was ours).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+
+from pacs_assets.index import ledger
+from pacs_assets.index.staging import Staging
+from pacs_assets.nas.base import FileRecord, NasSource
+from pacs_assets.orthanc.client import OrthancClient, orthanc_instance_id
+
+FOUND = "already in Orthanc (found by its UIDs, same size): recorded without sending"
+BATCH = 500
+
+
+def _rows(source: NasSource, client: OrthancClient, index_path, batch: list[FileRecord],
+          run_id: str | None, skip: frozenset[str]) -> list[dict]:
+    found = client.find_instances([r.sop_instance_uid for r in batch])
+    if not found:
+        return []
+    now = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
+    hits = []
+    for rec in batch:
+        oid = orthanc_instance_id(rec.patient_id, rec.study_instance_uid, rec.series_instance_uid, rec.sop_instance_uid)
+        if oid not in found or oid in skip:  # skip: an interrupted upload of ours, index/journal.py decides
+            continue
+        try:
+            size = source.upload_body(rec).length
+        except Exception:  # noqa: BLE001 - unreadable now: the upload will record why
+            continue
+        if size == found[oid]:
+            hits.append((rec, oid))
+    kept = ledger.kept_files(index_path, [oid for _, oid in hits])
+    rows = []
+    for rec, oid in hits:
+        # The ledger knows an upload that put it there (another file, or an earlier version of this one):
+        # Orthanc already had it, a duplicate. Nobody's upload on record (the index was rebuilt): ours.
+        by_other = oid in kept
+        rows.append({
+            "nas_id": rec.nas_id, "file_path": rec.file_path, "change_token": rec.change_token, "file_hash": None,
+            "partition_date": rec.procedure_date, "orthanc_instance_id": oid, "patient_id": rec.patient_id,
+            "study_instance_uid": rec.study_instance_uid, "series_instance_uid": rec.series_instance_uid,
+            "sop_instance_uid": rec.sop_instance_uid, "status": "duplicate" if by_other else "imported",
+            "error_message": FOUND, "retryable": False, "attempts": 0, "http_status": None,
+            "started_at": now, "finished_at": now, "run_id": run_id, "orthanc_node": client.url})
+    return rows
+
+
+def record_already_stored(source: NasSource, client: OrthancClient, staging: Staging,
+                          index_path: str | os.PathLike, *, run_id: str | None = None,
+                          skip: frozenset[str] = frozenset()) -> int:
+    """Record the staged files Orthanc already holds and drop them from staging. Returns how many."""
+    staging.con.execute("CREATE TEMP TABLE IF NOT EXISTS already_stored (file_path VARCHAR)")
+    recorded, batch = 0, []
+
+    def flush() -> None:
+        nonlocal recorded
+        rows = _rows(source, client, index_path, batch, run_id, skip)
+        if rows:
+            ledger.append_ledger(index_path, rows)
+            import pandas as pd
+
+            staging.con.register("_found", pd.DataFrame({"file_path": [r["file_path"] for r in rows]}))
+            staging.con.execute("INSERT INTO already_stored SELECT file_path FROM _found")
+            staging.con.unregister("_found")
+            recorded += len(rows)
+        batch.clear()
+
+    for rec in ledger.iter_staged(staging):
+        batch.append(rec)
+        if len(batch) >= BATCH:
+            flush()
+    if batch:
+        flush()
+    staging.con.execute("DELETE FROM inventory WHERE file_path IN (SELECT file_path FROM already_stored)")
+    return recorded
