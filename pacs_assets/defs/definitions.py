@@ -27,7 +27,7 @@ def build_definitions(config: PacsConfig) -> Definitions:
                                description=f"Inventory, index and import NAS '{nas.id}'.")
         jobs += [job, rec_job]
         schedules += build_schedules(nas, config, job, rec_job)
-        sensors.append(build_new_files_sensor(nas, config, job.name))
+        sensors.append(build_new_files_sensor(nas, config, [job, rec_job]))
     arrivals = build_orthanc_arrivals(config)  # orthanc/arrivals, its job and the /changes sensor
     assets, jobs, sensors = assets + arrivals.assets, jobs + arrivals.jobs, sensors + arrivals.sensors
     # Every run in one process (jobs, UI launches and `dagster asset materialize` alike): a one-partition run

@@ -4,10 +4,10 @@ changed or vanished, walking only the folders where they did.
 Run keys are derived from the changes themselves, so the same change never starts two runs. Each run
 request names the folders to walk (through a reference to a list stored beside the watch state: folder
 names often name patients, and run config shows in the UI). A run walks, stages and merges only those
-folders. When a tick finds many affected dates — the first look at a NAS with years of history — it asks
-for one run over their range instead of one run per date, and past ``MAX_FOLDERS`` folders that run walks
-the whole NAS. A kind without folder semantics (firebird_jpeg2000: its catalog says where files are) gets
-whole-NAS runs over the dates its changes span.
+folders. When a tick finds many affected dates it asks for one run over their range instead of one run
+per date. On the first look at a NAS (everything is new), past ``MAX_FOLDERS`` folders, and for a kind
+without folder semantics (firebird_jpeg2000: its catalog says where files are), it asks for a
+reconciliation run instead: one whole walk that materializes only the dates whose files changed.
 """
 
 from __future__ import annotations
@@ -35,7 +35,15 @@ from pacs_assets.nas.watch import NasUnavailable, NasWatch, TickResult, write_fo
 
 TICK_BUDGET_SECONDS = 20.0
 MAX_RUNS_PER_TICK = 8
-MAX_FOLDERS = 2000  # beyond this, one run walks the whole NAS (cheaper than naming every folder)
+MAX_FOLDERS = 2000  # beyond this, one whole walk (a reconciliation) is cheaper than naming every folder
+
+
+def job_name(nas_id: str) -> str:
+    return f"{nas_id}_job"
+
+
+def reconciliation_job_name(nas_id: str) -> str:
+    return f"{nas_id}_reconciliation_job"
 
 
 def watch_state_path(config: PacsConfig, nas_id: str, who: str = "sensor") -> Path:
@@ -59,19 +67,28 @@ def _run_key(nas_id: str, label: str, changes: list[tuple[str, str]]) -> str:
 
 def run_requests_for(nas: NasConfig, config: PacsConfig, result: TickResult, whole_nas: bool,
                      trigger: str = "new_files") -> list[RunRequest]:
+    """Runs of the NAS job for the changed dates and folders; or one reconciliation run (a whole walk that
+    materializes only the dates that changed) for the first look at a NAS, for a kind without folders, or
+    for changes in more folders than ``MAX_FOLDERS``."""
     changes = result.changes
     if not changes:
         return []
     state_dir = watch_state_path(config, nas.id).parent
     days = sorted(changes)
-    if whole_nas or len(days) > MAX_RUNS_PER_TICK:
-        all_changes = [c for d in days for c in changes[d]]
-        folders = sorted({f for d in days for f in result.folders(d)})
-        ref = None if whole_nas or len(folders) > MAX_FOLDERS else write_folder_list(state_dir, folders)
+    all_changes = [c for d in days for c in changes[d]]
+    folders = sorted({f for d in days for f in result.folders(d)})
+    if whole_nas or result.first_look or len(folders) > MAX_FOLDERS:
+        return [RunRequest(job_name=reconciliation_job_name(nas.id),
+                           run_key=_run_key(nas.id, f"reconcile:{days[0]}..{days[-1]}", all_changes),
+                           tags={"pacs/trigger": trigger})]
+    if len(days) > MAX_RUNS_PER_TICK:
+        ref = write_folder_list(state_dir, folders)
         label = f"{days[0]}..{days[-1]}"
-        return [RunRequest(run_key=_run_key(nas.id, label, all_changes), run_config=folder_run_config(nas.id, ref),
+        return [RunRequest(job_name=job_name(nas.id), run_key=_run_key(nas.id, label, all_changes),
+                           run_config=folder_run_config(nas.id, ref),
                            tags={**range_tags(days[0].isoformat(), days[-1].isoformat()), "pacs/trigger": trigger})]
-    return [RunRequest(partition_key=d.isoformat(), run_key=_run_key(nas.id, d.isoformat(), changes[d]),
+    return [RunRequest(job_name=job_name(nas.id), partition_key=d.isoformat(),
+                       run_key=_run_key(nas.id, d.isoformat(), changes[d]),
                        run_config=folder_run_config(nas.id, write_folder_list(state_dir, result.folders(d))),
                        tags={"pacs/trigger": trigger}) for d in days]
 
@@ -85,17 +102,14 @@ def watch_tick(nas: NasConfig, config: PacsConfig, who: str, today: dt.date) -> 
         result = watch.tick(TICK_BUDGET_SECONDS, today)
     finally:
         watch.close()
-    # A kind that cannot date a file by reading it (its catalog knows): reconcile the dates it spans.
-    if kind.read_dates is None and result.changes:
-        result.changes.setdefault(max(max(result.changes), today), [])
     return result
 
 
-def build_new_files_sensor(nas: NasConfig, config: PacsConfig, job_name: str):
+def build_new_files_sensor(nas: NasConfig, config: PacsConfig, jobs: list):
     tz = ZoneInfo(config.timezone)
     whole = kind_of(nas).read_dates is None
 
-    @sensor(name=f"{nas.id}_new_files_sensor", job_name=job_name, minimum_interval_seconds=nas.sensor_interval_seconds,
+    @sensor(name=f"{nas.id}_new_files_sensor", jobs=jobs, minimum_interval_seconds=nas.sensor_interval_seconds,
             default_status=DefaultSensorStatus.STOPPED,
             description=f"Watches NAS '{nas.id}' for new, changed and deleted files and materializes the "
                         "procedure dates they belong to, walking only the folders that changed.")

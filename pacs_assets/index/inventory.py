@@ -149,6 +149,20 @@ def _merge_folders(staging: Staging, nas_id: str, start: dt.date, end: dt.date, 
     return counts
 
 
+def carry_over_links(staging: Staging, root: str | os.PathLike) -> int:
+    """After a walk of named folders: rows the cache has there that the walk did not report and whose path is
+    still a symbolic link keep their last word. Whether a link to a folder is followed or is a loop depends
+    on the order of a whole walk, so only a whole walk (the reconciliation) decides those. Returns how many."""
+    missing = [r[0] for r in staging.con.execute(
+        "SELECT file_path FROM cache WHERE file_path NOT IN (SELECT file_path FROM inventory)").fetchall()]
+    links = [p for p in missing if os.path.islink(os.path.join(root, p))]
+    for i in range(0, len(links), FOLDER_CHUNK):
+        part = links[i:i + FOLDER_CHUNK]
+        staging.con.execute(f"INSERT INTO inventory SELECT * FROM cache WHERE file_path IN ({', '.join('?' * len(part))})",
+                            part)
+    return len(links)
+
+
 class StagingCache(ScanCache):
     """The scan cache as copied into a run's staging file."""
 

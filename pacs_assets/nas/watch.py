@@ -51,6 +51,9 @@ class TickResult:
     folders_listed: int
     queued: int  # folders still to list on a later tick (first look at a big NAS)
     pending: int  # files seen but not yet stable
+    # True until the watch has once seen the whole NAS settle: its changes are then "everything", which one
+    # whole walk (the reconciliation) handles better than runs of named folders.
+    first_look: bool = False
 
     @property
     def complete(self) -> bool:
@@ -131,6 +134,9 @@ class NasWatch:
         try:
             check_root("", self.root)
         except ConfigError:
+            if not known_files:  # nothing there yet, nothing known: an empty NAS has been seen whole
+                with self.db:
+                    self.db.execute("INSERT OR IGNORE INTO meta VALUES ('settled_once', 1)")
             raise NasUnavailable(f"NAS root {self.root} is missing, unreadable or empty while {known_files} files "
                                  "were known: treated as an outage, nothing reported.") from None
         statted = listed = 0
@@ -149,7 +155,11 @@ class NasWatch:
             self._settle(changes, today, deadline)
         queued = self.db.execute("SELECT count(*) FROM queue").fetchone()[0]
         pending = self.db.execute("SELECT count(*) FROM files WHERE stable = 0").fetchone()[0]
-        return TickResult({d: sorted(v) for d, v in changes.items()}, statted, listed, queued, pending)
+        first_look = not self.db.execute("SELECT 1 FROM meta WHERE key = 'settled_once'").fetchone()
+        if first_look and queued == 0 and pending == 0:
+            with self.db:
+                self.db.execute("INSERT OR IGNORE INTO meta VALUES ('settled_once', 1)")
+        return TickResult({d: sorted(v) for d, v in changes.items()}, statted, listed, queued, pending, first_look)
 
     def _queue_changed_dirs(self, changes) -> int:
         if not self.db.execute("SELECT 1 FROM dirs LIMIT 1").fetchone():

@@ -16,6 +16,7 @@ from collections.abc import Callable, Sequence
 from pacs_assets.index.inventory import (
     StagingCache,
     add_records,
+    carry_over_links,
     load_cache,
     merge_inventory,
 )
@@ -74,6 +75,8 @@ def walk_into(staging: Staging, source: NasSource, nas: NasBase, *, today: dt.da
         walked += len(batch)
         if progress:
             progress(walked, known)
+    if folders is not None:
+        carry_over_links(staging, source.root)
     # Once more after the walk: a share unmounted while we walked must not read as deleted folders.
     check_root(nas.id, source.root)
     if folders is None and known and walked < known * OUTAGE_SHARE:
