@@ -193,3 +193,36 @@ def test_every_kind_of_change_ends_equal_to_a_full_walk_from_scratch(tmp_path, o
     assert orthanc_sops(orthanc_env) == fresh_sops | {deleted_sop}
     assert deleted_sop not in fresh_sops
     shutil.rmtree(fresh_dir / "orthanc", ignore_errors=True)
+
+
+def test_incremental_schedule_asks_for_the_changed_folders_only(tmp_path):
+    """For sites without the sensor: the 15-minute schedule keeps its own watch and names only the folders
+    that changed; the run config carries a reference, never a folder name (folder names name patients)."""
+    from dagster import build_schedule_context
+
+    from pacs_assets.nas.watch import read_folder_list
+
+    manifest = make_dicom_nas(tmp_path / "nas", patients=4, start_date=SAMPLE_START)
+    config = write_config(tmp_path / "pacs.yaml", NAS, orthanc_url="http://127.0.0.1:9")
+    defs = build_definitions(load_config(config))
+    schedule = defs.get_schedule_def("ct_incremental_schedule")
+
+    def tick() -> list:
+        with build_schedule_context(instance=DagsterInstance.ephemeral(),
+                                    repository_def=defs.get_repository_def()) as context:
+            return schedule.evaluate_tick(context).run_requests or []
+
+    tick()
+    first = tick()  # the first look: one reconciliation run, not one run per folder
+    assert [r.job_name for r in first] == ["ct_reconciliation_job"]
+    assert tick() == []
+    folder = os.path.dirname(manifest.paths("ok")[0])
+    ds = pydicom.dcmread(manifest.root / manifest.paths("ok")[0])
+    ds.SOPInstanceUID = pydicom.uid.generate_uid()
+    ds.save_as(manifest.root / folder / "LATE.dcm")
+    assert tick() == []  # seen once: it may still be being written
+    (request,) = tick()
+    assert request.job_name == "ct_job" and request.partition_key
+    cfg = request.run_config["ops"]["ct__file_inventory"]["config"]
+    assert set(cfg) == {"folders_ref"} and folder not in str(request.run_config)
+    assert read_folder_list(tmp_path / "watch", cfg["folders_ref"]) == [folder]
