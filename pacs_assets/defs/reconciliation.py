@@ -64,10 +64,12 @@ def build_reconciliation(nas: NasConfig, config: PacsConfig) -> tuple[list, list
     source_key = nas_resource_key(nas.id)
     tz = ZoneInfo(config.timezone)
     walk_key, catch_up_key = reconciliation_keys(nas.id)
+    # Its own group: "Materialize all" in the NAS's group keeps launching partitioned assets only.
+    group = f"{nas.id}_reconciliation"
     inventory_key, index_key, orthanc_key = (AssetKey([nas.id, n]) for n in ("file_inventory", "dicom_index",
                                                                              "orthanc_instances"))
 
-    @asset(key=walk_key, group_name=nas.id, kinds={"duckdb", "python"}, owners=OWNERS, pool=WALK_POOL,
+    @asset(key=walk_key, group_name=group, kinds={"duckdb", "python"}, owners=OWNERS, pool=WALK_POOL,
            required_resource_keys={source_key, "index"},
            description=f"The reconciliation of NAS '{nas.id}': one walk of everything; materializes "
                        "file_inventory only for the procedure dates whose files changed.")
@@ -95,7 +97,7 @@ def build_reconciliation(nas: NasConfig, config: PacsConfig) -> tuple[list, list
             "changed_dates": _dates_table(found.changes),
         })
 
-    @asset(key=catch_up_key, deps=[reconciliation], group_name=nas.id, kinds={"duckdb", "python"}, owners=OWNERS,
+    @asset(key=catch_up_key, deps=[reconciliation], group_name=group, kinds={"duckdb", "python"}, owners=OWNERS,
            pool=UPLOAD_POOL, required_resource_keys={source_key, "index", "orthanc"},
            retry_policy=RetryPolicy(max_retries=config.orthanc.run_retries,
                                     delay=config.orthanc.run_retry_delay_seconds,
