@@ -17,6 +17,7 @@ from dagster import (
     AssetKey,
     BackfillPolicy,
     Backoff,
+    Config,
     Failure,
     MaterializeResult,
     MetadataValue,
@@ -27,6 +28,8 @@ from dagster import (
 from pacs_assets.config import ConfigError, NasConfig, PacsConfig
 from pacs_assets.defs.partitions import nas_partitions
 from pacs_assets.defs.resources import IndexResource, OrthancResource, nas_resource_key
+from pacs_assets.defs.sensors import watch_state_path
+from pacs_assets.nas.watch import read_folder_list
 from pacs_assets.orthanc.client import OrthancRefused, OrthancUnavailable
 from pacs_assets.pipeline.hierarchy import build_hierarchy
 from pacs_assets.pipeline.inventory import NasOutage, take_inventory
@@ -39,6 +42,24 @@ from pacs_assets.pipeline.upload import upload_window
 WALK_POOL, UPLOAD_POOL = "nas_walk", "orthanc_upload"
 PROGRESS_EVERY_SECONDS = 15.0
 OWNERS = ["team:radiology-it"]
+
+
+class InventoryConfig(Config):
+    """Which folders a run walks. Both empty (a backfill, a launch from the UI): the whole NAS."""
+
+    folders: list[str] = []  # folders relative to the NAS root ('' = the root), each without its subfolders
+    # What the new-files sensor and the incremental schedule pass instead: a reference to their stored list
+    # (folder names often name patients; run config shows in the UI).
+    folders_ref: str = ""
+
+
+def _folders(config: InventoryConfig, state_dir, context) -> list[str] | None:
+    if config.folders_ref:
+        folders = read_folder_list(state_dir, config.folders_ref)
+        if folders is None:
+            context.log.warning("the folder list of this run is gone (older than a week?): walking the whole NAS")
+        return folders
+    return list(config.folders) or None
 
 
 def _window(context: AssetExecutionContext) -> tuple[dt.date, dt.date]:
@@ -77,6 +98,7 @@ def build_nas_assets(nas: NasConfig, config: PacsConfig) -> list:
     partitions = nas_partitions(nas, config.timezone)
     source_key = nas_resource_key(nas.id)
     tz = ZoneInfo(config.timezone)
+    watch_dir = watch_state_path(config, nas.id).parent
     common = dict(group_name=nas.id, partitions_def=partitions, backfill_policy=BackfillPolicy.single_run(),
                   owners=OWNERS)
 
@@ -85,20 +107,22 @@ def build_nas_assets(nas: NasConfig, config: PacsConfig) -> list:
            description=f"Every file under NAS '{nas.id}' ({nas.kind}), walked read-only: size, mtime, change "
                        "token, what it is and, for the skipped and failed, why. Partitioned by procedure date.",
            **common)
-    def file_inventory(context: AssetExecutionContext) -> MaterializeResult:
+    def file_inventory(context: AssetExecutionContext, config: InventoryConfig) -> MaterializeResult:
         index: IndexResource = context.resources.index
         source = getattr(context.resources, source_key).source()
         start, end = _window(context)
-        progress = _Progress(context, f"walking NAS '{nas.id}'")
+        folders = _folders(config, watch_dir, context)
+        progress = _Progress(context, f"walking NAS '{nas.id}'" + (f" ({len(folders)} folders)" if folders else ""))
         try:
             result = take_inventory(source, nas, index.path, start, end, today=dt.datetime.now(tz).date(),
-                                    progress=lambda done, known: progress.tick(done, known or None))
+                                    folders=folders, progress=lambda done, known: progress.tick(done, known or None))
         except ConfigError as exc:
             raise Failure(description=str(exc), allow_retries=False) from None
         except NasOutage as exc:
             raise Failure(description=str(exc)) from None
         counts = result.counts
         return MaterializeResult(metadata={
+            "folders_walked": len(folders) if folders is not None and source.scans_folders else "all",
             "files_walked": result.walked,
             "files_in_partitions": sum(counts.values()),
             **{f"files_{k}": v for k, v in counts.items()},

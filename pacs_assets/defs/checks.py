@@ -11,8 +11,9 @@
   another file with their UIDs). On orthanc_instances because content is known from the upload (the hash
   of the bytes sent, Orthanc's MD5 on ``AlreadyStored``); a warning because each such file is recorded and
   named in ``pacs history --status uid_conflict``, and nothing a rerun does can change it.
-- ``indexed_instances_in_orthanc`` (on orthanc_instances): every file the ledger says is in Orthanc
-  really is, checked by Orthanc's deterministic instance IDs on parallel persistent sessions.
+- ``indexed_instances_in_orthanc`` (on orthanc_instances): every file of the run's procedure dates that the
+  ledger says is in Orthanc really is, in batched ``/tools/find`` queries. The whole-NAS sweep is the
+  reconciliation's check (defs/reconciliation.py).
 - the kind's own checks (``NasKind.checks``), e.g. ``lossless_in_orthanc`` for Firebird/JPEG 2000.
 Metadata carries counts and NAS ids only, never UIDs or patient data.
 """
@@ -59,8 +60,9 @@ def build_nas_checks(nas: NasConfig, config: PacsConfig) -> list:
     @asset_check(asset=orthanc_key, name="indexed_instances_in_orthanc", required_resource_keys={"index", "orthanc"},
                  description="Every file recorded as imported or duplicate is present in Orthanc.")
     def indexed_instances_in_orthanc(context: AssetCheckExecutionContext) -> AssetCheckResult:
+        start, end = run_window(context.run.tags, nas)  # the run's own window, not every instance of the NAS
         passed, metadata = work.indexed_instances_in_orthanc(context.resources.index.path, nas.id,
-                                                            context.resources.orthanc.client())
+                                                            context.resources.orthanc.client(), start, end)
         return AssetCheckResult(passed=passed, metadata=metadata)
 
     checks = [every_file_accounted_for, no_sop_instance_conflicts, no_uid_conflicts, indexed_instances_in_orthanc]

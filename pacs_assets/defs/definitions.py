@@ -9,6 +9,7 @@ from pacs_assets.config import PacsConfig
 from pacs_assets.defs.arrivals import build_orthanc_arrivals
 from pacs_assets.defs.assets import build_nas_assets
 from pacs_assets.defs.checks import build_nas_checks
+from pacs_assets.defs.reconciliation import build_reconciliation, reconciliation_keys
 from pacs_assets.defs.resources import build_resources
 from pacs_assets.defs.schedules import build_schedules
 from pacs_assets.defs.sensors import build_new_files_sensor
@@ -19,11 +20,14 @@ def build_definitions(config: PacsConfig) -> Definitions:
     for nas in config.nas:
         assets += build_nas_assets(nas, config)
         checks += build_nas_checks(nas, config)
-        job = define_asset_job(f"{nas.id}_job", selection=AssetSelection.groups(nas.id),
+        rec_assets, rec_checks, rec_job = build_reconciliation(nas, config)
+        assets, checks = assets + rec_assets, checks + rec_checks
+        job = define_asset_job(f"{nas.id}_job",
+                               selection=AssetSelection.groups(nas.id) - AssetSelection.assets(*reconciliation_keys(nas.id)),
                                description=f"Inventory, index and import NAS '{nas.id}'.")
-        jobs.append(job)
-        schedules += build_schedules(nas, config, job)
-        sensors.append(build_new_files_sensor(nas, config, job.name))
+        jobs += [job, rec_job]
+        schedules += build_schedules(nas, config, job, rec_job)
+        sensors.append(build_new_files_sensor(nas, config, [job, rec_job]))
     arrivals = build_orthanc_arrivals(config)  # orthanc/arrivals, its job and the /changes sensor
     assets, jobs, sensors = assets + arrivals.assets, jobs + arrivals.jobs, sensors + arrivals.sensors
     # Every run in one process (jobs, UI launches and `dagster asset materialize` alike): a one-partition run

@@ -1,32 +1,49 @@
-"""Schedules per NAS: an incremental run of the current procedure date every 15 minutes (configurable), and a
-nightly reconciliation over every partition, which also catches files rewritten in place."""
+"""Schedules per NAS: an incremental look every 15 minutes (configurable), for sites that keep the new-files
+sensor off, and the nightly reconciliation.
+
+The incremental schedule works like the sensor, from folder modification times in its own watch state: it
+asks for runs of the dates that changed, walking only the folders that changed (a file is reported once it
+held still across two looks, i.e. one schedule interval). The nightly reconciliation runs the NAS's
+reconciliation job: one walk of everything, which also catches files rewritten in place, then only the
+partitions whose content changed are materialized (defs/reconciliation.py).
+"""
 
 from __future__ import annotations
 
-from dagster import RunRequest, ScheduleEvaluationContext, schedule
+import datetime as dt
+from zoneinfo import ZoneInfo
+
+from dagster import RunRequest, ScheduleEvaluationContext, SkipReason, schedule
 
 from pacs_assets.config import NasConfig, PacsConfig
-from pacs_assets.defs.partitions import nas_partitions, range_tags
+from pacs_assets.defs.sensors import run_requests_for, watch_tick
+from pacs_assets.nas.registry import kind_of
+from pacs_assets.nas.watch import NasUnavailable
 
 
-def build_schedules(nas: NasConfig, config: PacsConfig, job) -> list:
-    partitions = nas_partitions(nas, config.timezone)
-    # build_schedule_from_partitioned_job refuses a custom cron for a daily-partitioned job, and a
-    # 15-minute cadence on daily partitions is the point here: so a plain schedule asks for today's key.
+def build_schedules(nas: NasConfig, config: PacsConfig, job, reconciliation_job) -> list:
+    tz = ZoneInfo(config.timezone)
+    whole = kind_of(nas).read_dates is None
+
     @schedule(name=f"{nas.id}_incremental_schedule", cron_schedule=nas.incremental_cron, job=job,
               execution_timezone=config.timezone,
-              description=f"Materializes today's procedure date of NAS '{nas.id}' ({nas.incremental_cron}).")
+              description=f"Every {nas.incremental_cron}: materializes the procedure dates of NAS '{nas.id}' whose "
+                          "folders changed, walking only those folders (for sites without the new-files sensor).")
     def incremental(context: ScheduleEvaluationContext):
-        key = partitions.get_last_partition_key(current_time=context.scheduled_execution_time)
-        return RunRequest(partition_key=key, tags={"pacs/trigger": "incremental"})
+        today = dt.datetime.now(tz).date()
+        try:
+            result = watch_tick(nas, config, "schedule", today)
+        except NasUnavailable as exc:
+            return SkipReason(str(exc))
+        requests = run_requests_for(nas, config, result, whole, trigger="incremental")
+        return requests or SkipReason(f"no settled change ({result.folders_statted} folders checked)")
 
     @schedule(name=f"{nas.id}_nightly_reconciliation_schedule", cron_schedule=nas.reconciliation_cron,
-              job=job, execution_timezone=config.timezone,
-              description=f"Re-walks NAS '{nas.id}' over every procedure date in one run: index and Orthanc "
-                          "catch up with anything the sensor could not see.")
+              job=reconciliation_job, execution_timezone=config.timezone,
+              description=f"Re-walks all of NAS '{nas.id}' in one run; only the procedure dates whose files changed "
+                          "are materialized (index and Orthanc catch up with anything the sensor could not see).")
     def nightly_reconciliation(context: ScheduleEvaluationContext):
-        keys = partitions.get_partition_keys(current_time=context.scheduled_execution_time)
         return RunRequest(run_key=f"{nas.id}:reconcile:{context.scheduled_execution_time:%Y-%m-%d}",
-                          tags={**range_tags(keys[0], keys[-1]), "pacs/trigger": "reconciliation"})
+                          tags={"pacs/trigger": "reconciliation"})
 
     return [incremental, nightly_reconciliation]

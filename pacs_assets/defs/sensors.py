@@ -1,10 +1,13 @@
 """Sensors: a new-files sensor per NAS, which requests runs for the procedure dates where files appeared,
-changed or vanished.
+changed or vanished, walking only the folders where they did.
 
 Run keys are derived from the changes themselves, so the same change never starts two runs. Each run
-walks the whole NAS anyway (from the scan cache: only changed files are parsed), so when a tick finds
-many affected dates — the first look at a NAS with years of history — it asks for one run over their
-range instead of one run per date.
+request names the folders to walk (through a reference to a list stored beside the watch state: folder
+names often name patients, and run config shows in the UI). A run walks, stages and merges only those
+folders. When a tick finds many affected dates it asks for one run over their range instead of one run
+per date. On the first look at a NAS (everything is new), past ``MAX_FOLDERS`` folders, and for a kind
+without folder semantics (firebird_jpeg2000: its catalog says where files are), it asks for a
+reconciliation run instead: one whole walk that materializes only the dates whose files changed.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from pathlib import Path
 from zoneinfo import ZoneInfo
 
 from dagster import (
+    AssetKey,
     DefaultSensorStatus,
     RunRequest,
     SensorEvaluationContext,
@@ -27,14 +31,33 @@ from dagster import (
 from pacs_assets.config import NasConfig, PacsConfig
 from pacs_assets.defs.partitions import range_tags
 from pacs_assets.nas.registry import kind_of
-from pacs_assets.nas.watch import NasUnavailable, NasWatch
+from pacs_assets.nas.watch import NasUnavailable, NasWatch, TickResult, write_folder_list
 
 TICK_BUDGET_SECONDS = 20.0
 MAX_RUNS_PER_TICK = 8
+MAX_FOLDERS = 2000  # beyond this, one whole walk (a reconciliation) is cheaper than naming every folder
 
 
-def watch_state_path(config: PacsConfig, nas_id: str) -> Path:
-    return config.index.path.parent / "watch" / f"{nas_id}.sqlite"
+def job_name(nas_id: str) -> str:
+    return f"{nas_id}_job"
+
+
+def reconciliation_job_name(nas_id: str) -> str:
+    return f"{nas_id}_reconciliation_job"
+
+
+def watch_state_path(config: PacsConfig, nas_id: str, who: str = "sensor") -> Path:
+    """The watch state of a NAS: one for the new-files sensor, another for the incremental schedule."""
+    name = f"{nas_id}.sqlite" if who == "sensor" else f"{nas_id}.{who}.sqlite"
+    return config.index.path.parent / "watch" / name
+
+
+def folder_run_config(nas_id: str, ref: str | None) -> dict:
+    """The run config that makes ``file_inventory`` walk only the folders behind ``ref`` (None: everything)."""
+    if ref is None:
+        return {}
+    op = AssetKey([nas_id, "file_inventory"]).to_python_identifier()
+    return {"ops": {op: {"config": {"folders_ref": ref}}}}
 
 
 def _run_key(nas_id: str, label: str, changes: list[tuple[str, str]]) -> str:
@@ -42,43 +65,61 @@ def _run_key(nas_id: str, label: str, changes: list[tuple[str, str]]) -> str:
     return f"{nas_id}:{label}:{digest}"
 
 
-def run_requests_for(nas_id: str, changes: dict[dt.date, list[tuple[str, str]]], whole_nas: bool) -> list[RunRequest]:
+def run_requests_for(nas: NasConfig, config: PacsConfig, result: TickResult, whole_nas: bool,
+                     trigger: str = "new_files") -> list[RunRequest]:
+    """Runs of the NAS job for the changed dates and folders; or one reconciliation run (a whole walk that
+    materializes only the dates that changed) for the first look at a NAS, for a kind without folders, or
+    for changes in more folders than ``MAX_FOLDERS``."""
+    changes = result.changes
     if not changes:
         return []
+    state_dir = watch_state_path(config, nas.id).parent
     days = sorted(changes)
-    if whole_nas or len(days) > MAX_RUNS_PER_TICK:
-        all_changes = [c for d in days for c in changes[d]]
+    all_changes = [c for d in days for c in changes[d]]
+    folders = sorted({f for d in days for f in result.folders(d)})
+    if whole_nas or result.first_look or len(folders) > MAX_FOLDERS:
+        return [RunRequest(job_name=reconciliation_job_name(nas.id),
+                           run_key=_run_key(nas.id, f"reconcile:{days[0]}..{days[-1]}", all_changes),
+                           tags={"pacs/trigger": trigger})]
+    if len(days) > MAX_RUNS_PER_TICK:
+        ref = write_folder_list(state_dir, folders)
         label = f"{days[0]}..{days[-1]}"
-        return [RunRequest(run_key=_run_key(nas_id, label, all_changes),
-                           tags={**range_tags(days[0].isoformat(), days[-1].isoformat()), "pacs/trigger": "new_files"})]
-    return [RunRequest(partition_key=d.isoformat(), run_key=_run_key(nas_id, d.isoformat(), changes[d]),
-                       tags={"pacs/trigger": "new_files"}) for d in days]
+        return [RunRequest(job_name=job_name(nas.id), run_key=_run_key(nas.id, label, all_changes),
+                           run_config=folder_run_config(nas.id, ref),
+                           tags={**range_tags(days[0].isoformat(), days[-1].isoformat()), "pacs/trigger": trigger})]
+    return [RunRequest(job_name=job_name(nas.id), partition_key=d.isoformat(),
+                       run_key=_run_key(nas.id, d.isoformat(), changes[d]),
+                       run_config=folder_run_config(nas.id, write_folder_list(state_dir, result.folders(d))),
+                       tags={"pacs/trigger": trigger}) for d in days]
 
 
-def build_new_files_sensor(nas: NasConfig, config: PacsConfig, job_name: str):
-    tz = ZoneInfo(config.timezone)
+def watch_tick(nas: NasConfig, config: PacsConfig, who: str, today: dt.date) -> TickResult:
+    """One look at the NAS through its watch state (raises NasUnavailable on an outage)."""
     kind = kind_of(nas)
+    watch = NasWatch(watch_state_path(config, nas.id, who), nas.root, partitions_start=nas.partitions_start,
+                     settle_seconds=nas.settle_seconds, read_dates=kind.read_dates)
+    try:
+        result = watch.tick(TICK_BUDGET_SECONDS, today)
+    finally:
+        watch.close()
+    return result
 
-    @sensor(name=f"{nas.id}_new_files_sensor", job_name=job_name, minimum_interval_seconds=nas.sensor_interval_seconds,
+
+def build_new_files_sensor(nas: NasConfig, config: PacsConfig, jobs: list):
+    tz = ZoneInfo(config.timezone)
+    whole = kind_of(nas).read_dates is None
+
+    @sensor(name=f"{nas.id}_new_files_sensor", jobs=jobs, minimum_interval_seconds=nas.sensor_interval_seconds,
             default_status=DefaultSensorStatus.STOPPED,
             description=f"Watches NAS '{nas.id}' for new, changed and deleted files and materializes the "
-                        "procedure dates they belong to.")
+                        "procedure dates they belong to, walking only the folders that changed.")
     def new_files_sensor(context: SensorEvaluationContext):
         today = dt.datetime.now(tz).date()
-        watch = NasWatch(watch_state_path(config, nas.id), nas.root, partitions_start=nas.partitions_start,
-                         settle_seconds=nas.settle_seconds, read_dates=kind.read_dates)
         try:
-            result = watch.tick(TICK_BUDGET_SECONDS, today)
+            result = watch_tick(nas, config, "sensor", today)
         except NasUnavailable as exc:
             return SkipReason(str(exc))
-        finally:
-            watch.close()
-        # A kind that cannot date a file by reading it (its catalog knows): reconcile the dates it spans.
-        whole = kind.read_dates is None
-        if whole and result.changes:
-            last = max(max(result.changes), today)
-            result.changes.setdefault(last, [])
-        requests = run_requests_for(nas.id, result.changes, whole)
+        requests = run_requests_for(nas, config, result, whole)
         cursor = json.dumps({"statted": result.folders_statted, "listed": result.folders_listed,
                              "queued": result.queued, "pending": result.pending})
         if not requests:

@@ -1,7 +1,9 @@
 """The inventory: every file a walk met. Staged per run, then merged window by window in one transaction.
 
 The scan cache (``scan_cache``) is what earlier walks read, whatever partition they ran for, so an
-unchanged file is never parsed twice.
+unchanged file is never parsed twice. A run that walks only some folders (``folders``: an incremental run)
+reads and replaces only those folders' rows, through the ``folder`` column and its index, so its cost does
+not grow with the NAS. The reconciliation's merge of a whole walk is in reconcile.py.
 """
 
 from __future__ import annotations
@@ -18,7 +20,22 @@ from pacs_assets.nas.base import FileRecord, ScanCache
 
 RECORD_COLUMNS = FileRecord.columns_()
 _RECORD_FIELDS = operator.attrgetter(*RECORD_COLUMNS)
-INVENTORY_COLUMNS = RECORD_COLUMNS + ["scanned_at"]
+INVENTORY_COLUMNS = RECORD_COLUMNS + ["scanned_at", "folder"]
+# Folders per ``IN (...)`` list: constant lists use the folder index; one statement per chunk.
+FOLDER_CHUNK = 500
+
+
+def folder_of(file_path: str) -> str:
+    return file_path.rpartition("/")[0]
+
+
+def folder_chunks(folders: Sequence[str]) -> list[tuple[str, list[str]]]:
+    """``("(?, ?, ...)", params)`` per chunk of folders (at least one, so an empty list matches nothing)."""
+    folders = sorted(set(folders))
+    if not folders:
+        return [("(NULL)", [])]
+    return [("(" + ", ".join("?" * len(part)) + ")", part)
+            for part in (folders[i:i + FOLDER_CHUNK] for i in range(0, len(folders), FOLDER_CHUNK))]
 
 
 def records_frame(records: Sequence[FileRecord], scanned_at: dt.datetime):
@@ -28,6 +45,7 @@ def records_frame(records: Sequence[FileRecord], scanned_at: dt.datetime):
     frame = pd.DataFrame([_RECORD_FIELDS(r) for r in records], columns=RECORD_COLUMNS)
     frame["procedure_date"] = frame["procedure_date"].astype("string")
     frame["scanned_at"] = scanned_at
+    frame["folder"] = [folder_of(p) for p in frame["file_path"]]
     return frame
 
 
@@ -49,23 +67,50 @@ def known_file_count(index_path: str | os.PathLike, nas_id: str) -> int:
         return con.execute("SELECT count(*) FROM scan_cache WHERE nas_id = ?", [nas_id]).fetchall()[0][0]
 
 
-def load_cache(staging: Staging, nas_id: str) -> int:
-    """Copy the NAS's scan cache from the index (one short lock). Returns how many files it knew."""
+def load_cache(staging: Staging, nas_id: str, folders: Sequence[str] | None = None) -> int:
+    """Copy the NAS's scan cache from the index (one short lock): all of it, or only the rows of ``folders``.
+    Returns how many files it knew (there)."""
     with staging.attached_to_index() as con:
-        con.execute("INSERT INTO staging.cache SELECT * FROM scan_cache WHERE nas_id = ?", [nas_id])
+        if folders is None:
+            con.execute("INSERT INTO staging.cache SELECT * FROM scan_cache WHERE nas_id = ?", [nas_id])
+        else:
+            for in_list, params in folder_chunks(folders):
+                con.execute(f"INSERT INTO staging.cache SELECT * FROM scan_cache WHERE nas_id = ? AND folder IN {in_list}",
+                            [nas_id, *params])
     return staging.count("cache")
 
 
-def merge_inventory(staging: Staging, nas_id: str, start: dt.date, end: dt.date) -> dict[str, int]:
-    """Replace the window [start, end) of the NAS's inventory, and refresh its scan cache, in one transaction."""
+def record_deleted(con, gone_sql: str, params: list) -> int:
+    """Insert into ``deleted_files`` the inventory rows ``gone_sql`` selects (nas_id, file_path, change_token,
+    procedure_date, status), each with its last status. Reads the ledger only when something is gone."""
+    con.execute(f"CREATE OR REPLACE TEMP TABLE _gone AS {gone_sql}", params)
+    if not con.execute("SELECT count(*) FROM _gone").fetchall()[0][0]:
+        return 0
+    return con.execute("""
+        INSERT INTO deleted_files
+        SELECT g.nas_id, g.file_path, g.change_token, g.procedure_date,
+               CASE WHEN g.status <> 'ok' THEN g.status ELSE coalesce(h.last_status, 'pending') END, now()
+        FROM _gone g LEFT JOIN (
+            SELECT h.nas_id, h.file_path, h.change_token, arg_max(h.status, h.attempt_id) AS last_status
+            FROM import_history h JOIN _gone USING (nas_id, file_path, change_token) GROUP BY ALL
+        ) h USING (nas_id, file_path, change_token)""").fetchall()[0][0]
+
+
+def merge_inventory(staging: Staging, nas_id: str, start: dt.date, end: dt.date,
+                    folders: Sequence[str] | None = None) -> dict[str, int]:
+    """Replace the window [start, end) of the NAS's inventory, and refresh its scan cache, in one transaction.
+
+    With ``folders`` (the walk saw only those, not their subfolders), only those folders' rows change: files
+    gone from them are deleted, rows in folders not walked stay as they are.
+    """
+    if folders is not None:
+        return _merge_folders(staging, nas_id, start, end, folders)
     with staging.attached_to_index(atomic=True) as con:
         # Files of the window that the complete walk no longer found anywhere: deleted on the NAS.
-        con.execute("""
-            INSERT INTO deleted_files
-            SELECT o.nas_id, o.file_path, o.change_token, o.procedure_date, s.status, now()
-            FROM inventory o LEFT JOIN file_status s USING (nas_id, file_path)
-            WHERE o.nas_id = ? AND o.procedure_date >= ? AND o.procedure_date < ?
-              AND o.file_path NOT IN (SELECT file_path FROM staging.inventory)""", [nas_id, start, end])
+        record_deleted(con, """
+            SELECT nas_id, file_path, change_token, procedure_date, status FROM inventory
+            WHERE nas_id = ? AND procedure_date >= ? AND procedure_date < ?
+              AND file_path NOT IN (SELECT file_path FROM staging.inventory)""", [nas_id, start, end])
         con.execute("DELETE FROM inventory WHERE nas_id = ? AND procedure_date >= ? AND procedure_date < ?",
                     [nas_id, start, end])
         con.execute("INSERT INTO inventory SELECT * FROM staging.inventory "
@@ -77,6 +122,45 @@ def merge_inventory(staging: Staging, nas_id: str, start: dt.date, end: dt.date)
             "SELECT status, count(*) FROM staging.inventory WHERE procedure_date >= ? AND procedure_date < ? "
             "GROUP BY status", [start, end]).fetchall())
     return counts
+
+
+def _merge_folders(staging: Staging, nas_id: str, start: dt.date, end: dt.date, folders: Sequence[str]) -> dict[str, int]:
+    window = [start, end]
+    with staging.attached_to_index(atomic=True) as con:
+        for in_list, params in folder_chunks(folders):
+            here = f"nas_id = ? AND folder IN {in_list}"
+            record_deleted(con, f"""
+                SELECT nas_id, file_path, change_token, procedure_date, status FROM inventory
+                WHERE {here} AND procedure_date >= ? AND procedure_date < ?
+                  AND file_path NOT IN (SELECT file_path FROM staging.inventory)""", [nas_id, *params, *window])
+            con.execute(f"DELETE FROM inventory WHERE {here} AND procedure_date >= ? AND procedure_date < ?",
+                        [nas_id, *params, *window])
+            # A file of these folders that moved into the window from another date: one row per file.
+            con.execute(f"""DELETE FROM inventory WHERE {here} AND file_path IN (
+                SELECT file_path FROM staging.inventory WHERE procedure_date >= ? AND procedure_date < ?)""",
+                        [nas_id, *params, *window])
+            con.execute(f"DELETE FROM scan_cache WHERE {here}", [nas_id, *params])
+        con.execute("INSERT INTO inventory SELECT * FROM staging.inventory WHERE procedure_date >= ? AND procedure_date < ?",
+                    window)
+        con.execute("INSERT INTO scan_cache SELECT * FROM staging.inventory")
+        counts = dict(con.execute(
+            "SELECT status, count(*) FROM staging.inventory WHERE procedure_date >= ? AND procedure_date < ? "
+            "GROUP BY status", window).fetchall())
+    return counts
+
+
+def carry_over_links(staging: Staging, root: str | os.PathLike) -> int:
+    """After a walk of named folders: rows the cache has there that the walk did not report and whose path is
+    still a symbolic link keep their last word. Whether a link to a folder is followed or is a loop depends
+    on the order of a whole walk, so only a whole walk (the reconciliation) decides those. Returns how many."""
+    missing = [r[0] for r in staging.con.execute(
+        "SELECT file_path FROM cache WHERE file_path NOT IN (SELECT file_path FROM inventory)").fetchall()]
+    links = [p for p in missing if os.path.islink(os.path.join(root, p))]
+    for i in range(0, len(links), FOLDER_CHUNK):
+        part = links[i:i + FOLDER_CHUNK]
+        staging.con.execute(f"INSERT INTO inventory SELECT * FROM cache WHERE file_path IN ({', '.join('?' * len(part))})",
+                            part)
+    return len(links)
 
 
 class StagingCache(ScanCache):

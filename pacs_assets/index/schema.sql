@@ -10,11 +10,14 @@ CREATE TABLE IF NOT EXISTS inventory (
     accession_number VARCHAR, series_instance_uid VARCHAR, series_number INTEGER, series_date VARCHAR,
     modality VARCHAR, series_description VARCHAR, sop_instance_uid VARCHAR, sop_class_uid VARCHAR,
     instance_number INTEGER, number_of_frames INTEGER, "rows" INTEGER, "columns" INTEGER, extra_json VARCHAR,
-    procedure_date DATE NOT NULL, date_source VARCHAR NOT NULL, scanned_at TIMESTAMP
+    procedure_date DATE NOT NULL, date_source VARCHAR NOT NULL, scanned_at TIMESTAMP,
+    folder VARCHAR  -- the file's folder (file_path up to its last '/'): what incremental runs walk and merge by
 );
+ALTER TABLE inventory ADD COLUMN IF NOT EXISTS folder VARCHAR;  -- indexes made before the column existed
 
 -- What earlier walks read, whatever partition they ran for: an unchanged file is never parsed twice.
 CREATE TABLE IF NOT EXISTS scan_cache AS SELECT * FROM inventory WHERE false;
+ALTER TABLE scan_cache ADD COLUMN IF NOT EXISTS folder VARCHAR;
 
 CREATE TABLE IF NOT EXISTS patients (
     nas_id VARCHAR NOT NULL, partition_date DATE NOT NULL, patient_id VARCHAR, patient_name VARCHAR,
@@ -54,6 +57,14 @@ CREATE TABLE IF NOT EXISTS instances (
 );
 
 CREATE SEQUENCE IF NOT EXISTS import_attempt_seq;
+
+-- (Below the sequence: the index file only, not a run's staging file.)
+-- An incremental run reads and replaces the rows of a few folders: with this index that costs the same on a
+-- NAS of 20 million files as on one of 20,000 (README, Speed). Filled once for rows from before the column.
+UPDATE inventory SET folder = regexp_replace(file_path, '/?[^/]*$', '') WHERE folder IS NULL;
+UPDATE scan_cache SET folder = regexp_replace(file_path, '/?[^/]*$', '') WHERE folder IS NULL;
+CREATE INDEX IF NOT EXISTS inventory_folder ON inventory (folder);
+CREATE INDEX IF NOT EXISTS scan_cache_folder ON scan_cache (folder);
 
 -- Files that vanished from a NAS: their inventory row goes, this record (and their import history) stays.
 -- Nothing is ever deleted from Orthanc because a NAS file disappeared.

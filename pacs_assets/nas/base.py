@@ -13,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -92,10 +92,17 @@ class NasSource(ABC):
     def check_available(self) -> None:
         """Raise ConfigError (one sentence) if the NAS cannot be read now: unmounted root, catalog missing..."""
 
+    # Whether ``scan(folders=...)`` can walk only some folders. A kind whose catalog says where files are
+    # (firebird_jpeg2000) has no folder semantics: it always scans everything.
+    scans_folders: bool = False
+
     @abstractmethod
-    def scan(self, cache: ScanCache, batch_size: int = 2000) -> Iterator[list[FileRecord]]:
+    def scan(self, cache: ScanCache, batch_size: int = 2000,
+             folders: Sequence[str] | None = None) -> Iterator[list[FileRecord]]:
         """Walk the NAS read-only and yield batches of records, every file exactly once.
 
+        ``folders`` (when ``scans_folders``): only the files directly in those folders (relative paths, ''
+        is the root), not their subfolders; None is the whole NAS.
         ``procedure_date``/``date_source`` may be left empty: the caller assigns partitions.
         """
 

@@ -50,7 +50,11 @@ def check_root(nas_id: str, root: os.PathLike | str) -> None:
 
 def walk(root: os.PathLike | str, *, follow_links: bool, settle_seconds: float = 0.0,
          folders: Iterable[str] | None = None, recursive: bool = True) -> Iterator[Entry]:
-    """Every entry under ``root`` (or only under ``folders``, relative paths), as ``Entry`` objects."""
+    """Every entry under ``root`` (or only under ``folders``, relative paths), as ``Entry`` objects.
+
+    ``recursive=False`` lists only the given folders themselves (an incremental walk of the folders that
+    changed; their new subfolders are named too). A named folder that no longer exists yields nothing.
+    """
     real_root = os.path.realpath(root)
     root_stat = os.stat(real_root)
     visited = {(root_stat.st_dev, root_stat.st_ino)}
@@ -63,6 +67,8 @@ def walk(root: os.PathLike | str, *, follow_links: bool, settle_seconds: float =
             with os.scandir(os.path.join(real_root, rel_dir)) as it:
                 entries = sorted(it, key=lambda e: e.name)
         except OSError as exc:
+            if folders is not None and isinstance(exc, (FileNotFoundError, NotADirectoryError)):
+                continue  # a folder asked for by name that is gone (deleted or renamed): nothing in it any more
             yield Entry(rel_dir or ".", status=FAILED, reason=f"cannot list folder: {exc.strerror}")
             continue
         subdirs = []

@@ -51,10 +51,58 @@ class TickResult:
     folders_listed: int
     queued: int  # folders still to list on a later tick (first look at a big NAS)
     pending: int  # files seen but not yet stable
+    # True until the watch has once seen the whole NAS settle: its changes are then "everything", which one
+    # whole walk (the reconciliation) handles better than runs of named folders.
+    first_look: bool = False
 
     @property
     def complete(self) -> bool:
         return self.queued == 0 and self.pending == 0
+
+    def folders(self, day: dt.date) -> list[str]:
+        """The folders (relative, '' = root) holding the files that changed in ``day``: what a run walks."""
+        return sorted({path.rpartition("/")[0] for path, _ in self.changes.get(day, [])})
+
+
+# -- the folder lists the sensor hands its runs ----------------------------------------------------------
+# Folder names often name the patient, so a run's config carries only a reference to its list: a 0600 file
+# in a 0700 folder beside the watch state. Lists older than a week are removed when a new one is written.
+FOLDER_LIST_DAYS = 7
+
+
+def write_folder_list(state_dir: Path, folders: list[str]) -> str:
+    """Store a folder list; returns its reference (a digest of its content)."""
+    import hashlib
+    import json
+
+    body = json.dumps(sorted(folders)).encode()
+    ref = hashlib.sha1(body).hexdigest()[:20]
+    base = Path(state_dir) / "folder_lists"
+    base.mkdir(mode=0o700, parents=True, exist_ok=True)
+    cutoff = time.time() - FOLDER_LIST_DAYS * 86400
+    for old in base.glob("*.json"):
+        if old.stat().st_mtime < cutoff:
+            old.unlink(missing_ok=True)
+    target = base / f"{ref}.json"
+    if not target.exists():
+        tmp = base / f".{ref}.{os.getpid()}.tmp"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            f.write(body)
+        os.replace(tmp, target)
+    return ref
+
+
+def read_folder_list(state_dir: Path, ref: str) -> list[str] | None:
+    """The folder list behind a reference, or None if it is gone (the run then walks the whole NAS)."""
+    import json
+
+    if not ref.isalnum():
+        return None
+    try:
+        return json.loads((Path(state_dir) / "folder_lists" / f"{ref}.json").read_text())
+    except FileNotFoundError:
+        return None
 
 
 class NasWatch:
@@ -86,6 +134,9 @@ class NasWatch:
         try:
             check_root("", self.root)
         except ConfigError:
+            if not known_files:  # nothing there yet, nothing known: an empty NAS has been seen whole
+                with self.db:
+                    self.db.execute("INSERT OR IGNORE INTO meta VALUES ('settled_once', 1)")
             raise NasUnavailable(f"NAS root {self.root} is missing, unreadable or empty while {known_files} files "
                                  "were known: treated as an outage, nothing reported.") from None
         statted = listed = 0
@@ -104,7 +155,11 @@ class NasWatch:
             self._settle(changes, today, deadline)
         queued = self.db.execute("SELECT count(*) FROM queue").fetchone()[0]
         pending = self.db.execute("SELECT count(*) FROM files WHERE stable = 0").fetchone()[0]
-        return TickResult({d: sorted(v) for d, v in changes.items()}, statted, listed, queued, pending)
+        first_look = not self.db.execute("SELECT 1 FROM meta WHERE key = 'settled_once'").fetchone()
+        if first_look and queued == 0 and pending == 0:
+            with self.db:
+                self.db.execute("INSERT OR IGNORE INTO meta VALUES ('settled_once', 1)")
+        return TickResult({d: sorted(v) for d, v in changes.items()}, statted, listed, queued, pending, first_look)
 
     def _queue_changed_dirs(self, changes) -> int:
         if not self.db.execute("SELECT 1 FROM dirs LIMIT 1").fetchone():
@@ -159,8 +214,11 @@ class NasWatch:
                 continue
             seen.add(child)
             if known.get(child) != (st.st_size, st.st_mtime_ns):
-                self.db.execute("INSERT OR REPLACE INTO files VALUES (?, ?, ?, ?, 0, NULL, ?)",
-                                (child, rel, st.st_size, st.st_mtime_ns, self.tick_no))
+                # A changed file keeps the partition it was reported in: if it settles in another one (its
+                # StudyDate was rewritten), the old partition is reported too, so its rows are replaced.
+                self.db.execute("INSERT INTO files VALUES (?, ?, ?, ?, 0, NULL, ?) ON CONFLICT (path) DO UPDATE SET "
+                                "size = excluded.size, mtime_ns = excluded.mtime_ns, stable = 0, "
+                                "seen_tick = excluded.seen_tick", (child, rel, st.st_size, st.st_mtime_ns, self.tick_no))
         for gone in set(known) - seen:
             size, mtime = known[gone]
             part = self.db.execute("SELECT partition FROM files WHERE path = ?", (gone,)).fetchone()[0]
@@ -172,8 +230,8 @@ class NasWatch:
     def _settle(self, changes, today: dt.date, deadline: float) -> None:
         """Pending files seen on an earlier tick: unchanged since (and old enough) means stable."""
         now_ns = time.time_ns()
-        for path, size, mtime in self.db.execute(
-                "SELECT path, size, mtime_ns FROM files WHERE stable = 0 AND seen_tick < ? ORDER BY path",
+        for path, size, mtime, old_part in self.db.execute(
+                "SELECT path, size, mtime_ns, partition FROM files WHERE stable = 0 AND seen_tick < ? ORDER BY path",
                 (self.tick_no,)).fetchall():
             if time.monotonic() > deadline + 5:  # reading headers: leave the rest for the next tick
                 break
@@ -181,6 +239,8 @@ class NasWatch:
                 st = os.stat(self._join(path))
             except FileNotFoundError:
                 self.db.execute("DELETE FROM files WHERE path = ?", (path,))
+                if old_part:  # changed, then deleted before it settled: the index still has it
+                    changes[dt.date.fromisoformat(old_part)].add((path, f"deleted-{size}-{mtime}"))
                 continue
             if (st.st_size, st.st_mtime_ns) != (size, mtime):
                 self.db.execute("UPDATE files SET size = ?, mtime_ns = ?, seen_tick = ? WHERE path = ?",
@@ -193,3 +253,5 @@ class NasWatch:
             day, _ = assign_procedure_date(study_date, series_date, mtime, self.start, today)
             self.db.execute("UPDATE files SET stable = 1, partition = ? WHERE path = ?", (day.isoformat(), path))
             changes[day].add((path, f"{size}-{mtime}"))
+            if old_part and old_part != day.isoformat():
+                changes[dt.date.fromisoformat(old_part)].add((path, f"moved-{size}-{mtime}"))

@@ -156,6 +156,11 @@ class OrthancClient:
                                                 "Query": {"SOPInstanceUID": "\\".join(sop_instance_uids)}})
         return {item["ID"]: int(item.get("FileSize") or -1) for item in found}
 
+    def find_instance_ids(self, sop_instance_uids: list[str]) -> set[str]:
+        """Orthanc IDs of the instances with these SOP Instance UIDs. Keep lists to ~100: 100 UIDs take ~60 ms,
+        1,000 take ~2.5 s (Orthanc 1.10.1 matches the list one by one)."""
+        return set(self.find_instances(sop_instance_uids))
+
     def _post_json(self, path: str, payload: dict):
         attempt = 0
         while True:

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import datetime as dt
 import os
-from concurrent.futures import ThreadPoolExecutor
 
 from pacs_assets.index import consistency
 from pacs_assets.orthanc.client import OrthancClient, OrthancUnavailable
+from pacs_assets.pipeline.reconcile import orthanc_sweep
 
 
 def every_file_accounted_for(index_path: str | os.PathLike, nas_id: str, start: dt.date,
@@ -35,17 +35,13 @@ def no_uid_conflicts(index_path: str | os.PathLike, nas_id: str) -> tuple[bool, 
     return not (found["uid_conflict_files"] or found["groups_within_nas"] or across), metadata
 
 
-def indexed_instances_in_orthanc(index_path: str | os.PathLike, nas_id: str,
-                                 client: OrthancClient) -> tuple[bool, dict]:
-    """Every file the ledger says is in Orthanc really is, by Orthanc's deterministic instance IDs."""
+def indexed_instances_in_orthanc(index_path: str | os.PathLike, nas_id: str, client: OrthancClient,
+                                 start: dt.date | None = None, end: dt.date | None = None) -> tuple[bool, dict]:
+    """Every file of the window [start, end) (all dates if None) that the ledger says is in Orthanc really is,
+    asked in batched ``/tools/find`` queries by SOP Instance UID and matched by Orthanc ID."""
     try:
         client.system()
+        counts = orthanc_sweep(index_path, nas_id, client, start, end)
     except OrthancUnavailable as exc:
         return False, {"error": str(exc)}
-    checked = missing = 0
-    with ThreadPoolExecutor(8) as pool:
-        for batch in consistency.stored_orthanc_ids(index_path, nas_id):
-            present = list(pool.map(client.instance_exists, batch))
-            checked += len(batch)
-            missing += present.count(False)
-    return missing == 0, {"checked": checked, "missing_in_orthanc": missing}
+    return counts["missing_in_orthanc"] == 0, counts

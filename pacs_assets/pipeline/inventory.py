@@ -1,7 +1,8 @@
 """The work of ``file_inventory``: walk a NAS (through its source) into staging, then merge one window.
 
-The index is opened twice: a short read of the scan cache, and one transaction for the merge. The walk
-itself holds no lock.
+An incremental run walks only the folders that changed (``folders``) and merges only their rows; a run
+without folders (an explicit backfill) walks everything. The index is opened twice: a short read of the
+scan cache (of those folders only), and one transaction for the merge. The walk itself holds no lock.
 """
 
 from __future__ import annotations
@@ -10,17 +11,19 @@ import dataclasses
 import datetime as dt
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from pacs_assets.index.inventory import (
     StagingCache,
     add_records,
+    carry_over_links,
     load_cache,
     merge_inventory,
 )
 from pacs_assets.index.staging import Staging
 from pacs_assets.nas.base import NasBase, NasSource
 from pacs_assets.nas.dates import assign_procedure_date
+from pacs_assets.nas.walk import check_root
 
 # A walk that finds less than this share of the files the NAS had is an outage, not mass deletion.
 OUTAGE_SHARE = 0.5
@@ -39,27 +42,45 @@ class InventoryResult:
 
 
 def take_inventory(source: NasSource, nas: NasBase, index_path: str | os.PathLike, start: dt.date, end: dt.date,
-                   *, today: dt.date, progress: Callable[[int, int], None] | None = None) -> InventoryResult:
-    """Walk the whole NAS and replace the inventory of the window [start, end).
+                   *, today: dt.date, folders: Sequence[str] | None = None,
+                   progress: Callable[[int, int], None] | None = None) -> InventoryResult:
+    """Walk the NAS (or only ``folders``, each without its subfolders) and replace the inventory of the
+    window [start, end): all of it, or only the rows of the folders walked.
 
     Raises ConfigError when the NAS cannot be read now and NasOutage when most of it is missing.
     """
+    if folders is not None and not source.scans_folders:
+        folders = None  # a catalog-backed kind: every scan is whole
+    started = time.monotonic()
+    with Staging(index_path) as staging:
+        walked, known = walk_into(staging, source, nas, today=today, folders=folders, progress=progress)
+        counts = merge_inventory(staging, nas.id, start, end, folders)
+    return InventoryResult(walked, known, counts, time.monotonic() - started)
+
+
+def walk_into(staging: Staging, source: NasSource, nas: NasBase, *, today: dt.date,
+              folders: Sequence[str] | None = None,
+              progress: Callable[[int, int], None] | None = None) -> tuple[int, int]:
+    """Stream a walk (whole, or of ``folders``) into staging with procedure dates assigned; refuse an outage.
+    Returns (files walked, files the scan cache knew there)."""
     source.check_available()
     scanned_at = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
-    started, walked = time.monotonic(), 0
-    with Staging(index_path) as staging:
-        known = load_cache(staging, nas.id)
-        for batch in source.scan(StagingCache(staging)):
-            for rec in batch:
-                rec.procedure_date, rec.date_source = assign_procedure_date(
-                    rec.study_date, rec.series_date, rec.mtime_ns, nas.partitions_start, today)
-            add_records(staging, batch, scanned_at)
-            walked += len(batch)
-            if progress:
-                progress(walked, known)
-        if known and walked < known * OUTAGE_SHARE:
-            raise NasOutage(
-                f"NAS '{nas.id}' at {nas.root} shows {walked} files where the index knew {known}: "
-                "treating it as an outage (unmounted or partly offline NAS), not as deletions; index unchanged.")
-        counts = merge_inventory(staging, nas.id, start, end)
-    return InventoryResult(walked, known, counts, time.monotonic() - started)
+    walked = 0
+    known = load_cache(staging, nas.id, folders)
+    for batch in source.scan(StagingCache(staging), folders=folders):
+        for rec in batch:
+            rec.procedure_date, rec.date_source = assign_procedure_date(
+                rec.study_date, rec.series_date, rec.mtime_ns, nas.partitions_start, today)
+        add_records(staging, batch, scanned_at)
+        walked += len(batch)
+        if progress:
+            progress(walked, known)
+    if folders is not None:
+        carry_over_links(staging, source.root)
+    # Once more after the walk: a share unmounted while we walked must not read as deleted folders.
+    check_root(nas.id, source.root)
+    if folders is None and known and walked < known * OUTAGE_SHARE:
+        raise NasOutage(
+            f"NAS '{nas.id}' at {nas.root} shows {walked} files where the index knew {known}: "
+            "treating it as an outage (unmounted or partly offline NAS), not as deletions; index unchanged.")
+    return walked, known

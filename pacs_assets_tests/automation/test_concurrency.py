@@ -167,9 +167,8 @@ def test_runs_sensor_and_searches_at_once_on_one_index(tmp_path, two_nas_site, o
     sensor, search = results["c_sensor_ct"], results["d_search"]
     assert workers.procs["c_sensor_ct"].returncode == 0, workers.tail("c_sensor_ct")
     assert sensor["ticks"] >= 2
-    # The first look at the NAS: every sample date is requested, once, each as its own partition.
-    assert sorted(r["partition_key"] for r in sensor["run_requests"]) == \
-        sorted(d.isoformat() for d in manifests["ct"].procedure_dates)
+    # The first look at the NAS: one reconciliation run (a whole walk that materializes only the dates it finds).
+    assert [(r["job_name"], r["partition_key"]) for r in sensor["run_requests"]] == [("ct_reconciliation_job", None)]
     assert search["success"], search["errors"]
     assert search["searches"] >= 3, search
     found = search["patients_found"]
@@ -283,4 +282,4 @@ def test_the_sensor_never_needs_the_index(tmp_path):
     assert done.returncode == 0, output[-3000:]
     assert not [needle for needle in LOCK_ERRORS if needle in output]
     keys = json.loads(next(ln for ln in done.stdout.splitlines() if ln.startswith("RESULT "))[len("RESULT "):])
-    assert sorted(keys) == sorted(d.isoformat() for d in manifest.procedure_dates)
+    assert keys == [None]  # the first look: one reconciliation run, requested without the index

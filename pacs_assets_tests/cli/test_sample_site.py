@@ -29,7 +29,8 @@ def test_sample_site_has_three_nas_graphs_that_all_import(tmp_path, orthanc_env,
 
     defs = build_definitions(load_config(config_path))
     groups = {node.group_name for node in defs.resolve_asset_graph().asset_nodes}
-    assert groups == {"ct_nas", "endo_nas", "derm_nas", "orthanc"}
+    assert groups == {"ct_nas", "endo_nas", "derm_nas", "orthanc",
+                      "ct_nas_reconciliation", "endo_nas_reconciliation", "derm_nas_reconciliation"}
 
     for nas_id in ("ct_nas", "endo_nas", "derm_nas"):
         assert materialize_nas(config_path, nas_id).success, nas_id

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
@@ -31,6 +31,7 @@ def _parse_chunk(args: tuple[str, str, list[tuple[str, int, int]]]) -> list[File
 
 class DicomFolderSource(NasSource):
     kind = "dicom_folder"
+    scans_folders = True
 
     def __init__(self, nas_id: str, root: Path, *, settle_seconds: float = 0.0, workers: int | None = None):
         super().__init__(nas_id, root)
@@ -40,9 +41,10 @@ class DicomFolderSource(NasSource):
     def check_available(self) -> None:
         check_root(self.nas_id, self.root)
 
-    def walk(self) -> Iterator[tuple[str, int, int] | FileRecord]:
+    def walk(self, folders: Sequence[str] | None = None) -> Iterator[tuple[str, int, int] | FileRecord]:
         """Yield (rel_path, size, mtime_ns) for each regular file, or a finished record for what is not one."""
-        for entry in walk(self.root, follow_links=True, settle_seconds=self.settle_seconds):
+        for entry in walk(self.root, follow_links=True, settle_seconds=self.settle_seconds, folders=folders,
+                          recursive=folders is None):
             if entry.status is None:
                 yield (entry.rel, entry.size, entry.mtime_ns)
             else:
@@ -51,12 +53,13 @@ class DicomFolderSource(NasSource):
                                  reason=entry.reason)
 
     # -- the scan -----------------------------------------------------------------------------------
-    def scan(self, cache: ScanCache, batch_size: int = 2000) -> Iterator[list[FileRecord]]:
+    def scan(self, cache: ScanCache, batch_size: int = 2000,
+             folders: Sequence[str] | None = None) -> Iterator[list[FileRecord]]:
         self.check_available()
         pool = None
         try:
             batch: list = []
-            for item in self.walk():
+            for item in self.walk(folders):
                 batch.append(item)
                 if len(batch) >= batch_size:
                     pool = pool or self._pool_if(batch)

@@ -194,7 +194,9 @@ class FirebirdJpeg2000Source(NasSource):
         return rec
 
     # -- the scan -------------------------------------------------------------------------------------
-    def scan(self, cache: ScanCache, batch_size: int = 2000) -> Iterator[list[FileRecord]]:
+    def scan(self, cache: ScanCache, batch_size: int = 2000, folders=None) -> Iterator[list[FileRecord]]:
+        # No folder semantics (the catalog says where each file is): ``folders`` is ignored and every scan
+        # reads the whole catalog and walks the whole root (scans_folders = False).
         self.check_available()
         self._real_dirs.clear()
         claimed: dict[str, str] = {}  # rel path -> image key of the row that claimed it

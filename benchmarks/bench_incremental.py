@@ -1,0 +1,207 @@
+"""Steady state at scale: a run costs what changed, not what the NAS holds (issue #9).
+
+a) one new study (200 files, 512x512 16-bit CT) on NAS devices of --sizes files (small bulk files): the
+   one-partition run the sensor asks for (walking only the study's folder), through Dagster in-process on a
+   SQLite instance, into a fresh Orthanc; baseline ``storescu`` of just those 200 files into another fresh
+   Orthanc (one association, TCP_NODELAY). Prints ratio (goal <= 8) and growth small -> large (goal <= 1.2).
+b) the reconciliation job on the unchanged largest NAS with 10 years of daily partitions; baseline a plain
+   ``os.walk`` + ``stat`` of every file. Prints the ratio (goal <= 5) and how many materialization events
+   the run wrote for partitions (goal 0).
+
+The bulk NAS is indexed once with the real pipeline functions (timed, printed) and its ledger marked
+imported (uploading 200,000 bulk files would only measure Orthanc). Everything is deleted at the end.
+
+    python -m benchmarks.bench_incremental [--sizes 20000,200000] [--workdir DIR] [--skip-reconcile]
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import yaml
+
+STUDY_FILES = 200
+YEARS_DAYS = 3650
+
+
+def _log(msg: str) -> None:
+    print(f"[bench_incremental] {msg}", file=sys.stderr, flush=True)
+
+
+def write_ct_study(folder: Path, template: bytes, day: dt.date, n: int = STUDY_FILES) -> list[Path]:
+    """``n`` realistic CT files (512x512, 16-bit, ~513 KB) of one new study, dated ``day``."""
+    import io
+
+    from pydicom.uid import generate_uid
+
+    ds = pydicom.dcmread(io.BytesIO(template))
+    rng = np.random.default_rng(1)
+    ds.Rows = ds.Columns = 512
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
+    ds.PatientID, ds.PatientName, ds.AccessionNumber = "BENCHNEW01", "Bench^New", "BN0000001"
+    ds.StudyDate = ds.SeriesDate = day.strftime("%Y%m%d")
+    folder.mkdir(parents=True)
+    out = []
+    for i in range(n):
+        ds.SOPInstanceUID = generate_uid()
+        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+        ds.InstanceNumber = i + 1
+        ds.PixelData = rng.integers(0, 4096, (512, 512), dtype=np.uint16).tobytes()
+        path = folder / f"IM{i + 1:04d}.dcm"
+        ds.save_as(path)
+        out.append(path)
+    return out
+
+
+def seed_index(root: Path, config_path: Path) -> float:
+    """Index the bulk NAS with the real pipeline (whole walk, hierarchy), mark it imported. Returns seconds."""
+    from pacs_assets.config import load_config
+    from pacs_assets.index.connection import transaction
+    from pacs_assets.index.hierarchy import rebuild_hierarchy
+    from pacs_assets.nas.registry import source_for
+    from pacs_assets.pipeline.inventory import take_inventory
+
+    cfg = load_config(config_path)
+    nas = cfg.nas[0]
+    started = time.perf_counter()
+    take_inventory(source_for(nas), nas, cfg.index.path, nas.partitions_start, dt.date.max, today=dt.date.today())
+    rebuild_hierarchy(cfg.index.path, nas.id, nas.partitions_start, dt.date.max)
+    with transaction(cfg.index.path) as con:
+        con.execute("""INSERT INTO import_history (nas_id, file_path, change_token, partition_date, orthanc_instance_id,
+                           sop_instance_uid, status, retryable, attempts, http_status, started_at, finished_at)
+                       SELECT nas_id, file_path, change_token, partition_date, orthanc_instance_id, sop_instance_uid,
+                              'imported', false, 1, 200, now(), now() FROM instances""")
+    return time.perf_counter() - started
+
+
+def baseline_walk(root: Path) -> float:
+    started = time.perf_counter()
+    n = 0
+    for dirpath, _dirs, files in os.walk(root):
+        for name in files:
+            os.stat(os.path.join(dirpath, name))
+            n += 1
+    return time.perf_counter() - started
+
+
+def storescu(files: list[Path], work: Path) -> float:
+    from pacs_assets_tests.services.orthanc import OrthancServer
+
+    with tempfile.TemporaryDirectory(dir=work, prefix="orthanc-") as wd, OrthancServer(Path(wd)) as server:
+        cmd = ["storescu", "-nh", "-aet", "BENCH", "-aec", server.aet, "127.0.0.1", str(server.dicom_port),
+               *map(str, files)]
+        started = time.perf_counter()
+        subprocess.run(cmd, env={**os.environ, "TCP_NODELAY": "1"}, check=True, capture_output=True)
+        return time.perf_counter() - started
+
+
+def partition_events(instance, run_id: str) -> tuple[int, int]:
+    """(materializations with a partition, all materializations) the run wrote."""
+    from dagster import DagsterEventType
+
+    records = instance.all_logs(run_id, of_type=DagsterEventType.ASSET_MATERIALIZATION)
+    parts = [r for r in records if r.dagster_event.event_specific_data.materialization.partition is not None]
+    return len(parts), len(records)
+
+
+def bench_size(n: int, work: Path, template_holder: dict, reconcile: bool) -> dict:
+    from dagster import DagsterInstance
+
+    from pacs_assets.config import load_config
+    from pacs_assets.defs.definitions import build_definitions
+    from pacs_assets.sample.bulk_dicom_nas import make_bulk_dicom_nas
+    from pacs_assets_tests.services.orthanc import OrthancServer
+
+    today = dt.date.today()
+    start = today - dt.timedelta(days=YEARS_DAYS - 1)
+    site = work / f"n{n}"
+    root = site / "nas"
+    t = time.perf_counter()
+    make_bulk_dicom_nas(root / "bulk", n, files_per_series=100, days=YEARS_DAYS, start_date=start)
+    _log(f"{n}: bulk NAS written in {time.perf_counter() - t:.0f} s")
+    config = site / "pacs.yaml"
+    config.write_text(yaml.safe_dump({
+        "nas": [{"id": "ct", "kind": "dicom_folder", "root": str(root), "partitions_start": start.isoformat()}],
+        "orthanc": {"url": "http://127.0.0.1:9", "run_retries": 0}, "index": {"path": str(site / "index.duckdb")}}))
+    seeded = seed_index(root, config)
+    _log(f"{n}: index seeded in {seeded:.0f} s")
+    out = {"files": n, "seed_seconds": seeded}
+    home = site / "dagster_home"
+    home.mkdir()
+    with OrthancServer(site / "orthanc") as server, DagsterInstance.local_temp(str(home)) as instance:
+        os.environ["ORTHANC_USERNAME"], os.environ["ORTHANC_PASSWORD"] = server.username, server.password
+        raw = yaml.safe_load(config.read_text())
+        raw["orthanc"]["url"] = server.url
+        config.write_text(yaml.safe_dump(raw))
+        defs = build_definitions(load_config(config))
+        if reconcile:
+            walk = min(baseline_walk(root) for _ in range(2))
+            t = time.perf_counter()
+            result = defs.resolve_job_def("ct_reconciliation_job").execute_in_process(instance=instance)
+            seconds = time.perf_counter() - t
+            assert result.success
+            parts, total = partition_events(instance, result.run_id)
+            out["reconcile"] = {"seconds": seconds, "baseline_walk_seconds": walk, "ratio": seconds / walk,
+                                "partition_materializations": parts, "materializations": total}
+            _log(f"{n}: reconciliation {seconds:.1f} s, os.walk+stat {walk:.2f} s, partition events {parts}")
+        day = today - dt.timedelta(days=1)
+        folder = root / "NEWPAT" / f"{day:%Y%m%d}_CT" / "S001"
+        files = write_ct_study(folder, template_holder.setdefault("t", next((root / "bulk").rglob("*.dcm")).read_bytes()), day)
+        run_config = {"ops": {"ct__file_inventory": {"config": {"folders": [str(folder.relative_to(root))]}}}}
+        t = time.perf_counter()
+        result = defs.resolve_job_def("ct_job").execute_in_process(run_config=run_config, instance=instance,
+                                                                  partition_key=day.isoformat())
+        run_seconds = time.perf_counter() - t
+        assert result.success
+        baseline = storescu(files, work)
+        out["new_study"] = {"run_seconds": run_seconds, "storescu_seconds": baseline, "ratio": run_seconds / baseline}
+        _log(f"{n}: one-partition run {run_seconds:.1f} s, storescu {baseline:.1f} s")
+    shutil.rmtree(site, ignore_errors=True)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--sizes", default="20000,200000")
+    ap.add_argument("--workdir", default=None)
+    ap.add_argument("--skip-reconcile", action="store_true")
+    args = ap.parse_args(argv)
+    sizes = [int(s) for s in args.sizes.split(",")]
+    work = Path(tempfile.mkdtemp(prefix="bench-incr-", dir=args.workdir))
+    holder: dict = {}
+    try:
+        results = [bench_size(n, work, holder, reconcile=not args.skip_reconcile and n == max(sizes)) for n in sizes]
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    print(f"{'what':58} {'ours':>9} {'baseline':>9} {'ratio':>7} goal")
+    for r in results:
+        s = r["new_study"]
+        print(f"{'new 200-file CT study, one-partition run, NAS of ' + format(r['files'], ','):58} "
+              f"{s['run_seconds']:8.1f}s {s['storescu_seconds']:8.1f}s {s['ratio']:7.2f} <= 8")
+    if len(results) > 1:
+        growth = results[-1]["new_study"]["run_seconds"] / results[0]["new_study"]["run_seconds"]
+        print(f"{'growth of that run, smallest -> largest NAS':58} {'':>9} {'':>9} {growth:7.2f} <= 1.2")
+    for r in results:
+        if "reconcile" in r:
+            c = r["reconcile"]
+            print(f"{'reconciliation, unchanged NAS of ' + format(r['files'], ',') + ', 10 years':58} "
+                  f"{c['seconds']:8.1f}s {c['baseline_walk_seconds']:8.2f}s {c['ratio']:7.2f} <= 5")
+            print(f"{'  materialization events for partitions / all':58} {c['partition_materializations']:>9} "
+                  f"{c['materializations']:>9} {'':>7} 0")
+    for r in results:
+        print(f"(seeding the index of {r['files']:,} files took {r['seed_seconds']:.0f} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

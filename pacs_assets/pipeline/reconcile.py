@@ -1,0 +1,93 @@
+"""The nightly reconciliation's work: walk the whole NAS, merge what differs, then catch up exactly the dates
+whose content changed (their hierarchy, then their uploads).
+
+``reconcile`` is the one place besides an explicit backfill that walks everything. On an unchanged NAS it
+writes nothing to the index and reports no changed date, so no partition is materialized again.
+``catch_up`` rebuilds the hierarchy of the dates whose instances lag the inventory and uploads the dates
+with instances not yet in Orthanc; ``orthanc_sweep`` checks every stored instance against Orthanc in
+batched ``/tools/find`` queries (the whole-NAS check belongs here, not to every run).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import os
+import time
+from collections import Counter
+from collections.abc import Callable
+
+from pacs_assets.index import consistency
+from pacs_assets.index.hierarchy import rebuild_hierarchy
+from pacs_assets.index.reconcile import date_ranges, dates_to_rebuild, dates_to_upload, reconcile_inventory
+from pacs_assets.index.staging import Staging
+from pacs_assets.nas.base import NasBase, NasSource
+from pacs_assets.orthanc.client import OrthancClient
+from pacs_assets.pipeline.inventory import walk_into
+from pacs_assets.pipeline.upload import ImportSummary, upload_window
+
+
+@dataclasses.dataclass
+class Reconciled:
+    walked: int
+    known_before: int
+    changes: dict[dt.date, dict[str, int]]  # procedure date -> {'added'|'changed'|'deleted': files}
+    seconds: float
+
+    def totals(self) -> Counter:
+        out: Counter = Counter()
+        for kinds in self.changes.values():
+            out.update(kinds)
+        return out
+
+
+def reconcile(source: NasSource, nas: NasBase, index_path: str | os.PathLike, *, today: dt.date,
+              progress: Callable[[int, int], None] | None = None) -> Reconciled:
+    """Walk everything; merge the dates that changed in one transaction. Raises ConfigError / NasOutage."""
+    started = time.monotonic()
+    with Staging(index_path) as staging:
+        walked, known = walk_into(staging, source, nas, today=today, progress=progress)
+        changes = reconcile_inventory(staging, nas.id)
+    return Reconciled(walked, known, changes, time.monotonic() - started)
+
+
+@dataclasses.dataclass
+class CaughtUp:
+    rebuilt: list[dt.date] = dataclasses.field(default_factory=list)  # dicom_index dates rewritten
+    uploaded: list[dt.date] = dataclasses.field(default_factory=list)  # orthanc_instances dates with uploads
+    summary: ImportSummary = dataclasses.field(default_factory=ImportSummary)
+
+
+def catch_up(source: NasSource, client: OrthancClient, index_path: str | os.PathLike, nas_id: str, *,
+             on_rebuilt: Callable[[list[dt.date]], None] | None = None, **upload_options) -> CaughtUp:
+    """Rebuild the dates whose hierarchy lags, then upload the dates with pending instances, range by range.
+
+    ``on_rebuilt`` hears about the rebuilt dates before any upload starts (an upload may fail: the index is
+    already right). Raises OrthancUnavailable / OrthancRefused like ``upload_window``.
+    """
+    done = CaughtUp()
+    done.rebuilt = dates_to_rebuild(index_path, nas_id)
+    for start, end in date_ranges(done.rebuilt):
+        rebuild_hierarchy(index_path, nas_id, start, end)
+    if on_rebuilt:
+        on_rebuilt(done.rebuilt)
+    pending = dates_to_upload(index_path, nas_id)
+    for start, end in date_ranges(pending):
+        window = upload_window(source, client, index_path, nas_id, start, end, **upload_options)
+        done.summary.counts.update(window.summary.counts)
+        done.summary.bytes_sent += window.summary.bytes_sent
+        done.summary.seconds += window.summary.seconds
+        done.summary.failures_by_reason.update(window.summary.failures_by_reason)
+    done.uploaded = pending
+    return done
+
+
+def orthanc_sweep(index_path: str | os.PathLike, nas_id: str, client: OrthancClient,
+                  start: dt.date | None = None, end: dt.date | None = None) -> dict[str, int]:
+    """Every instance the ledger says is in Orthanc (in [start, end), or all), looked up in batches."""
+    checked = missing = 0
+    for batch in consistency.stored_instances(index_path, nas_id, start, end):
+        found = client.find_instance_ids([sop for sop, _ in batch])
+        checked += len(batch)
+        missing += sum(1 for _, orthanc_id in batch if orthanc_id not in found)
+    return {"checked": checked, "missing_in_orthanc": missing}
