@@ -38,6 +38,8 @@ KIND_NAMES = ", ".join(KINDS)
 
 class OrthancConfig(_Strict):
     url: str = "http://127.0.0.1:8042"
+    # More Orthanc nodes sharing the index (PostgreSQL) and storage of ``url``: uploads spread across all.
+    more_urls: list[str] = Field(default_factory=list)
     username_env: str = "ORTHANC_USERNAME"
     password_env: str = "ORTHANC_PASSWORD"
     timeout_seconds: float = 60.0
@@ -57,6 +59,15 @@ class OrthancConfig(_Strict):
         if not value.startswith(("http://", "https://")):
             raise ValueError("must start with http:// or https://")
         return value.rstrip("/")
+
+    @field_validator("more_urls")
+    @classmethod
+    def _all_http(cls, values: list[str]) -> list[str]:
+        return [cls._http(v) for v in values]
+
+    @property
+    def urls(self) -> list[str]:
+        return [self.url, *self.more_urls]
 
 
 class IndexConfig(_Strict):

@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import os
+import tempfile
+from pathlib import Path
+
 import pytest
 
 from pacs_assets_tests.services.orthanc import OrthancServer
+from pacs_assets_tests.services.orthanc_cluster import OrthancCluster
+from pacs_assets_tests.services.process import pid_alive
 
 
 @pytest.fixture
@@ -19,3 +25,24 @@ def orthanc_env(orthanc, monkeypatch) -> OrthancServer:
     monkeypatch.setenv("ORTHANC_USERNAME", orthanc.username)
     monkeypatch.setenv("ORTHANC_PASSWORD", orthanc.password)
     return orthanc
+
+
+@pytest.fixture
+def cluster_dir():
+    # Not pytest's tmp_path: its parent (/tmp/pytest-of-root) is private, and PostgreSQL runs as
+    # `postgres` and must traverse the folder.
+    path = Path(tempfile.mkdtemp(prefix="orthanc-cluster-", dir="/tmp"))
+    os.chmod(path, 0o711)
+    yield path
+    import shutil
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+def orthanc_cluster(cluster_dir):
+    c = OrthancCluster(cluster_dir / "cluster", nodes=2)
+    started = []
+    with c:
+        started = list(c.pids().values())
+        yield c
+    assert started and not any(pid_alive(pid) for pid in started), "a process outlived cluster.stop()"

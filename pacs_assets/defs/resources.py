@@ -12,7 +12,7 @@ from dagster import ConfigurableResource, EnvVar
 from pacs_assets.config import NasConfig, PacsConfig
 from pacs_assets.nas.base import NasBase, NasSource
 from pacs_assets.nas.registry import KINDS, source_for
-from pacs_assets.orthanc.client import OrthancClient
+from pacs_assets.orthanc.client import OrthancClient, build_client
 
 
 class IndexResource(ConfigurableResource):
@@ -23,6 +23,7 @@ class IndexResource(ConfigurableResource):
 
 class OrthancResource(ConfigurableResource):
     url: str
+    more_urls: list[str] = []  # more nodes on the same index and storage (orthanc/nodes.py)
     username: str | None = None
     password: str | None = None
     timeout_seconds: float = 60.0
@@ -30,8 +31,8 @@ class OrthancResource(ConfigurableResource):
     retries: int = 4
 
     def client(self) -> OrthancClient:
-        return OrthancClient(self.url, self.username, self.password, timeout=self.timeout_seconds,
-                             retries=self.retries)
+        return build_client([self.url, *self.more_urls], self.username, self.password,
+                            timeout=self.timeout_seconds, retries=self.retries)
 
 
 class NasSourceResource(ConfigurableResource):
@@ -62,7 +63,7 @@ def build_resources(config: PacsConfig) -> dict[str, ConfigurableResource]:
     resources: dict[str, ConfigurableResource] = {
         "index": IndexResource(path=str(config.index.path)),
         # EnvVar: the UI shows the variable's name, never the secret.
-        "orthanc": OrthancResource(url=orthanc.url, username=EnvVar(orthanc.username_env),
+        "orthanc": OrthancResource(url=orthanc.url, more_urls=orthanc.more_urls, username=EnvVar(orthanc.username_env),
                                    password=EnvVar(orthanc.password_env), timeout_seconds=orthanc.timeout_seconds,
                                    concurrency=orthanc.concurrency, retries=orthanc.retries),
     }

@@ -259,8 +259,20 @@ class OrthancClient:
 
 
 def client_from_config(cfg, *, timeout: float | None = None, retries: int | None = None,
-                       backoff: float = 0.5) -> OrthancClient:
-    """The one place a client is built from the site's ``orthanc:`` block; credentials from the environment."""
-    return OrthancClient(cfg.url, os.environ.get(cfg.username_env), os.environ.get(cfg.password_env),
-                         timeout=cfg.timeout_seconds if timeout is None else timeout,
-                         retries=cfg.retries if retries is None else retries, backoff=backoff)
+                       backoff: float = 0.5):
+    """The one place a client is built from the site's ``orthanc:`` block; credentials from the environment.
+    With ``more_urls``, an OrthancNodes over every node (orthanc/nodes.py)."""
+    user, password = os.environ.get(cfg.username_env), os.environ.get(cfg.password_env)
+    return build_client(cfg.urls, user, password, timeout=cfg.timeout_seconds if timeout is None else timeout,
+                        retries=cfg.retries if retries is None else retries, backoff=backoff)
+
+
+def build_client(urls: list[str], username: str | None, password: str | None, *, timeout: float = 60.0,
+                 retries: int = 4, backoff: float = 0.5):
+    if len(urls) == 1:
+        return OrthancClient(urls[0], username, password, timeout=timeout, retries=retries, backoff=backoff)
+    from pacs_assets.orthanc.nodes import OrthancNodes
+
+    # One retry per node: a node that does not answer is skipped for the next one, not waited for.
+    return OrthancNodes([OrthancClient(u, username, password, timeout=timeout, retries=min(retries, 1),
+                                       backoff=backoff) for u in urls])

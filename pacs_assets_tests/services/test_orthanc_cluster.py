@@ -1,7 +1,6 @@
 """Real processes: one PostgreSQL + 2 Orthanc 1.10.1 on the PostgreSQL index plugin 4.0, one storage."""
 from __future__ import annotations
 
-import os
 import tempfile
 import threading
 import time
@@ -17,27 +16,6 @@ from pacs_assets.sample.bulk_dicom_nas import make_bulk_dicom_nas
 from pacs_assets_tests.services.orthanc_cluster import OrthancCluster
 from pacs_assets_tests.services.process import pid_alive
 
-
-
-@pytest.fixture
-def base_dir():
-    # Not pytest's tmp_path: its parent (/tmp/pytest-of-root) is private, and PostgreSQL runs as
-    # `postgres` and must traverse the folder.
-    path = Path(tempfile.mkdtemp(prefix="orthanc-cluster-", dir="/tmp"))
-    os.chmod(path, 0o711)
-    yield path
-    import shutil
-    shutil.rmtree(path, ignore_errors=True)
-
-
-@pytest.fixture
-def cluster(base_dir):
-    c = OrthancCluster(base_dir / "cluster", nodes=2)
-    started = []
-    with c:
-        started = list(c.pids().values())
-        yield c
-    assert started and not any(pid_alive(pid) for pid in started), "a process outlived cluster.stop()"
 
 
 @pytest.fixture(scope="module")
@@ -69,7 +47,8 @@ def dicom_files(cluster: OrthancCluster) -> list[Path]:
     return cluster.storage_files()
 
 
-def test_nodes_share_one_index_and_one_storage(cluster, ct_files):
+def test_nodes_share_one_index_and_one_storage(orthanc_cluster, ct_files):
+    cluster = orthanc_cluster
     path, expected_id = ct_files[0]
     body = path.read_bytes()
     with requests.Session() as s:
@@ -80,23 +59,23 @@ def test_nodes_share_one_index_and_one_storage(cluster, ct_files):
         assert r0.json()["Status"] == "Success" and r0.json()["ID"] == expected_id
 
         # Visible through node 1: the instance, its tags, the counts, /tools/find and /changes.
-        inst = get_json(cluster, 1, f"/instances/{expected_id}")
+        inst = get_json(orthanc_cluster, 1, f"/instances/{expected_id}")
         assert inst["ID"] == expected_id
-        assert get_json(cluster, 0, "/statistics") == get_json(cluster, 1, "/statistics")
-        assert get_json(cluster, 1, "/statistics")["CountInstances"] == 1
+        assert get_json(orthanc_cluster, 0, "/statistics") == get_json(orthanc_cluster, 1, "/statistics")
+        assert get_json(orthanc_cluster, 1, "/statistics")["CountInstances"] == 1
         found = requests.post(f"{cluster.urls[1]}/tools/find", auth=cluster.auth, timeout=30,
                               json={"Level": "Instance", "Query": {"PatientID": "BLK*"}}).json()
         assert found == [expected_id]
-        changes = get_json(cluster, 1, "/changes", params={"since": 0, "limit": 100})
+        changes = get_json(orthanc_cluster, 1, "/changes", params={"since": 0, "limit": 100})
         assert any(c["ChangeType"] == "NewInstance" and c["ID"] == expected_id for c in changes["Changes"])
 
         # The same file through node 1: AlreadyStored, and storage still holds exactly one file.
-        assert len(dicom_files(cluster)) == 1
+        assert len(dicom_files(orthanc_cluster)) == 1
         r1 = post(s, cluster.urls[1], body)
         assert r1.status_code == 200, r1.text
         assert r1.json()["Status"] == "AlreadyStored" and r1.json()["ID"] == expected_id
-        assert len(dicom_files(cluster)) == 1
-        assert get_json(cluster, 0, "/statistics")["CountInstances"] == 1
+        assert len(dicom_files(orthanc_cluster)) == 1
+        assert get_json(orthanc_cluster, 0, "/statistics")["CountInstances"] == 1
 
         # Jobs are per node (Orthanc book, scalability): a job made on node 0 is unknown to node 1.
         job = s.post(f"{cluster.urls[0]}/tools/create-archive", timeout=30,
@@ -105,7 +84,8 @@ def test_nodes_share_one_index_and_one_storage(cluster, ct_files):
         assert s.get(f"{cluster.urls[1]}/jobs/{job}", timeout=30).status_code == 404
 
 
-def test_sigkill_of_one_node_mid_upload_loses_nothing(cluster, ct_files):
+def test_sigkill_of_one_node_mid_upload_loses_nothing(orthanc_cluster, ct_files):
+    cluster = orthanc_cluster
     bodies = [(p.read_bytes(), oid) for p, oid in ct_files]
     expected = {oid for _, oid in bodies}
     assert len(expected) == 500
@@ -160,16 +140,16 @@ def test_sigkill_of_one_node_mid_upload_loses_nothing(cluster, ct_files):
     assert set(statuses) <= {"Success", "AlreadyStored"}
 
     def all_ids(node: int) -> set[str]:
-        return set(get_json(cluster, node, "/instances"))
+        return set(get_json(orthanc_cluster, node, "/instances"))
 
     assert all_ids(0) == expected
-    assert get_json(cluster, 0, "/statistics")["CountInstances"] == 500
+    assert get_json(orthanc_cluster, 0, "/statistics")["CountInstances"] == 500
 
     cluster.start_node(1)
     assert all_ids(1) == expected
-    assert get_json(cluster, 1, "/statistics") == get_json(cluster, 0, "/statistics")
+    assert get_json(orthanc_cluster, 1, "/statistics") == get_json(orthanc_cluster, 0, "/statistics")
     # A write that node 1 had made to storage but not indexed yet stays as an orphan file: allowed.
-    files = dicom_files(cluster)
+    files = dicom_files(orthanc_cluster)
     assert len(files) >= 500
     print(f"\n500 uploads in {elapsed:.1f} s, {len(set(retried))} retried on node 0 after the SIGKILL, "
           f"{statuses.count('AlreadyStored')} answered AlreadyStored, {len(files) - 500} orphan file(s)")

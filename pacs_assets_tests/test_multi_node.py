@@ -1,0 +1,85 @@
+"""Past one Orthanc: two real Orthanc processes on one PostgreSQL index and one shared storage
+(services/orthanc_cluster.py), and the NAS graph uploading across both through `orthanc.more_urls`."""
+
+from __future__ import annotations
+
+import datetime as dt
+import threading
+import time
+
+import duckdb
+import requests
+import yaml
+
+from pacs_assets.sample.bulk_dicom_nas import make_bulk_dicom_nas
+from pacs_assets_tests.harness import materialize_nas, write_config
+
+TODAY = dt.date.today()
+
+
+def _site(tmp_path, cluster, files: int):
+    make_bulk_dicom_nas(tmp_path / "nas", files, files_per_series=100, days=2, start_date=TODAY - dt.timedelta(days=3))
+    config = write_config(tmp_path / "pacs.yaml", [{
+        "id": "ct", "kind": "dicom_folder", "root": "nas",
+        "partitions_start": (TODAY - dt.timedelta(days=10)).isoformat()}], orthanc_url=cluster.urls[0])
+    raw = yaml.safe_load(config.read_text())
+    raw["orthanc"]["more_urls"] = cluster.urls[1:]
+    raw["orthanc"]["retries"] = 2
+    config.write_text(yaml.safe_dump(raw))
+    return config
+
+
+def _count(cluster, node: int) -> int:
+    return requests.get(f"{cluster.urls[node]}/statistics", auth=cluster.auth, timeout=10).json()["CountInstances"]
+
+
+def _ledger(tmp_path) -> tuple[dict, dict]:
+    with duckdb.connect(str(tmp_path / "index.duckdb"), read_only=True) as con:
+        status = dict(con.execute("SELECT status, count(*) FROM file_status GROUP BY ALL").fetchall())
+        nodes = dict(con.execute("SELECT orthanc_node, count(*) FROM import_history WHERE status = 'imported' "
+                                 "GROUP BY ALL").fetchall())
+    return status, nodes
+
+
+def test_uploads_spread_over_two_nodes_on_one_index(tmp_path, orthanc_cluster, monkeypatch):
+    cluster = orthanc_cluster
+    monkeypatch.setenv("ORTHANC_USERNAME", cluster.username)
+    monkeypatch.setenv("ORTHANC_PASSWORD", cluster.password)
+    n = 400
+    config = _site(tmp_path, cluster, n)
+    assert materialize_nas(config, "ct").success
+    status, nodes = _ledger(tmp_path)
+    assert status == {"imported": n}
+    assert set(nodes) == set(cluster.urls) and all(v > n // 10 for v in nodes.values()), nodes  # spread
+    assert _count(cluster, 0) == _count(cluster, 1) == n  # every instance through both nodes
+    dicom = [p for p in cluster.storage_files() if not p.name.endswith(".json")]
+    assert len(dicom) == n  # nothing stored twice
+
+
+def test_a_node_killed_mid_run_loses_nothing(tmp_path, orthanc_cluster, monkeypatch):
+    cluster = orthanc_cluster
+    monkeypatch.setenv("ORTHANC_USERNAME", cluster.username)
+    monkeypatch.setenv("ORTHANC_PASSWORD", cluster.password)
+    n = 1200
+    config = _site(tmp_path, cluster, n)
+    outcome = {}
+    runner = threading.Thread(target=lambda: outcome.update(result=materialize_nas(config, "ct",
+                                                                                   raise_on_error=False)))
+    runner.start()
+    deadline = time.monotonic() + 120
+    while _count(cluster, 0) < n // 5 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    cluster.kill_node(1)
+    killed_at = _count(cluster, 0)
+    runner.join(300)
+    assert outcome["result"].success
+    assert killed_at < n, "the upload ended before the kill: use more files"
+    status, nodes = _ledger(tmp_path)
+    assert status == {"imported": n}, status  # every file recorded, none lost, none called duplicate
+    assert _count(cluster, 0) == n
+    with duckdb.connect(str(tmp_path / "index.duckdb"), read_only=True) as con:
+        rerouted = con.execute("SELECT count(*) FROM import_history WHERE error_message LIKE '%unreachable; sent to%'"
+                               ).fetchall()[0][0]
+    assert rerouted >= 1  # the ledger says what happened
+    cluster.start_node(1)
+    assert _count(cluster, 1) == n  # the restarted node sees everything: one index
