@@ -142,7 +142,9 @@ def build_nas_assets(nas: NasConfig, config: PacsConfig) -> list:
         if config.privacy.log_patient_data:  # file paths often name the patient: only where the site allows it
             rows = "\n".join(f"| {p} | {r} |" for p, r in done.failed_files)
             named["failed_files"] = MetadataValue.md(f"| file | reason |\n|---|---|\n{rows}")
-        failures = "\n".join(f"| {reason} | {n} |" for reason, n in summary.failures_by_reason.most_common(10))
+        # Messages can quote file paths: without the site's consent, only their categories (file unreadable...).
+        reasons = summary.failures_by_reason if config.privacy.log_patient_data else summary.failures_by_category
+        failures = "\n".join(f"| {reason} | {n} |" for reason, n in reasons.most_common(10))
         return MaterializeResult(metadata={
             "uploaded_this_run": summary.done,
             **{f"this_run_{k}": v for k, v in summary.counts.items()},

@@ -14,6 +14,7 @@ import dataclasses
 import datetime as dt
 import hashlib
 import os
+import re
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable
@@ -36,6 +37,43 @@ class ImportSummary:
     def done(self) -> int:
         return sum(self.counts.values())
 
+    @property
+    def failures_by_category(self) -> Counter:
+        """The failures counted by ``failure_category``: what metadata may show when paths may not."""
+        out: Counter = Counter()
+        for message, n in self.failures_by_reason.items():
+            out[failure_category(message)] += n
+        return out
+
+
+UNREADABLE = "cannot read the file for upload"
+_HTTP = re.compile(r"^HTTP (\d{3})\b")
+_HTTP_LABELS = {400: "bad file format", 401: "credentials refused", 403: "forbidden", 404: "not found",
+                409: "conflict", 413: "file too large", 429: "too many requests"}
+
+
+def failure_category(message: str | None) -> str:
+    """A short, fixed label for an upload failure's message (from ``_upload_one`` and OrthancClient.upload).
+
+    The message itself may quote a file path, and NAS folders are often named after patients: the label is
+    made only of words from this function, never of the message's own text.
+    """
+    message = message or ""
+    if message.startswith(UNREADABLE):
+        return "file unreadable"
+    if message.endswith(": timed out"):
+        return "timeout"
+    if message.endswith(": connection failed"):
+        return "connection failed"
+    match = _HTTP.match(message)
+    if not match:
+        return "other"
+    code = int(match.group(1))
+    if code == 400 and not re.search(r"bad file format|cannot parse", message, re.IGNORECASE):
+        return "HTTP 400 rejected"
+    label = _HTTP_LABELS.get(code) or ("Orthanc error" if code >= 500 else None)
+    return f"HTTP {code} {label}" if label else f"HTTP {code}"
+
 
 def _now() -> dt.datetime:
     return dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
@@ -47,7 +85,7 @@ def _upload_one(source: NasSource, client: OrthancClient, record: FileRecord, ru
         data = source.dicom_bytes(record)
     except Exception as exc:  # noqa: BLE001 - a file that vanished or broke since indexing is a failed attempt
         data = None
-        result = UploadResult("failed", error_message=f"cannot read the file for upload: {str(exc)[:200]}",
+        result = UploadResult("failed", error_message=f"{UNREADABLE}: {str(exc)[:200]}",
                               retryable=True, attempts=0)
     file_hash = None
     if data is not None:
