@@ -66,6 +66,9 @@ def merge_inventory(staging: Staging, nas_id: str, start: dt.date, end: dt.date)
             FROM inventory o LEFT JOIN file_status s USING (nas_id, file_path)
             WHERE o.nas_id = ? AND o.procedure_date >= ? AND o.procedure_date < ?
               AND o.file_path NOT IN (SELECT file_path FROM staging.inventory)""", [nas_id, start, end])
+        # Files the walk found again (same path): no longer deleted. Their import history says the rest.
+        con.execute("DELETE FROM deleted_files WHERE nas_id = ? "
+                    "AND file_path IN (SELECT file_path FROM staging.inventory)", [nas_id])
         con.execute("DELETE FROM inventory WHERE nas_id = ? AND procedure_date >= ? AND procedure_date < ?",
                     [nas_id, start, end])
         con.execute("INSERT INTO inventory SELECT * FROM staging.inventory "
