@@ -6,10 +6,11 @@ import os
 import shutil
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
-from dagster import AssetKey, BackfillPolicy, DailyPartitionsDefinition
+from dagster import AssetKey, BackfillPolicy, BetaWarning, DailyPartitionsDefinition
 
 from pacs_assets.config import load_config
 from pacs_assets.defs.definitions import build_definitions
@@ -55,6 +56,13 @@ def test_dagster_validates_the_workspace_with_our_instance_config(tmp_path):
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "All code locations passed validation" in proc.stderr + proc.stdout
+
+
+def test_building_the_definitions_emits_no_beta_warning(tmp_path):
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")  # what pytest and `python -W` do: the filter must hold against it
+        build_definitions(load_config(two_nas_config(tmp_path)))
+    assert [str(w.message) for w in caught if issubclass(w.category, BetaWarning)] == []
 
 
 def _dagster(tmp_path, *args: str, config: Path) -> list[str]:
