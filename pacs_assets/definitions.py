@@ -13,7 +13,9 @@ from pacs_assets.config import ConfigError, load_config
 from pacs_assets.defs.definitions import build_definitions
 
 
-def _print_config_errors_as_one_sentence(previous=sys.excepthook):
+def _print_config_errors_as_one_sentence():
+    previous = sys.excepthook
+
     def hook(kind, value, tb):
         if isinstance(value, ConfigError):
             print(f"pacs_assets: {value}", file=sys.stderr)

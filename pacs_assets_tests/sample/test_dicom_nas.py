@@ -14,11 +14,8 @@ from pydicom.dataset import FileMetaDataset
 from pydicom.errors import InvalidDicomError
 from pydicom.uid import ImplicitVRLittleEndian
 
-from pacs_assets.sample.dicom_nas import (
-    SampleManifest,
-    make_bulk_dicom_nas,
-    make_dicom_nas,
-)
+from pacs_assets.sample.bulk_dicom_nas import make_bulk_dicom_nas
+from pacs_assets.sample.dicom_nas import SampleManifest, make_dicom_nas
 
 START = dt.date(2024, 3, 1)
 KEY_UIDS = ("SOPClassUID", "SOPInstanceUID", "SeriesInstanceUID", "StudyInstanceUID")
