@@ -99,6 +99,24 @@ def test_changed_file_is_uploaded_again(sample_site, orthanc_env):
     assert query(index, "SELECT count(*) FROM import_history")[0][0] == len(manifest.paths("ok")) + len(manifest.paths("duplicate")) + 1
 
 
+def test_a_file_that_comes_back_leaves_deleted_files(sample_site, tmp_path):
+    manifest, config, index = sample_site
+    assert materialize_nas(config, "ct").success
+    back, gone = manifest.paths("ok")[:2]
+    (manifest.root / back).rename(tmp_path / "away.dcm")  # moved off the NAS: rename keeps its mtime
+    (manifest.root / gone).unlink()
+    assert materialize_nas(config, "ct").success
+    deleted = "SELECT file_path, last_status FROM deleted_files ORDER BY 1"
+    assert query(index, deleted) == sorted([(back, "imported"), (gone, "imported")])
+
+    (tmp_path / "away.dcm").rename(manifest.root / back)  # and back, unchanged
+    assert materialize_nas(config, "ct").success
+
+    assert query(index, deleted) == [(gone, "imported")]
+    assert query(index, "SELECT status FROM file_status WHERE file_path = ?", [back]) == [("imported",)]
+    assert query(index, "SELECT count(*) FROM import_history WHERE file_path = ?", [back]) == [(1,)]
+
+
 def test_undated_and_misdated_files_fall_back_and_say_so(sample_site):
     manifest, config, index = sample_site
     assert materialize_nas(config, "ct").success

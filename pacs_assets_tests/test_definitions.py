@@ -6,9 +6,11 @@ import os
 import shutil
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
-from dagster import AssetKey, BackfillPolicy, DailyPartitionsDefinition
+import pytest
+from dagster import AssetKey, BackfillPolicy, BetaWarning, DailyPartitionsDefinition
 
 from pacs_assets.config import load_config
 from pacs_assets.defs.definitions import build_definitions
@@ -54,3 +56,53 @@ def test_dagster_validates_the_workspace_with_our_instance_config(tmp_path):
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "All code locations passed validation" in proc.stderr + proc.stdout
+
+
+def test_building_the_definitions_emits_no_beta_warning(tmp_path):
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")  # what pytest and `python -W` do: the filter must hold against it
+        build_definitions(load_config(two_nas_config(tmp_path)))
+    assert [str(w.message) for w in caught if issubclass(w.category, BetaWarning)] == []
+
+
+def _dagster(tmp_path, *args: str, config: Path) -> list[str]:
+    home = tmp_path / "dagster_home"
+    home.mkdir(exist_ok=True)
+    shutil.copy(REPO / "dagster.yaml", home / "dagster.yaml")
+    env = {**os.environ, "PACS_CONFIG": str(config), "DAGSTER_HOME": str(home)}
+    proc = subprocess.run([str(Path(sys.executable).parent / "dagster"), *args], cwd=REPO, env=env,
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=120)
+    assert proc.returncode != 0
+    return proc.stdout.splitlines()
+
+
+TYPO_SENTENCE = "unknown key 'orthanc.ulr' (check its spelling)."
+
+
+def _config_with_a_typo(tmp_path) -> Path:
+    config = two_nas_config(tmp_path)
+    config.write_text(config.read_text().replace("  url:", "  ulr:"))
+    return config
+
+
+@pytest.mark.parametrize("command", [
+    ["definitions", "validate", "-w", "workspace.yaml"],
+    ["asset", "materialize", "-m", "pacs_assets.definitions", "--select", "ct_nas/file_inventory",
+     "--partition", "2024-01-01"],
+])
+def test_a_config_typo_stops_the_dagster_cli_with_one_sentence(tmp_path, command):
+    lines = _dagster(tmp_path, *command, config=_config_with_a_typo(tmp_path))
+    assert len(lines) < 15, "\n".join(lines)
+    # Past Dagster's own SupersessionWarning (two lines), the first lines say what is wrong.
+    said = [line for line in lines if "SupersessionWarning" not in line and "return callback(" not in line]
+    assert any(TYPO_SENTENCE in line for line in said[:3]), "\n".join(lines)
+    assert "Traceback" not in "\n".join(lines)
+
+
+def test_a_config_typo_is_the_first_error_a_workspace_command_logs(tmp_path):
+    """With -w workspace.yaml a code server loads the code: its error line is the sentence (the CLI then
+    repeats the error with Dagster's stack trace, which this project does not control)."""
+    lines = _dagster(tmp_path, "job", "launch", "-j", "ct_nas_job", "-w", "workspace.yaml",
+                     config=_config_with_a_typo(tmp_path))
+    first_error = next(line for line in lines if "ERROR" in line or "Error" in line)
+    assert TYPO_SENTENCE in first_error, "\n".join(lines)

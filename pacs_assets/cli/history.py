@@ -1,5 +1,9 @@
 """`pacs history`: the import ledger (every upload attempt), newest first, one page at a time.
 
+With --status failed or --status skipped, the files the walk itself failed (truncated, corrupt,
+unreadable) or skipped (not DICOM, empty, links) are listed too, though no upload was ever tried: their
+attempt column says 'walk', their time is the last walk that saw them, and the message is the reason.
+
 Dates (--from/--to, inclusive) and the times shown are in the site's timezone (``timezone`` in the
 configuration, UTC by default); the ledger itself stores UTC. A ``uid_conflict`` attempt's message names
 the file Orthanc kept in its place.
@@ -16,14 +20,15 @@ from zoneinfo import ZoneInfo
 from pacs_assets.cli.search import iso_date, positive_int, print_json, write_output
 from pacs_assets.config import PacsConfig, load_config
 
-STATUSES = ("imported", "duplicate", "uid_conflict", "failed")
+STATUSES = ("imported", "duplicate", "uid_conflict", "failed", "skipped")
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("history", help="the import ledger, newest first, paginated",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--nas", help="only this NAS id")
-    p.add_argument("--status", choices=STATUSES, help="only attempts that ended so")
+    p.add_argument("--status", choices=STATUSES,
+                   help="only attempts that ended so; failed and skipped also list the files the walk failed or skipped")
     p.add_argument("--from", dest="date_from", type=iso_date, metavar="YYYY-MM-DD",
                    help="attempts finished on or after this day")
     p.add_argument("--to", dest="date_to", type=iso_date, metavar="YYYY-MM-DD",
@@ -75,6 +80,7 @@ def history(config: PacsConfig, *, nas_id: str | None = None, status: str | None
                 row[key] = row[key].replace(tzinfo=dt.timezone.utc).astimezone(tz).isoformat(timespec="seconds")
     return {"filters": {"nas_id": nas_id, "status": status, "from": date_from, "to": date_to,
                         "patient_id": patient_id, "study_instance_uid": study_uid},
+            "walk_included": status in queries.WALK_STATUSES,  # rows of stage 'walk' may be listed
             "timezone": config.timezone, "total": total, "page": page, "page_size": page_size,
             "pages": max(1, math.ceil(total / page_size)), "attempts": rows}
 
@@ -82,12 +88,14 @@ def history(config: PacsConfig, *, nas_id: str | None = None, status: str | None
 def print_result(result: dict) -> None:
     total, page, pages = result["total"], result["page"], result["pages"]
     filters = ", ".join(f"{k} {v}" for k, v in result["filters"].items() if v is not None)
-    print(f"Import history: {total} attempt{'s' if total != 1 else ''}"
+    noun = ("entry", "entries") if result["walk_included"] else ("attempt", "attempts")
+    print(f"Import history: {total} {noun[total != 1]}"
           f"{' (' + filters + ')' if filters else ''}, newest first, times in {result['timezone']}")
     rows = result["attempts"]
     if rows:
         head = ["attempt", "finished", "NAS", "status", "HTTP", "file", "message"]
-        cells = [[str(r["attempt_id"]), (r["finished_at"] or "")[:19].replace("T", " "), r["nas_id"], r["status"],
+        cells = [[r["stage"] if r["attempt_id"] is None else str(r["attempt_id"]),
+                  (r["finished_at"] or "")[:19].replace("T", " "), r["nas_id"], r["status"],
                   str(r["http_status"] or ""), r["file_path"], _message(r)] for r in rows]
         widths = [max(len(c[i]) for c in [head] + cells) for i in range(len(head) - 1)]
         for line in [head] + cells:

@@ -96,6 +96,12 @@ def record_deleted(con, gone_sql: str, params: list) -> int:
         ) h USING (nas_id, file_path, change_token)""").fetchall()[0][0]
 
 
+def forget_returned(con, nas_id: str) -> None:
+    """Files the walk found again (same path) are no longer deleted; their import history says the rest."""
+    con.execute("DELETE FROM deleted_files WHERE nas_id = ? "
+                "AND file_path IN (SELECT file_path FROM staging.inventory)", [nas_id])
+
+
 def merge_inventory(staging: Staging, nas_id: str, start: dt.date, end: dt.date,
                     folders: Sequence[str] | None = None) -> dict[str, int]:
     """Replace the window [start, end) of the NAS's inventory, and refresh its scan cache, in one transaction.
@@ -111,6 +117,7 @@ def merge_inventory(staging: Staging, nas_id: str, start: dt.date, end: dt.date,
             SELECT nas_id, file_path, change_token, procedure_date, status FROM inventory
             WHERE nas_id = ? AND procedure_date >= ? AND procedure_date < ?
               AND file_path NOT IN (SELECT file_path FROM staging.inventory)""", [nas_id, start, end])
+        forget_returned(con, nas_id)
         con.execute("DELETE FROM inventory WHERE nas_id = ? AND procedure_date >= ? AND procedure_date < ?",
                     [nas_id, start, end])
         con.execute("INSERT INTO inventory SELECT * FROM staging.inventory "
@@ -140,6 +147,7 @@ def _merge_folders(staging: Staging, nas_id: str, start: dt.date, end: dt.date, 
                 SELECT file_path FROM staging.inventory WHERE procedure_date >= ? AND procedure_date < ?)""",
                         [nas_id, *params, *window])
             con.execute(f"DELETE FROM scan_cache WHERE {here}", [nas_id, *params])
+        forget_returned(con, nas_id)
         con.execute("INSERT INTO inventory SELECT * FROM staging.inventory WHERE procedure_date >= ? AND procedure_date < ?",
                     window)
         con.execute("INSERT INTO scan_cache SELECT * FROM staging.inventory")

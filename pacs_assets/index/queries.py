@@ -195,12 +195,22 @@ def nas_status(con: duckdb.DuckDBPyConnection, nas_id: str | None, since: dt.dat
     return out
 
 
-# -- history --------------------------------------------------------------------------------------------
+# -- history ---------------------------------------------------------------------------------------------
 
 HISTORY_COLUMNS = ["attempt_id", "finished_at", "started_at", "nas_id", "status", "http_status", "attempts",
                    "retryable", "error_message", "file_path", "partition_date", "patient_id",
                    "study_instance_uid", "series_instance_uid", "sop_instance_uid", "orthanc_instance_id",
-                   "change_token", "file_hash", "run_id"]
+                   "change_token", "file_hash", "run_id", "stage"]
+# Files the walk itself found failed (truncated, corrupt, unreadable) or skipped (not DICOM) never reach
+# the ledger. Asked for by status, they are listed too: stage 'walk', no attempt, the time of the last walk
+# that saw them, and the walk's reason as the message.
+WALK_STATUSES = ("failed", "skipped")
+_LEDGER_ROWS = f"SELECT {', '.join(HISTORY_COLUMNS[:-1])}, 'upload' AS stage FROM import_history"
+_WALK_ROWS = """
+    SELECT NULL::BIGINT, scanned_at, NULL::TIMESTAMP, nas_id, status, NULL::INTEGER, 0, false, reason,
+           file_path, procedure_date, patient_id, study_instance_uid, series_instance_uid, sop_instance_uid,
+           NULL, change_token, NULL, NULL, 'walk'
+    FROM inventory WHERE status IN ('failed', 'skipped')"""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -216,7 +226,8 @@ class HistoryQuery:
 
 
 def history_page(con: duckdb.DuckDBPyConnection, q: HistoryQuery) -> tuple[list[dict], int]:
-    """One page of the import ledger, newest attempt first, and how many attempts match in all."""
+    """One page of the import ledger, newest first, and how many rows match in all. Asked for a status of
+    ``WALK_STATUSES``, the walk's failed or skipped files are rows too (``stage`` 'walk')."""
     where, params = [], {}
     if q.nas_id:
         where.append("nas_id = $nas")
@@ -237,9 +248,12 @@ def history_page(con: duckdb.DuckDBPyConnection, q: HistoryQuery) -> tuple[list[
         where.append("study_instance_uid = $study")
         params["study"] = q.study_uid
     clause = ("WHERE " + " AND ".join(where)) if where else ""
-    total = con.execute(f"SELECT count(*) FROM import_history {clause}", params).fetchall()[0][0]
-    rows = con.execute(
-        f"SELECT {', '.join(HISTORY_COLUMNS)} FROM import_history {clause} "
-        "ORDER BY attempt_id DESC LIMIT $size OFFSET $offset",
-        {**params, "size": q.page_size, "offset": (q.page - 1) * q.page_size}).fetchall()
+    with_walk = q.status in WALK_STATUSES
+    source = f"({_LEDGER_ROWS} UNION ALL {_WALK_ROWS}) AS h" if with_walk else f"({_LEDGER_ROWS}) AS h"
+    # Newest first: by time where walk rows join in, else by attempt (the ledger's own order).
+    order = "finished_at DESC, attempt_id DESC NULLS LAST, file_path" if with_walk else "attempt_id DESC"
+    total = con.execute(f"SELECT count(*) FROM {source} {clause}", params).fetchall()[0][0]
+    rows = con.execute(f"SELECT {', '.join(HISTORY_COLUMNS)} FROM {source} {clause} "
+                       f"ORDER BY {order} LIMIT $size OFFSET $offset",
+                       {**params, "size": q.page_size, "offset": (q.page - 1) * q.page_size}).fetchall()
     return [dict(zip(HISTORY_COLUMNS, r)) for r in rows], total

@@ -64,6 +64,9 @@ def reconcile_inventory(staging: Staging, nas_id: str) -> dict[dt.date, dict[str
                 SELECT o.nas_id, o.file_path, o.change_token, o.procedure_date, o.status
                 FROM inventory o JOIN _diff d ON d.file_path = o.file_path AND d.kind = 'deleted'
                 WHERE o.nas_id = ?""", [nas_id])
+            # Files that came back: no longer deleted (their import history says the rest).
+            con.execute("DELETE FROM deleted_files WHERE nas_id = ? AND file_path IN "
+                        "(SELECT file_path FROM _diff WHERE kind = 'added')", [nas_id])
             con.execute("DELETE FROM inventory WHERE nas_id = ? AND procedure_date IN (SELECT d FROM _dates)", [nas_id])
             con.execute("INSERT INTO inventory SELECT * FROM staging.inventory WHERE procedure_date IN (SELECT d FROM _dates)")
         # The scan cache becomes what the walk saw, rewriting only the rows that differ.

@@ -68,6 +68,7 @@ CREATE INDEX IF NOT EXISTS scan_cache_folder ON scan_cache (folder);
 
 -- Files that vanished from a NAS: their inventory row goes, this record (and their import history) stays.
 -- Nothing is ever deleted from Orthanc because a NAS file disappeared.
+-- A walk that finds the path again removes its record (index/inventory.py merge_inventory).
 CREATE TABLE IF NOT EXISTS deleted_files (
     nas_id VARCHAR NOT NULL, file_path VARCHAR NOT NULL, change_token VARCHAR, partition_date DATE,
     last_status VARCHAR, deleted_at TIMESTAMP

@@ -25,6 +25,7 @@ from pacs_assets.index import ledger
 from pacs_assets.index.journal import Journal, Reclaims, merge_journals
 from pacs_assets.index.staging import Staging
 from pacs_assets.nas.base import FileRecord, NasSource
+from pacs_assets.pipeline.failures import UNREADABLE, failure_category
 from pacs_assets.pipeline.already_stored import record_already_stored
 from pacs_assets.orthanc.client import (
     OrthancClient,
@@ -53,6 +54,15 @@ class ImportSummary:
     def stored(self) -> int:  # files Orthanc holds after their attempt (imported or already there)
         return self.counts["imported"] + self.counts["duplicate"]
 
+    @property
+    def failures_by_category(self) -> Counter:
+        """The failures counted by ``failure_category``: what metadata may show when paths may not."""
+        out: Counter = Counter()
+        for message, n in self.failures_by_reason.items():
+            out[failure_category(message)] += n
+        return out
+
+
 
 def _now() -> dt.datetime:
     return dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
@@ -71,7 +81,7 @@ def _upload_one(source: NasSource, client: OrthancClient, record: FileRecord, ru
             body = source.upload_body(record)
         except Exception as exc:  # noqa: BLE001 - a file that vanished or broke since indexing is a failed attempt
             body = None
-            result = UploadResult("failed", error_message=f"cannot read the file for upload: {str(exc)[:200]}",
+            result = UploadResult("failed", error_message=f"{UNREADABLE}: {str(exc)[:200]}",
                                   retryable=True, attempts=0)
         if body is not None:  # streamed from the NAS: memory does not depend on the file's size
             result = client.upload(body)

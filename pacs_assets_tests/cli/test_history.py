@@ -72,3 +72,31 @@ def test_bad_arguments(site, capsys):
     assert "'0' must be a whole number from 1 to 10000" in capsys.readouterr().err
     assert main(["--config", str(site.config), "history", "--from", "2026-02-02", "--to", "2026-01-01"]) == 2
     assert capsys.readouterr().err.strip() == "pacs history: --from 2026-02-02 is after --to 2026-01-01."
+
+
+def test_failed_and_skipped_list_what_the_walk_found_before_any_upload(site, capsys):
+    manifest = site.manifests["ct"]
+    failed = history(site, capsys, "--status", "failed")
+    walk = {a["file_path"]: a for a in failed["attempts"] if a["stage"] == "walk"}
+    assert manifest.special["truncated"] in walk and manifest.special["corrupt"] in walk
+    assert set(walk) == {p for (p,) in site.query("SELECT file_path FROM inventory WHERE status = 'failed'")}
+    ledger_failed = site.query("SELECT count(*) FROM import_history WHERE status = 'failed'")[0][0]
+    assert failed["total"] == len(walk) + ledger_failed
+    reasons = dict(site.query("SELECT file_path, reason FROM file_status WHERE status = 'failed'"))
+    assert {p: a["error_message"] for p, a in walk.items()} == reasons and all(reasons.values())
+    assert all(a["attempt_id"] is None and a["http_status"] is None for a in walk.values())
+
+    skipped = history(site, capsys, "--status", "skipped", "--page-size", "100")
+    assert {a["file_path"] for a in skipped["attempts"]} == set(manifest.paths("skipped"))
+    assert {a["stage"] for a in skipped["attempts"]} == {"walk"}
+    assert history(site, capsys, "--status", "skipped", "--nas", "mr")["total"] == 0
+
+    # As radiology IT reads it: the attempt column says 'walk', the message is the walk's reason.
+    assert main(["--config", str(site.config), "history", "--status", "failed"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith(f"Import history: {failed['total']} entries (status failed)")
+    truncated = next(line for line in out if manifest.special["truncated"] in line)
+    assert truncated.split()[0] == "walk" and reasons[manifest.special["truncated"]][:40] in truncated
+    # Without a status, the ledger alone: what was uploaded, attempt by attempt.
+    everything = history(site, capsys)
+    assert {a["stage"] for a in everything["attempts"]} == {"upload"}
