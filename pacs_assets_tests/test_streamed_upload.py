@@ -18,7 +18,11 @@ from pacs_assets.errors import UploadBodyError
 from pacs_assets.nas.base import FileRecord
 from pacs_assets.nas.body import CHUNK_SIZE, UploadBody
 from pacs_assets.nas.dicom_folder.source import DicomFolderSource
-from pacs_assets.nas.firebird_jpeg2000.jpeg2000 import codestream_info, read_codestream, wrap_as_dicom
+from pacs_assets.nas.firebird_jpeg2000.dicom_wrap import (
+    dicom_around_codestream,
+    wrap_as_dicom,
+)
+from pacs_assets.nas.firebird_jpeg2000.jpeg2000 import codestream_info, read_codestream
 from pacs_assets.orthanc.client import OrthancClient
 
 CT = "1.2.840.10008.5.1.4.1.1.2"
@@ -79,8 +83,6 @@ def test_the_jpeg2000_wrapper_streams_the_same_bytes_as_the_in_memory_wrap(tmp_p
         info = codestream_info(path)
         attrs = {"SOPInstanceUID": generate_uid(), "StudyInstanceUID": generate_uid(),
                  "SeriesInstanceUID": generate_uid(), "PatientID": "J2K", "PatientName": "Test^Wrap"}
-        from pacs_assets.nas.firebird_jpeg2000.jpeg2000 import dicom_around_codestream
-
         head, tail = dicom_around_codestream(info, attrs)
         streamed = UploadBody([head, (path, info.codestream_offset, info.codestream_length), tail]).read_all()
         assert streamed == wrap_as_dicom(read_codestream(path, info), info, attrs)

@@ -31,7 +31,12 @@ from dagster import (
 from pacs_assets.config import NasConfig, PacsConfig
 from pacs_assets.defs.partitions import range_tags
 from pacs_assets.nas.registry import kind_of
-from pacs_assets.nas.watch import NasUnavailable, NasWatch, TickResult, write_folder_list
+from pacs_assets.nas.watch import (
+    NasUnavailable,
+    NasWatch,
+    TickResult,
+    write_folder_list,
+)
 
 TICK_BUDGET_SECONDS = 20.0
 MAX_RUNS_PER_TICK = 8

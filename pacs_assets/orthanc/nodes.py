@@ -16,7 +16,12 @@ import itertools
 import threading
 import time
 
-from pacs_assets.orthanc.client import OrthancClient, OrthancRefused, OrthancUnavailable, UploadResult
+from pacs_assets.orthanc.client import (
+    OrthancClient,
+    OrthancRefused,
+    OrthancUnavailable,
+    UploadResult,
+)
 
 
 class OrthancNodes:

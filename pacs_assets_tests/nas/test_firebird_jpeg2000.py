@@ -18,10 +18,10 @@ from pydicom import dcmread
 from pacs_assets.config import ConfigError, FirebirdCatalog
 from pacs_assets.nas.base import FAILED, OK, SKIPPED, FileRecord, NoCache, ScanCache
 from pacs_assets.nas.firebird_jpeg2000.catalog import DEFAULT_MAPPING, CatalogError
+from pacs_assets.nas.firebird_jpeg2000.dicom_wrap import verify_lossless
 from pacs_assets.nas.firebird_jpeg2000.jpeg2000 import (
     JPEG2000_LOSSLESS,
     JPEG2000_LOSSY,
-    verify_lossless,
 )
 from pacs_assets.nas.firebird_jpeg2000.source import (
     FirebirdJpeg2000Source,

@@ -13,6 +13,7 @@ from pydicom.data import get_testdata_file
 from pydicom.encaps import generate_frames
 from pydicom.pixels.utils import get_j2k_parameters
 
+from pacs_assets.nas.firebird_jpeg2000.dicom_wrap import verify_lossless, wrap_as_dicom
 from pacs_assets.nas.firebird_jpeg2000.jpeg2000 import (
     JPEG2000_LOSSLESS,
     JPEG2000_LOSSY,
@@ -20,8 +21,6 @@ from pacs_assets.nas.firebird_jpeg2000.jpeg2000 import (
     Jpeg2000Error,
     codestream_info,
     read_codestream,
-    verify_lossless,
-    wrap_as_dicom,
 )
 
 ATTRS = {"PatientName": "Łukasiewicz^Zofia", "PatientID": "P-001", "StudyInstanceUID": "2.25.11",

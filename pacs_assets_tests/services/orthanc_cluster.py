@@ -28,7 +28,13 @@ import psutil
 
 from pacs_assets_tests.services.orthanc import PLUGINS_DIR, OrthancServer
 from pacs_assets_tests.services.postgres import PostgresServer, postgres_bindir
-from pacs_assets_tests.services.process import free_port, pid_alive, port_is_free, stop_pid, wait_until
+from pacs_assets_tests.services.process import (
+    free_port,
+    pid_alive,
+    port_is_free,
+    stop_pid,
+    wait_until,
+)
 
 INDEX_PLUGIN = PLUGINS_DIR / "libOrthancPostgreSQLIndex.so"
 INSTALL_HINT = "apt-get install -y orthanc-postgresql (Debian package, plugin 4.0)"

@@ -7,15 +7,14 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import pydicom
 import pytest
 import requests
-import pydicom
 
 from pacs_assets.orthanc.client import orthanc_instance_id
 from pacs_assets.sample.bulk_dicom_nas import make_bulk_dicom_nas
 from pacs_assets_tests.services.orthanc_cluster import OrthancCluster
 from pacs_assets_tests.services.process import pid_alive
-
 
 
 @pytest.fixture(scope="module")

@@ -23,7 +23,7 @@ def _source(nas: FirebirdJpeg2000Nas):
 def lossless_in_orthanc(nas: FirebirdJpeg2000Nas, index_path, client) -> tuple[bool, dict]:
     """Images fetched back from Orthanc decode pixel for pixel equal to the source JP2 (a sample, or all)."""
     from pacs_assets.index.consistency import lossless_candidates
-    from pacs_assets.nas.firebird_jpeg2000.jpeg2000 import verify_lossless
+    from pacs_assets.nas.firebird_jpeg2000.dicom_wrap import verify_lossless
 
     compared = differ = 0
     for file_path, orthanc_id in lossless_candidates(index_path, nas.id, nas.lossless_check_sample):

@@ -37,12 +37,12 @@ from pacs_assets.nas.base import FAILED, OK, SKIPPED, FileRecord, NasSource, Sca
 from pacs_assets.nas.body import UploadBody
 from pacs_assets.nas.dates import parse_da
 from pacs_assets.nas.firebird_jpeg2000.catalog import CatalogReader
+from pacs_assets.nas.firebird_jpeg2000.dicom_wrap import dicom_around_codestream
 from pacs_assets.nas.firebird_jpeg2000.jpeg2000 import (
     SECONDARY_CAPTURE,
     J2kInfo,
     Jpeg2000Error,
     codestream_info,
-    dicom_around_codestream,
 )
 from pacs_assets.nas.firebird_jpeg2000.settings import FirebirdCatalog
 from pacs_assets.nas.walk import check_root, walk

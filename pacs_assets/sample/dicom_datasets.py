@@ -1,0 +1,180 @@
+"""Building the sample's DICOM datasets: invented studies, phantom pixels, CT / MR / enhanced MR, encoding."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import uuid
+from dataclasses import dataclass
+from datetime import date
+
+import numpy as np
+import pydicom
+from pydicom import config
+from pydicom.dataelem import DataElement
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.sequence import Sequence
+from pydicom.uid import ExplicitVRLittleEndian
+
+CT_IMAGE = "1.2.840.10008.5.1.4.1.1.2"
+MR_IMAGE = "1.2.840.10008.5.1.4.1.1.4"
+ENHANCED_MR_IMAGE = "1.2.840.10008.5.1.4.1.1.4.1"
+
+
+def _uid(*parts: object) -> str:
+    """A deterministic UUID-derived UID (PS3.5 B.2, root 2.25), always exactly 44 characters.
+
+    pydicom's ``generate_uid(prefix=None, entropy_srcs=...)`` ignores the entropy and returns a random
+    UUID, and with a prefix it makes a 64-character non-UUID number: neither fits, so derive it here.
+    """
+    raw = bytearray(hashlib.blake2b("|".join(map(str, parts)).encode(), digest_size=16).digest())
+    raw[0] |= 0x80  # top bit set: the integer always has 39 digits, so every UID has the same length
+    return f"2.25.{uuid.UUID(bytes=bytes(raw), version=4).int}"
+
+
+@dataclass
+class _Study:
+    """One study as the generator plans it; ``study_date``/``series_date`` are written as is (None: absent)."""
+
+    patient_id: str
+    patient_name: str
+    charset: str | list[str] | None
+    sex: str
+    birth_date: str
+    folder: str  # "<PatientFolder>/<StudyFolder>"
+    uid: str
+    modality: str
+    description: str
+    accession: str
+    real_date: date  # the day it really happened (file mtimes)
+    study_date: str | None
+    series_date: str | None
+
+
+# (PatientName, SpecificCharacterSet, patient folder prefix); the first three are the charset cases.
+_PATIENTS = [
+    ("Müller^Jürgen", "ISO_IR 100", "Müller Jürgen"),  # Latin-1; folder has a space and umlauts
+    ("Παπαδοπούλου^Ελένη", "ISO_IR 192", "PAPADOPOULOU_ELENI"),  # UTF-8 (Greek)
+    ("Yamada^Tarou=山田^太郎=やまだ^たろう", ["", "ISO 2022 IR 87"], "YAMADA_TAROU"),  # PS3.5 H.3.1
+    ("Doe^Jane", None, "DOE_JANE"),
+    ("Smith^John^A", None, "SMITH_JOHN"),
+    ("Okafor^Chidi", None, "OKAFOR_CHIDI"),
+    ("Kowalski^Anna", None, "KOWALSKI_ANNA"),
+    ("Nguyen^Van^Minh", None, "NGUYEN_VAN"),
+]
+
+
+def _phantom(rng: np.random.Generator, size: int, z: float, modality: str) -> np.ndarray:
+    """A noisy cross-section: air, a body ellipse with a bony centre (CT stored values = HU + 1024)."""
+    yy, xx = (np.mgrid[:size, :size] - (size - 1) / 2) / (size / 2)
+    r = np.hypot(xx / (0.85 - abs(z) / 2000), yy / 0.65)
+    if modality == "CT":
+        hu = np.where(r < 1, 40.0, -1000.0)
+        hu[(r > 0.85) & (r < 1)] = -100.0  # subcutaneous fat
+        hu[np.hypot(xx, yy + 0.3) < 0.12] = 700.0  # spine
+        values = hu + 1024 + rng.normal(0, 12, hu.shape)
+    else:
+        values = np.where(r < 1, 500 + 200 * np.cos(4 * r), 0) + np.abs(rng.normal(0, 8, r.shape))
+    return np.clip(values, 0, 4095).astype(np.uint16)  # 12 bits stored
+
+
+def _ds_text(value: float) -> str:
+    return f"{value:.2f}"
+
+
+def _dataset(st: _Study, series_uid: str, series_no: int, series_desc: str, inst_no: int,
+             sop_uid: str, sop_class: str, pixels: np.ndarray) -> Dataset:
+    """The patient/study/series/image modules shared by every instance; modality fields come after."""
+    ds = Dataset()
+    if st.charset:
+        ds.SpecificCharacterSet = st.charset
+    ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"]
+    ds.SOPClassUID, ds.SOPInstanceUID = sop_class, sop_uid
+    # Odd dates are written unvalidated: pydicom would warn about exactly what we want on disk.
+    for keyword, value in (("StudyDate", st.study_date), ("SeriesDate", st.series_date),
+                           ("AcquisitionDate", st.series_date), ("ContentDate", st.series_date)):
+        if value is not None:
+            ds.add(DataElement(keyword, "DA", value, validation_mode=config.IGNORE))
+    series_time = f"08{30 + series_no % 30:02d}"
+    ds.StudyTime, ds.SeriesTime, ds.ContentTime = "082955", f"{series_time}00", f"{series_time}{inst_no % 60:02d}"
+    ds.AccessionNumber = st.accession
+    ds.Modality = st.modality
+    ds.Manufacturer = "SAMPLE MEDICAL"
+    ds.InstitutionName = "Sample General Hospital"
+    ds.ReferringPhysicianName = "Weber^Anna"
+    ds.StudyDescription, ds.SeriesDescription = st.description, series_desc
+    ds.PatientName, ds.PatientID = st.patient_name, st.patient_id
+    ds.PatientBirthDate, ds.PatientSex = st.birth_date, st.sex
+    ds.BodyPartExamined = "CHEST" if st.modality == "CT" else "HEAD"
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = st.uid, series_uid
+    ds.StudyID, ds.SeriesNumber, ds.InstanceNumber, ds.AcquisitionNumber = "1", series_no, inst_no, 1
+    ds.FrameOfReferenceUID = _uid("for", series_uid)
+    ds.PositionReferenceIndicator = ""
+    ds.PatientPosition = "HFS"
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.Rows, ds.Columns = (int(n) for n in pixels.shape[-2:])
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
+    ds.PixelData = pixels.astype("<u2").tobytes()
+    return ds
+
+
+def _ct(ds: Dataset, z: float, thickness: float, spacing: float) -> Dataset:
+    ds.KVP, ds.XRayTubeCurrent, ds.ExposureTime = "120", 210, 500
+    ds.ConvolutionKernel, ds.ScanOptions = "B30f", "HELICAL MODE"
+    ds.SliceThickness, ds.PixelSpacing = _ds_text(thickness), [_ds_text(spacing)] * 2
+    ds.ImagePositionPatient = [_ds_text(-spacing * ds.Columns / 2), _ds_text(-spacing * ds.Rows / 2), _ds_text(z)]
+    ds.ImageOrientationPatient = ["1", "0", "0", "0", "1", "0"]
+    ds.SliceLocation = _ds_text(z)
+    ds.RescaleIntercept, ds.RescaleSlope, ds.RescaleType = "-1024", "1", "HU"
+    ds.WindowCenter, ds.WindowWidth = "40", "400"
+    return ds
+
+
+def _mr(ds: Dataset, z: float, thickness: float, spacing: float) -> Dataset:
+    ds.ScanningSequence, ds.SequenceVariant, ds.ScanOptions = "SE", "SK", ""
+    ds.MRAcquisitionType, ds.RepetitionTime, ds.EchoTime = "2D", "4000", "90"
+    ds.MagneticFieldStrength, ds.ImagingFrequency, ds.EchoTrainLength = "1.5", "63.6", 15
+    ds.SliceThickness, ds.SpacingBetweenSlices = _ds_text(thickness), _ds_text(thickness)
+    ds.PixelSpacing = [_ds_text(spacing)] * 2
+    ds.ImagePositionPatient = [_ds_text(-spacing * ds.Columns / 2), _ds_text(-spacing * ds.Rows / 2), _ds_text(z)]
+    ds.ImageOrientationPatient = ["1", "0", "0", "0", "1", "0"]
+    ds.SliceLocation = _ds_text(z)
+    return ds
+
+
+def _enhanced_mr(ds: Dataset, frames: int, thickness: float, spacing: float) -> Dataset:
+    """Turn a dataset holding ``frames`` frames into a (minimal) Enhanced MR multi-frame instance."""
+    ds.ImageType = ["ORIGINAL", "PRIMARY", "M", "NONE"]
+    ds.NumberOfFrames = frames
+    shared = Dataset()
+    shared.PixelMeasuresSequence = Sequence([Dataset()])
+    shared.PixelMeasuresSequence[0].PixelSpacing = [_ds_text(spacing)] * 2
+    shared.PixelMeasuresSequence[0].SliceThickness = _ds_text(thickness)
+    shared.PlaneOrientationSequence = Sequence([Dataset()])
+    shared.PlaneOrientationSequence[0].ImageOrientationPatient = ["1", "0", "0", "0", "1", "0"]
+    ds.SharedFunctionalGroupsSequence = Sequence([shared])
+    per_frame = []
+    for i in range(frames):
+        item, position, content = Dataset(), Dataset(), Dataset()
+        position.ImagePositionPatient = ["-40.00", "-40.00", _ds_text(i * thickness)]
+        content.StackID, content.InStackPositionNumber, content.DimensionIndexValues = "1", i + 1, [1, i + 1]
+        item.PlanePositionSequence, item.FrameContentSequence = Sequence([position]), Sequence([content])
+        per_frame.append(item)
+    ds.PerFrameFunctionalGroupsSequence = Sequence(per_frame)
+    return ds
+
+
+def _encode(ds: Dataset, *, headerless: bool = False) -> bytes:
+    buf = io.BytesIO()
+    if headerless:
+        # What some old modalities and export tools write: the bare dataset, implicit VR little endian,
+        # no 128-byte preamble, no 'DICM', no file meta.
+        pydicom.dcmwrite(buf, ds, implicit_vr=True, little_endian=True, enforce_file_format=False)
+    else:
+        meta = FileMetaDataset()
+        meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID = ds.SOPClassUID, ds.SOPInstanceUID
+        meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        ds.file_meta = meta
+        pydicom.dcmwrite(buf, ds, enforce_file_format=True)
+        del ds.file_meta
+    return buf.getvalue()
