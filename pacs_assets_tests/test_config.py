@@ -89,3 +89,19 @@ def test_cli_check_names_a_missing_root_and_a_down_orthanc(tmp_path):
         f"NAS 'ct': root folder {tmp_path / 'nas'} does not exist or is not a folder (is the NAS mounted?).",
         "Orthanc at http://127.0.0.1:9 is unreachable (connection refused or no route).",
     ]
+
+
+def test_cli_check_calls_an_empty_root_an_outage_as_the_run_would(tmp_path):
+    """A mount point whose share is not mounted is an empty folder: `pacs check` must not call it readable."""
+    (tmp_path / "nas").mkdir()
+    path = write(tmp_path, GOOD + "orthanc:\n  url: http://127.0.0.1:9\n")
+    proc = subprocess.run([sys.executable, "-m", "pacs_assets.cli.main", "--config", str(path), "check"],
+                          capture_output=True, text=True)
+    assert proc.returncode == 1
+    first = proc.stderr.strip().splitlines()[0]
+    assert first.startswith(f"NAS 'ct': root folder {tmp_path / 'nas'} is empty: treating it as an outage")
+    assert "readable" not in proc.stdout
+    (tmp_path / "nas" / "IM0001.dcm").write_bytes(b"\0" * 200)
+    proc = subprocess.run([sys.executable, "-m", "pacs_assets.cli.main", "--config", str(path), "check"],
+                          capture_output=True, text=True)
+    assert f"NAS 'ct' (dicom_folder): {tmp_path / 'nas'} is readable" in proc.stdout
