@@ -186,8 +186,13 @@ def test_runs_sensor_and_searches_at_once_on_one_index(tmp_path, two_nas_site, o
             stats = instance.get_run_step_stats(results[name]["run_id"])
             spans[name] = (min(s.start_time for s in stats if s.start_time),
                            max(s.end_time for s in stats if s.end_time))
-    for one, other in [("a_incremental_ct", "b_backfill_ct"), ("b_backfill_ct", "b_backfill_mr")]:
-        assert spans[one][0] < spans[other][1] and spans[other][0] < spans[one][1], (one, other, spans)
+    # Each run overlapped at least one other (which pair depends on the machine's load: runs in one process
+    # finish in seconds, so the incremental run may end before the second backfill starts).
+    def overlap(one: str, other: str) -> bool:
+        return spans[one][0] < spans[other][1] and spans[other][0] < spans[one][1]
+
+    for one in runs:
+        assert any(overlap(one, other) for other in runs if other != one), (one, spans)
 
     _assert_nothing_lost(manifests, index, orthanc)
     print(f"runs took {run_seconds:.1f} s together; {search['searches']} searches via {search['via']}; "
