@@ -57,11 +57,14 @@ def orthanc_instance_id(patient_id: str | None, study_uid: str, series_uid: str,
 
 class OrthancClient:
     def __init__(self, url: str, username: str | None, password: str | None, *, timeout: float = 60.0,
-                 retries: int = 4, backoff: float = 0.5):
+                 retries: int = 4, backoff: float = 0.5, connect_retries: int | None = None):
         self.url = url.rstrip("/")
         self.auth = (username, password) if username else None
         self.timeout = timeout
-        self.retries = retries
+        self.retries = retries  # for answers that can succeed later: 5xx (a 503 serialization failure), 409, 429
+        # For no answer at all (refused, reset, timeout); default ``retries``. Several nodes set 1: a node that
+        # does not answer is skipped for the next one instead of being waited for (orthanc/nodes.py).
+        self.connect_retries = retries if connect_retries is None else connect_retries
         self.backoff = backoff
         self._local = threading.local()
 
@@ -98,8 +101,9 @@ class OrthancClient:
                 resp = self.session.get(f"{self.url}{path}", params=params, timeout=self.timeout)
             except (requests.ConnectionError, requests.Timeout) as exc:
                 kind = "did not answer in time" if isinstance(exc, requests.Timeout) else "is unreachable"
-                error, retryable = f"Orthanc at {self.url} {kind} (GET {what}).", True
+                error, retryable, limit = f"Orthanc at {self.url} {kind} (GET {what}).", True, self.connect_retries
             else:
+                limit = self.retries
                 if resp.status_code == 200:
                     return resp
                 if resp.status_code == 404 and missing_ok:
@@ -109,7 +113,7 @@ class OrthancClient:
                                              "check ORTHANC_USERNAME / ORTHANC_PASSWORD.")
                 error = f"Orthanc at {self.url} answered HTTP {resp.status_code} to GET {what}."
                 retryable = resp.status_code >= 500 or resp.status_code == 429
-            if not retryable or attempt > self.retries:
+            if not retryable or attempt > limit:
                 raise OrthancUnavailable(error)
             time.sleep(self.backoff * (2 ** (attempt - 1)) * (0.5 + random.random()))
 
@@ -168,8 +172,9 @@ class OrthancClient:
             try:
                 resp = self.session.post(f"{self.url}{path}", json=payload, timeout=self.timeout)
             except (requests.ConnectionError, requests.Timeout):
-                error = f"Orthanc at {self.url} is unreachable (POST {path})."
+                error, limit = f"Orthanc at {self.url} is unreachable (POST {path}).", self.connect_retries
             else:
+                limit = self.retries
                 if resp.status_code == 200:
                     return resp.json()
                 if resp.status_code == 401:
@@ -177,7 +182,7 @@ class OrthancClient:
                 error = f"Orthanc at {self.url} answered HTTP {resp.status_code} to POST {path}."
                 if resp.status_code < 500:
                     raise OrthancUnavailable(error)
-            if attempt > self.retries:
+            if attempt > limit:
                 raise OrthancUnavailable(error)
             time.sleep(self.backoff * (2 ** (attempt - 1)) * (0.5 + random.random()))
 
@@ -237,7 +242,8 @@ class OrthancClient:
             else:
                 result = dataclasses.replace(self._interpret(status, answer, attempt), file_hash=sha1,
                                              node=self.url)
-            if not result.retryable or result.http_status == 401 or attempt > self.retries:
+            limit = self.retries if result.http_status is not None else self.connect_retries
+            if not result.retryable or result.http_status == 401 or attempt > limit:
                 return result
             time.sleep(self.backoff * (2 ** (attempt - 1)) * (0.5 + random.random()))
 
@@ -273,6 +279,8 @@ def build_client(urls: list[str], username: str | None, password: str | None, *,
         return OrthancClient(urls[0], username, password, timeout=timeout, retries=retries, backoff=backoff)
     from pacs_assets.orthanc.nodes import OrthancNodes
 
-    # One retry per node: a node that does not answer is skipped for the next one, not waited for.
-    return OrthancNodes([OrthancClient(u, username, password, timeout=timeout, retries=min(retries, 1),
-                                       backoff=backoff) for u in urls])
+    # One retry per node when it does not answer: it is skipped for the next one, not waited for. An answer
+    # that can succeed later (HTTP 503 "could not serialize access" when two nodes write one series at once)
+    # gets every retry: on PostgreSQL it is routine, not a sign that the node is down.
+    return OrthancNodes([OrthancClient(u, username, password, timeout=timeout, retries=retries,
+                                       connect_retries=min(retries, 1), backoff=backoff) for u in urls])
