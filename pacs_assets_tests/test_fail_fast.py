@@ -3,6 +3,7 @@ for with sleeps (backoff), not a spinning executor, and the failure says what ha
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 import resource
 import shutil
@@ -71,3 +72,54 @@ def test_an_orthanc_that_is_down_is_waited_for_without_burning_a_core(tmp_path, 
     assert wall >= 14, output[-2000:]
     # ...while the processes sleep: the CPU used is starting Dagster (~3-5 s here), far below one core.
     assert cpu < 0.5 * wall, f"{cpu:.1f} s of CPU over {wall:.1f} s"
+
+
+def test_the_abort_message_counts_files_stored_not_attempts(tmp_path, orthanc):
+    """Orthanc dies mid-upload: the sentence says how many files Orthanc stored and how many attempts were
+    made, and both numbers are what the ledger holds."""
+    import re
+    import signal
+    import threading
+
+    import duckdb
+    import requests
+
+    from pacs_assets.config import DicomFolderNas
+    from pacs_assets.nas.dicom_folder.source import DicomFolderSource
+    from pacs_assets.orthanc.client import OrthancClient, OrthancUnavailable
+    from pacs_assets.pipeline.hierarchy import build_hierarchy
+    from pacs_assets.pipeline.inventory import take_inventory
+    from pacs_assets.pipeline.upload import upload_window
+    from pacs_assets.sample.bulk_dicom_nas import make_bulk_dicom_nas
+
+    root, index = tmp_path / "nas", tmp_path / "index.duckdb"
+    n = make_bulk_dicom_nas(root, 3000, files_per_series=500, days=1, start_date=SAMPLE_START)
+    nas = DicomFolderNas(id="ct", kind="dicom_folder", root=root, partitions_start=SAMPLE_START)
+    source = DicomFolderSource("ct", root)
+    start, end = SAMPLE_START, SAMPLE_START + dt.timedelta(days=30)
+    take_inventory(source, nas, index, start, end, today=dt.date.today())
+    build_hierarchy(index, "ct", start, end)
+    client = OrthancClient(orthanc.url, orthanc.username, orthanc.password, timeout=5, retries=1, backoff=0.05)
+    outcome = {}
+
+    def upload():
+        try:
+            upload_window(source, client, index, "ct", start, end, concurrency=4)
+        except OrthancUnavailable as exc:
+            outcome["error"] = str(exc)
+
+    worker = threading.Thread(target=upload)
+    worker.start()
+    count = lambda: requests.get(f"{orthanc.url}/statistics", auth=orthanc.auth, timeout=5).json()["CountInstances"]  # noqa: E731
+    while count() < 200 and worker.is_alive():
+        time.sleep(0.05)
+    os.kill(orthanc.pid, signal.SIGKILL)  # at once: a SIGTERM'd Orthanc keeps storing for 2-3 s
+    worker.join(120)
+    orthanc.stop()
+    match = re.search(r"after (\d+) files stored \((\d+) attempts\)", outcome.get("error", ""))
+    assert match, outcome
+    with duckdb.connect(str(index), read_only=True) as con:
+        stored, attempts = con.execute("SELECT count(*) FILTER (WHERE status IN ('imported', 'duplicate')), count(*) "
+                                       "FROM import_history").fetchall()[0]
+    assert (int(match[1]), int(match[2])) == (stored, attempts)
+    assert 0 < stored < attempts < n  # some attempts failed when Orthanc went away; they are not "stored"
