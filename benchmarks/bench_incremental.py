@@ -7,17 +7,21 @@ a) one new study (200 files, 512x512 16-bit CT) on NAS devices of --sizes files 
 b) the reconciliation job on the unchanged largest NAS with 10 years of daily partitions; baseline a plain
    ``os.walk`` + ``stat`` of every file. Prints the ratio (goal <= 5) and how many materialization events
    the run wrote for partitions (goal 0).
+c) peak RSS of the reconciliation's whole-NAS walk (``pipeline.reconcile.reconcile``) on each NAS, in a fresh
+   child process (VmHWM from /proc/<pid>/status: ru_maxrss would include what the parent held before the
+   exec). Prints the ratio largest / smallest (goal <= 1.25).
 
 The bulk NAS is indexed once with the real pipeline functions (timed, printed) and its ledger marked
 imported (uploading 200,000 bulk files would only measure Orthanc). Everything is deleted at the end.
 
-    python -m benchmarks.bench_incremental [--sizes 20000,200000] [--workdir DIR] [--skip-reconcile]
+    python -m benchmarks.bench_incremental [--sizes 20000,200000] [--workdir DIR] [--skip-reconcile] [--skip-rss]
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime as dt
+import json
 import os
 import shutil
 import subprocess
@@ -84,6 +88,36 @@ def seed_index(root: Path, config_path: Path) -> float:
     return time.perf_counter() - started
 
 
+def vm_kb(field: str, pid: int | str = "self") -> int:
+    """A ``/proc/<pid>/status`` figure in kB (VmHWM: the peak resident set since the process's exec)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise KeyError(field)
+
+
+def rss_child(config_path: Path) -> dict:
+    """In a fresh process: the reconciliation's whole walk of the NAS, and that process's peak RSS."""
+    out = subprocess.run([sys.executable, "-m", "benchmarks.bench_incremental", "--rss-child", str(config_path)],
+                         check=True, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": os.getcwd()})
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def _rss_child_main(config_path: str) -> int:
+    from pacs_assets.config import load_config
+    from pacs_assets.nas.registry import source_for
+    from pacs_assets.pipeline.reconcile import reconcile
+
+    cfg = load_config(Path(config_path))
+    nas = cfg.nas[0]
+    floor = vm_kb("VmRSS")
+    started = time.perf_counter()
+    found = reconcile(source_for(nas), nas, cfg.index.path, today=dt.date.today())
+    print(json.dumps({"peak_kb": vm_kb("VmHWM"), "floor_kb": floor, "seconds": time.perf_counter() - started,
+                      "walked": found.walked, "partitions_changed": len(found.changes)}))
+    return 0
+
+
 def baseline_walk(root: Path) -> float:
     started = time.perf_counter()
     n = 0
@@ -114,7 +148,25 @@ def partition_events(instance, run_id: str) -> tuple[int, int]:
     return len(parts), len(records)
 
 
-def bench_size(n: int, work: Path, template_holder: dict, reconcile: bool) -> dict:
+def step_seconds(instance, run_id: str) -> dict[str, float]:
+    """Each step's (and check's) seconds in the run, from its STEP_START and STEP_SUCCESS events."""
+    started, out = {}, {}
+    for record in instance.all_logs(run_id):
+        event = record.dagster_event
+        if event is None or not record.step_key:
+            continue
+        if event.event_type_value == "STEP_START":
+            started[record.step_key] = record.timestamp
+        elif event.event_type_value == "STEP_SUCCESS" and record.step_key in started:
+            out[record.step_key.split("__", 1)[-1]] = round(record.timestamp - started[record.step_key], 2)
+    return out
+
+
+def verdict(ratio: float, goal: float, higher_is_better: bool = False) -> str:
+    return "met" if (ratio >= goal if higher_is_better else ratio <= goal) else "BELOW"
+
+
+def bench_size(n: int, work: Path, template_holder: dict, reconcile: bool, rss: bool) -> dict:
     from dagster import DagsterInstance
 
     from pacs_assets.config import load_config
@@ -136,6 +188,9 @@ def bench_size(n: int, work: Path, template_holder: dict, reconcile: bool) -> di
     seeded = seed_index(root, config)
     _log(f"{n}: index seeded in {seeded:.0f} s")
     out = {"files": n, "seed_seconds": seeded}
+    if rss:
+        out["rss"] = rss_child(config)
+        _log(f"{n}: whole walk peak RSS {out['rss']['peak_kb'] / 1024:.0f} MB in {out['rss']['seconds']:.1f} s")
     home = site / "dagster_home"
     home.mkdir()
     with OrthancServer(site / "orthanc") as server, DagsterInstance.local_temp(str(home)) as instance:
@@ -152,8 +207,10 @@ def bench_size(n: int, work: Path, template_holder: dict, reconcile: bool) -> di
             assert result.success
             parts, total = partition_events(instance, result.run_id)
             out["reconcile"] = {"seconds": seconds, "baseline_walk_seconds": walk, "ratio": seconds / walk,
-                                "partition_materializations": parts, "materializations": total}
-            _log(f"{n}: reconciliation {seconds:.1f} s, os.walk+stat {walk:.2f} s, partition events {parts}")
+                                "partition_materializations": parts, "materializations": total,
+                                "steps": step_seconds(instance, result.run_id)}
+            _log(f"{n}: reconciliation {seconds:.1f} s, os.walk+stat {walk:.2f} s, partition events {parts}, "
+                 f"steps {out['reconcile']['steps']}")
         day = today - dt.timedelta(days=1)
         folder = root / "NEWPAT" / f"{day:%Y%m%d}_CT" / "S001"
         files = write_ct_study(folder, template_holder.setdefault("t", next((root / "bulk").rglob("*.dcm")).read_bytes()), day)
@@ -164,8 +221,9 @@ def bench_size(n: int, work: Path, template_holder: dict, reconcile: bool) -> di
         run_seconds = time.perf_counter() - t
         assert result.success
         baseline = storescu(files, work)
-        out["new_study"] = {"run_seconds": run_seconds, "storescu_seconds": baseline, "ratio": run_seconds / baseline}
-        _log(f"{n}: one-partition run {run_seconds:.1f} s, storescu {baseline:.1f} s")
+        out["new_study"] = {"run_seconds": run_seconds, "storescu_seconds": baseline, "ratio": run_seconds / baseline,
+                            "steps": step_seconds(instance, result.run_id)}
+        _log(f"{n}: one-partition run {run_seconds:.1f} s, storescu {baseline:.1f} s, steps {out['new_study']['steps']}")
     shutil.rmtree(site, ignore_errors=True)
     return out
 
@@ -175,29 +233,46 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--sizes", default="20000,200000")
     ap.add_argument("--workdir", default=None)
     ap.add_argument("--skip-reconcile", action="store_true")
+    ap.add_argument("--skip-rss", action="store_true")
+    ap.add_argument("--json", help="write every figure to this file")
+    ap.add_argument("--rss-child", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    if args.rss_child:
+        return _rss_child_main(args.rss_child)
     sizes = [int(s) for s in args.sizes.split(",")]
     work = Path(tempfile.mkdtemp(prefix="bench-incr-", dir=args.workdir))
     holder: dict = {}
     try:
-        results = [bench_size(n, work, holder, reconcile=not args.skip_reconcile and n == max(sizes)) for n in sizes]
+        results = [bench_size(n, work, holder, reconcile=not args.skip_reconcile and n == max(sizes),
+                              rss=not args.skip_rss) for n in sizes]
     finally:
         shutil.rmtree(work, ignore_errors=True)
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=1))
+    print(f"load average {os.getloadavg()[0]:.2f}")
     print(f"{'what':58} {'ours':>9} {'baseline':>9} {'ratio':>7} goal")
     for r in results:
         s = r["new_study"]
         print(f"{'new 200-file CT study, one-partition run, NAS of ' + format(r['files'], ','):58} "
-              f"{s['run_seconds']:8.1f}s {s['storescu_seconds']:8.1f}s {s['ratio']:7.2f} <= 8")
+              f"{s['run_seconds']:8.1f}s {s['storescu_seconds']:8.1f}s {s['ratio']:7.2f} <= 8 {verdict(s['ratio'], 8)}")
     if len(results) > 1:
         growth = results[-1]["new_study"]["run_seconds"] / results[0]["new_study"]["run_seconds"]
-        print(f"{'growth of that run, smallest -> largest NAS':58} {'':>9} {'':>9} {growth:7.2f} <= 1.2")
+        print(f"{'growth of that run, smallest -> largest NAS':58} {'':>9} {'':>9} {growth:7.2f} <= 1.2 {verdict(growth, 1.2)}")
     for r in results:
         if "reconcile" in r:
             c = r["reconcile"]
             print(f"{'reconciliation, unchanged NAS of ' + format(r['files'], ',') + ', 10 years':58} "
-                  f"{c['seconds']:8.1f}s {c['baseline_walk_seconds']:8.2f}s {c['ratio']:7.2f} <= 5")
+                  f"{c['seconds']:8.1f}s {c['baseline_walk_seconds']:8.2f}s {c['ratio']:7.2f} <= 5 {verdict(c['ratio'], 5)}")
             print(f"{'  materialization events for partitions / all':58} {c['partition_materializations']:>9} "
-                  f"{c['materializations']:>9} {'':>7} 0")
+                  f"{c['materializations']:>9} {'':>7} 0 {verdict(c['partition_materializations'], 0)}")
+            print(f"{'  steps (s)':58} " + ", ".join(f"{k} {v}" for k, v in c["steps"].items()))
+    if len(results) > 1 and all("rss" in r for r in results):
+        small, large = results[0]["rss"]["peak_kb"] / 1024, results[-1]["rss"]["peak_kb"] / 1024
+        print(f"{'peak RSS of the whole walk, ' + format(results[0]['files'], ',') + ' -> ' + format(results[-1]['files'], ','):58} "
+              f"{large:7.0f}MB {small:7.0f}MB {large / small:7.2f} <= 1.25 {verdict(large / small, 1.25)}")
+    for r in results:
+        print(f"(one-partition run's steps on {r['files']:,} files, s: "
+              + ", ".join(f"{k} {v}" for k, v in r["new_study"]["steps"].items()) + ")")
     for r in results:
         print(f"(seeding the index of {r['files']:,} files took {r['seed_seconds']:.0f} s)")
     return 0

@@ -71,3 +71,26 @@ def test_the_same_instance_with_another_patient_on_two_nas_is_a_conflict(tmp_pat
                       and e.asset_check_evaluation_data.check_name == "no_sop_instance_conflicts")
     assert evaluation.metadata["conflicting_instances"].value == 1
     assert "SOMEONE-ELSE" not in str(evaluation.metadata)
+
+
+def test_the_sweep_counts_the_same_by_listing_orthanc_and_by_finding_each_uid(tmp_path, orthanc_env, monkeypatch):
+    from pacs_assets.orthanc.client import OrthancClient
+    from pacs_assets.pipeline import reconcile
+
+    make_dicom_nas(tmp_path / "nas", patients=4, start_date=SAMPLE_START)
+    config = write_config(tmp_path / "pacs.yaml", NAS, orthanc_url=orthanc_env.url)
+    assert materialize_nas(config, "ct").success
+    index = tmp_path / "index.duckdb"
+    with duckdb.connect(str(index), read_only=True) as con:
+        ids = [r[0] for r in con.execute("SELECT orthanc_instance_id FROM file_status WHERE status = 'imported' "
+                                         "ORDER BY 1 LIMIT 2").fetchall()]
+    for orthanc_id in ids:
+        assert requests.delete(f"{orthanc_env.url}/instances/{orthanc_id}", auth=orthanc_env.auth).status_code == 200
+    client = OrthancClient(orthanc_env.url, orthanc_env.username, orthanc_env.password)
+    listed, real = [], OrthancClient.instance_ids
+    # Pages of 3: the paging is exercised too.
+    monkeypatch.setattr(OrthancClient, "instance_ids", lambda self, page=0: listed.append(1) or real(self, page=3))
+    by_list = reconcile.orthanc_sweep(index, "ct", client)
+    monkeypatch.setattr(reconcile, "LIST_FACTOR", 0)  # Orthanc "too big": find every UID
+    by_find = reconcile.orthanc_sweep(index, "ct", client)
+    assert listed and by_list == by_find and by_find["missing_in_orthanc"] == 2 and by_find["checked"] > 2

@@ -48,13 +48,20 @@ def sop_conflicts(index_path: str | os.PathLike) -> list[tuple[str, str, int]]:
     Returns (nas_ids, what differs, count) groups — never the UIDs or patient data themselves.
     """
     with session(index_path, read_only=True) as con:
+        # One NAS alone cannot conflict with another: skip the whole-table work (its cost grew with the NAS).
+        if not con.execute("SELECT 1 FROM instances WHERE nas_id <> (SELECT nas_id FROM instances LIMIT 1) "
+                           "LIMIT 1").fetchall():
+            return []
         return con.execute("""
-            WITH per_nas AS (
+            WITH shared AS (  -- UIDs on more than one NAS: the only candidates, found before any ledger join
+                SELECT sop_instance_uid FROM instances GROUP BY sop_instance_uid HAVING count(DISTINCT nas_id) > 1),
+            per_nas AS (
                 SELECT i.sop_instance_uid, i.nas_id, any_value(i.patient_id) AS patient_id,
                        any_value(i.study_instance_uid) AS study, any_value(h.file_hash) AS file_hash
                 FROM instances i
                 LEFT JOIN import_history h ON h.nas_id = i.nas_id AND h.file_path = i.file_path
                      AND h.change_token = i.change_token AND h.file_hash IS NOT NULL
+                WHERE i.sop_instance_uid IN (SELECT sop_instance_uid FROM shared)
                 GROUP BY i.sop_instance_uid, i.nas_id),
             conflicts AS (
                 SELECT sop_instance_uid, string_agg(DISTINCT nas_id, ',' ORDER BY nas_id) AS nas_ids,

@@ -11,18 +11,21 @@ from __future__ import annotations
 import datetime as dt
 import operator
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 
 from pacs_assets.index.connection import session
 from pacs_assets.index.staging import Staging
 from pacs_assets.nas.base import FileRecord, ScanCache
+from pacs_assets.nas.dates import assign_procedure_date
 
 RECORD_COLUMNS = FileRecord.columns_()
 _RECORD_FIELDS = operator.attrgetter(*RECORD_COLUMNS)
 INVENTORY_COLUMNS = RECORD_COLUMNS + ["scanned_at", "folder"]
 # Folders per ``IN (...)`` list: constant lists use the folder index; one statement per chunk.
 FOLDER_CHUNK = 500
+# Cached rows whose procedure date is a fallback, re-dated in Python this many at a time.
+REDATE_PAGE = 20_000
 
 
 def folder_of(file_path: str) -> str:
@@ -172,10 +175,17 @@ def carry_over_links(staging: Staging, root: str | os.PathLike) -> int:
 
 
 class StagingCache(ScanCache):
-    """The scan cache as copied into a run's staging file."""
+    """The scan cache as copied into a run's staging file. A bulk cache: a walk's files are offered in bulk
+    (table ``walked``) and matched in SQL; ``stage_unchanged`` then copies the matched rows into the inventory."""
 
-    def __init__(self, staging: Staging):
+    bulk = True
+
+    def __init__(self, staging: Staging, on_offer: Callable[[int], None] | None = None):
         self.staging = staging
+        self.offered = self.unmatched_total = 0
+        self.on_offer = on_offer
+        staging.con.execute("CREATE OR REPLACE TABLE walked "
+                            "(file_path VARCHAR, size BIGINT, mtime_ns BIGINT, change_token VARCHAR)")
 
     def lookup(self, keys: Mapping[str, str]) -> dict[str, FileRecord]:
         if not keys:
@@ -191,3 +201,70 @@ class StagingCache(ScanCache):
         finally:
             con.unregister("_probe")
         return {row[1]: FileRecord(*row) for row in rows}
+
+    @property
+    def seen(self) -> int:
+        """Offered files that need no parse (all offered ones until ``unmatched`` has been asked)."""
+        return self.offered - self.unmatched_total
+
+    def offer(self, files: Sequence[tuple[str, int, int, str]]) -> None:
+        import pandas as pd
+
+        con = self.staging.con
+        con.register("_offer", pd.DataFrame(files, columns=["file_path", "size", "mtime_ns", "change_token"]))
+        try:
+            con.execute("INSERT INTO walked SELECT * FROM _offer")
+        finally:
+            con.unregister("_offer")
+        self.offered += len(files)
+        if self.on_offer:
+            self.on_offer(self.offered)
+
+    def unmatched(self, batch_size: int) -> Iterator[list[tuple[str, int, int]]]:
+        con = self.staging.con
+        # A numbered table, read page by page: the caller writes to staging between pages.
+        con.execute("""CREATE OR REPLACE TABLE unmatched AS
+            SELECT row_number() OVER (ORDER BY w.file_path) AS k, w.file_path, w.size, w.mtime_ns FROM walked w
+            WHERE NOT EXISTS (SELECT 1 FROM cache c WHERE c.file_path = w.file_path AND c.change_token = w.change_token)
+            ORDER BY k""")
+        total = self.unmatched_total = self.staging.count("unmatched")
+        for lo in range(0, total, batch_size):
+            yield [tuple(r) for r in con.execute("SELECT file_path, size, mtime_ns FROM unmatched WHERE k > ? AND k <= ?",
+                                                  [lo, lo + batch_size]).fetchall()]
+
+
+def stage_unchanged(staging: Staging, scanned_at: dt.datetime, start: dt.date, today: dt.date) -> int:
+    """After a bulk walk: copy into the inventory, in SQL, the cache rows of the walked files whose token
+    matched (their content is unchanged), stamped ``scanned_at``. Returns how many.
+
+    A cached procedure date taken from a valid StudyDate stays right (``partitions_start`` <= it <= today
+    still holds when the cached row's date source is ``study_date`` and the date is in the walk's range,
+    which the SQL checks). Every other row of the inventory (the fallbacks, which may depend on "today") gets
+    nas/dates.py's rule again in Python, so the dates are exactly those a parse would give.
+    """
+    con = staging.con
+    adopted = con.execute("""
+        INSERT INTO inventory SELECT c.* REPLACE (CAST(? AS TIMESTAMP) AS scanned_at) FROM cache c
+        WHERE EXISTS (SELECT 1 FROM walked w WHERE w.file_path = c.file_path AND w.change_token = c.change_token)""",
+                          [scanned_at]).fetchall()[0][0]
+    con.execute("""CREATE OR REPLACE TEMP TABLE _redate AS
+        SELECT row_number() OVER () AS k, file_path, study_date, series_date, mtime_ns, procedure_date, date_source
+        FROM inventory WHERE NOT (date_source = 'study_date' AND procedure_date >= ? AND procedure_date <= ?)""",
+                [start, today])
+    total = staging.count("_redate")
+    import pandas as pd
+
+    for lo in range(0, total, REDATE_PAGE):
+        rows = con.execute("SELECT file_path, study_date, series_date, mtime_ns, procedure_date, date_source "
+                           "FROM _redate WHERE k > ? AND k <= ?", [lo, lo + REDATE_PAGE]).fetchall()
+        fixed = [(path, *new) for path, study, series, mtime, *old in rows
+                 if (new := assign_procedure_date(study, series, mtime, start, today)) != tuple(old)]
+        if fixed:
+            con.register("_fixed", pd.DataFrame(fixed, columns=["file_path", "procedure_date", "date_source"]))
+            try:
+                con.execute("UPDATE inventory SET procedure_date = f.procedure_date, date_source = f.date_source "
+                            "FROM _fixed f WHERE inventory.file_path = f.file_path")
+            finally:
+                con.unregister("_fixed")
+    con.execute("DROP TABLE _redate")
+    return adopted

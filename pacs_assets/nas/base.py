@@ -69,9 +69,23 @@ class FileRecord:
 class ScanCache(ABC):
     """What earlier runs already read: lets a source skip re-parsing files whose change token is unchanged."""
 
+    # A bulk cache (the index's staging) matches a walk in SQL: the source offers it every file it walked and
+    # parses only what ``unmatched`` hands back. The matched files' records never pass through Python; the
+    # cache's owner stages them (index/inventory.py stage_unchanged).
+    bulk: bool = False
+
     @abstractmethod
     def lookup(self, keys: Mapping[str, str]) -> dict[str, FileRecord]:
         """Given {file_path: change_token}, return the cached records whose token still matches."""
+
+    def offer(self, files: Sequence[tuple[str, int, int, str]]) -> None:
+        """(file_path, size, mtime_ns, change_token) of walked files (bulk caches only)."""
+        raise NotImplementedError
+
+    def unmatched(self, batch_size: int) -> Iterator[list[tuple[str, int, int]]]:
+        """(file_path, size, mtime_ns) of the offered files whose token the cache does not hold, in batches.
+        Called once, after the last offer (bulk caches only)."""
+        raise NotImplementedError
 
 
 class NoCache(ScanCache):

@@ -165,6 +165,19 @@ class OrthancClient:
         1,000 take ~2.5 s (Orthanc 1.10.1 matches the list one by one)."""
         return set(self.find_instances(sop_instance_uids))
 
+    def instance_ids(self, page: int = 10_000):
+        """Every instance ID Orthanc holds, a page at a time (``GET /instances?since=&limit=``). Listing costs
+        ~4 us per instance against ~0.3 ms to find one by UID (20,000 instances, 1.10.1). Not a snapshot: an
+        instance deleted meanwhile shifts the pages, so an ID missing here may still be there."""
+        since = 0
+        while True:
+            ids = self.get_json("/instances", "/instances (the instance list)", params={"since": since, "limit": page})
+            if ids:
+                yield ids
+            if len(ids) < page:
+                return
+            since += len(ids)
+
     def _post_json(self, path: str, payload: dict):
         attempt = 0
         while True:

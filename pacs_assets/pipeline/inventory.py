@@ -19,6 +19,7 @@ from pacs_assets.index.inventory import (
     carry_over_links,
     load_cache,
     merge_inventory,
+    stage_unchanged,
 )
 from pacs_assets.index.staging import Staging
 from pacs_assets.nas.base import NasBase, NasSource
@@ -67,14 +68,19 @@ def walk_into(staging: Staging, source: NasSource, nas: NasBase, *, today: dt.da
     scanned_at = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
     walked = 0
     known = load_cache(staging, nas.id, folders)
-    for batch in source.scan(StagingCache(staging), folders=folders):
+    # A bulk scan offers every walked file to the cache and yields only what it must parse (and what is not a
+    # regular file); the unchanged files' rows are copied in SQL afterwards (stage_unchanged).
+    cache = StagingCache(staging, on_offer=lambda _: progress and progress(walked + cache.seen, known))
+    for batch in source.scan(cache, folders=folders):
         for rec in batch:
             rec.procedure_date, rec.date_source = assign_procedure_date(
                 rec.study_date, rec.series_date, rec.mtime_ns, nas.partitions_start, today)
         add_records(staging, batch, scanned_at)
         walked += len(batch)
         if progress:
-            progress(walked, known)
+            progress(walked + cache.seen, known)
+    if cache.offered:
+        walked += stage_unchanged(staging, scanned_at, nas.partitions_start, today)
     if folders is not None:
         carry_over_links(staging, source.root)
     # Once more after the walk: a share unmounted while we walked must not read as deleted folders.

@@ -22,6 +22,8 @@ from pacs_assets.nas.walk import check_root, walk
 
 # Below this many files to parse, a process pool costs more than it saves.
 POOL_THRESHOLD = 256
+# Walked files offered to a bulk cache at once (one DataFrame insert each).
+OFFER_BATCH = 20_000
 
 
 def _parse_chunk(args: tuple[str, str, list[tuple[str, int, int]]]) -> list[FileRecord]:
@@ -56,6 +58,9 @@ class DicomFolderSource(NasSource):
     def scan(self, cache: ScanCache, batch_size: int = 2000,
              folders: Sequence[str] | None = None) -> Iterator[list[FileRecord]]:
         self.check_available()
+        if cache.bulk:
+            yield from self._scan_bulk(cache, batch_size, folders)
+            return
         pool = None
         try:
             batch: list = []
@@ -72,6 +77,37 @@ class DicomFolderSource(NasSource):
             if pool is not None:
                 pool.shutdown(cancel_futures=True)
 
+    def _scan_bulk(self, cache: ScanCache, batch_size: int,
+                   folders: Sequence[str] | None) -> Iterator[list[FileRecord]]:
+        """Walk first, offering every file to the cache in bulk; then parse only the files it does not hold.
+        Yields the records of what is not a regular file and of the files parsed, never the cached ones."""
+        files: list[tuple[str, int, int, str]] = []
+        problems: list[FileRecord] = []
+        for item in self.walk(folders):
+            if isinstance(item, FileRecord):
+                problems.append(item)
+                if len(problems) >= batch_size:
+                    yield problems
+                    problems = []
+                continue
+            rel, size, mtime = item
+            files.append((rel, size, mtime, f"{size}-{mtime}"))
+            if len(files) >= OFFER_BATCH:
+                cache.offer(files)
+                files = []
+        if files:
+            cache.offer(files)
+        if problems:
+            yield problems
+        pool = None
+        try:
+            for todo in cache.unmatched(batch_size):
+                pool = pool or self._pool_if(todo)
+                yield list(self._parse(todo, pool).values())
+        finally:
+            if pool is not None:
+                pool.shutdown(cancel_futures=True)
+
     def _pool_if(self, batch: list) -> ProcessPoolExecutor | None:
         if self.workers < 2 or len(batch) < POOL_THRESHOLD:
             return None
@@ -80,10 +116,7 @@ class DicomFolderSource(NasSource):
         ctx.set_forkserver_preload(["pacs_assets.nas.dicom_folder.headers"])
         return ProcessPoolExecutor(self.workers, mp_context=ctx)
 
-    def _resolve(self, batch: list, cache: ScanCache, pool: ProcessPoolExecutor | None) -> list[FileRecord]:
-        files = [item for item in batch if isinstance(item, tuple)]
-        cached = cache.lookup({rel: f"{size}-{mtime}" for rel, size, mtime in files})
-        todo = [item for item in files if item[0] not in cached]
+    def _parse(self, todo: list[tuple[str, int, int]], pool: ProcessPoolExecutor | None) -> dict[str, FileRecord]:
         parsed: dict[str, FileRecord] = {}
         root = str(self.root)
         if pool is not None and len(todo) >= POOL_THRESHOLD:
@@ -93,6 +126,12 @@ class DicomFolderSource(NasSource):
                 parsed.update((r.file_path, r) for r in records)
         else:
             parsed.update((r.file_path, r) for r in _parse_chunk((self.nas_id, root, todo)))
+        return parsed
+
+    def _resolve(self, batch: list, cache: ScanCache, pool: ProcessPoolExecutor | None) -> list[FileRecord]:
+        files = [item for item in batch if isinstance(item, tuple)]
+        cached = cache.lookup({rel: f"{size}-{mtime}" for rel, size, mtime in files})
+        parsed = self._parse([item for item in files if item[0] not in cached], pool)
         out = []
         for item in batch:
             if isinstance(item, FileRecord):
