@@ -133,3 +133,11 @@ def test_unchanged_tick_stats_folders_only(tmp_path):
     watch.tick(60, TODAY), watch.tick(60, TODAY)
     quiet = watch.tick(60, TODAY)
     assert quiet.changes == {} and quiet.folders_listed == 0 and quiet.folders_statted > 0
+
+
+def test_minimum_interval_leaves_slack_for_the_daemon_loop(tmp_path):
+    # The daemon's sensor loop runs every 5 s and skips a sensor whose last tick started less than its minimum
+    # interval ago: a minimum equal to the configured 5 s ticked every 10 s (benchmarks/bench_daemon.py).
+    nas = [{**NAS[0], "sensor_interval_seconds": 5}]
+    defs = build_definitions(load_config(write_config(tmp_path / "pacs.yaml", nas, orthanc_url="http://127.0.0.1:9")))
+    assert defs.get_sensor_def("ct_new_files_sensor").minimum_interval_seconds == 4
