@@ -25,13 +25,14 @@ import os
 import platform
 import resource
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
 import threading
 import time
 from pathlib import Path
+
+from benchmarks.common import median, storescu_folder
 
 NAS_ID = "bench"
 PARTITIONS_START = dt.date(2000, 1, 1)
@@ -78,9 +79,6 @@ def _generate(root: Path, n: int) -> float:
 def _window() -> tuple[dt.date, dt.date]:
     return PARTITIONS_START, dt.date.today() + dt.timedelta(days=1)
 
-
-def _median(values: list[float]) -> float:
-    return statistics.median(values) if values else float("nan")
 
 
 # -- a) indexing ------------------------------------------------------------------------------------
@@ -144,8 +142,8 @@ def bench_indexing(root: Path, paths: list[str], work: Path, rounds: int) -> dic
     build_hierarchy(pristine, NAS_ID, *_window())  # the upload reads what dicom_index produced
     return {
         "files": n, "rounds": rounds, "workers_default": workers_default, "problems": problems,
-        "rates": {k: _median(v) for k, v in rows.items()}, "rates_all": rows,
-        "ratios": {k: _median(v) for k, v in ratios.items()}, "ratios_all": ratios,
+        "rates": {k: median(v) for k, v in rows.items()}, "rates_all": rows,
+        "ratios": {k: median(v) for k, v in ratios.items()}, "ratios_all": ratios,
         "pristine_index": str(pristine),
     }
 
@@ -157,25 +155,6 @@ def _orthanc_count(server) -> int:
 
     return requests.get(f"{server.url}/statistics", auth=server.auth, timeout=30).json()["CountInstances"]
 
-
-def baseline_storescu(root: Path, n: int, work: Path) -> dict:
-    """Orthanc's own ingest ceiling: one storescu association over the folder, TCP_NODELAY on both sides."""
-    from pacs_assets_tests.services.orthanc import OrthancServer
-
-    with tempfile.TemporaryDirectory(dir=work, prefix="orthanc-") as wd, OrthancServer(Path(wd)) as server:
-        # The harness config has DicomAlwaysAllowStore: true, so Orthanc accepts the BENCH AE unregistered.
-        assert server.config().get("DicomAlwaysAllowStore") is True
-        cmd = ["storescu", "+sd", "+r", "-nh", "-aet", "BENCH", "-aec", server.aet,
-               "127.0.0.1", str(server.dicom_port), str(root)]
-        started = time.perf_counter()
-        proc = subprocess.run(cmd, env={**os.environ, "TCP_NODELAY": "1"}, capture_output=True, text=True,
-                              check=False)
-        seconds = time.perf_counter() - started
-        stored = _orthanc_count(server)
-    problem = None
-    if proc.returncode != 0 or stored != n:
-        problem = f"storescu exit {proc.returncode}, Orthanc holds {stored}/{n}: {proc.stderr.strip()[-300:]}"
-    return {"rate": n / seconds, "seconds": seconds, "stored": stored, "problem": problem}
 
 
 @contextlib.contextmanager
@@ -274,9 +253,9 @@ def bench_journal(root: Path, n: int, pristine_index: Path, work: Path, concurre
                 problems.append(res["problem"])
         _log(f"journal round {r + 1}/{rounds}: " + ", ".join(f"{v} {res['rate']:.0f}/s" for v, res in results.items()))
     return {"files": n, "rounds": rounds, "concurrency": concurrency,
-            "rates": {v: _median(x) for v, x in rates.items()}, "rates_all": rates,
-            "ratios": {v: _median(x) for v, x in ratios.items()}, "ratios_all": ratios,
-            "merge_seconds": {v: _median(x) for v, x in merges.items()}, "problems": problems}
+            "rates": {v: median(x) for v, x in rates.items()}, "rates_all": rates,
+            "ratios": {v: median(x) for v, x in ratios.items()}, "ratios_all": ratios,
+            "merge_seconds": {v: median(x) for v, x in merges.items()}, "problems": problems}
 
 
 def bench_import(root: Path, n: int, pristine_index: Path, work: Path, concurrencies: list[int],
@@ -288,14 +267,14 @@ def bench_import(root: Path, n: int, pristine_index: Path, work: Path, concurren
     ratios: dict[int, list[float]] = {c: [] for c in concurrencies}
     problems = []
     for r in range(rounds):
-        before = baseline_storescu(root, n, work)
+        before = storescu_folder(root, n, work)
         round_rates = {}
         for c in concurrencies:
             res = ours_import(root, n, pristine_index, work, c)
             round_rates[c] = res["rate"]
             if res["problem"]:
                 problems.append(res["problem"])
-        after = baseline_storescu(root, n, work)
+        after = storescu_folder(root, n, work)
         for b in (before, after):
             base_rates.append(b["rate"])
             if b["problem"]:
@@ -306,11 +285,11 @@ def bench_import(root: Path, n: int, pristine_index: Path, work: Path, concurren
             ratios[c].append(rate / ref)
         _log(f"import round {r + 1}/{rounds}: storescu {before['rate']:.0f}/s then {after['rate']:.0f}/s; ours "
              + ", ".join(f"c={c} {rate:.0f}/s" for c, rate in round_rates.items()))
-    best = max(concurrencies, key=lambda c: _median(ratios[c]))
+    best = max(concurrencies, key=lambda c: median(ratios[c]))
     return {
-        "files": n, "rounds": rounds, "baseline_rate": _median(base_rates), "baseline_all": base_rates,
-        "rates": {c: _median(v) for c, v in rates.items()}, "rates_all": rates,
-        "ratios": {c: _median(v) for c, v in ratios.items()}, "ratios_all": ratios,
+        "files": n, "rounds": rounds, "baseline_rate": median(base_rates), "baseline_all": base_rates,
+        "rates": {c: median(v) for c, v in rates.items()}, "rates_all": rates,
+        "ratios": {c: median(v) for c, v in ratios.items()}, "ratios_all": ratios,
         "closest_concurrency": best, "problems": problems,
     }
 

@@ -34,6 +34,8 @@ import numpy as np
 import pydicom
 import yaml
 
+from benchmarks.common import run_storescu
+
 STUDY_FILES = 200
 YEARS_DAYS = 3650
 
@@ -129,14 +131,9 @@ def baseline_walk(root: Path) -> float:
 
 
 def storescu(files: list[Path], work: Path) -> float:
-    from pacs_assets_tests.services.orthanc import OrthancServer
-
-    with tempfile.TemporaryDirectory(dir=work, prefix="orthanc-") as wd, OrthancServer(Path(wd)) as server:
-        cmd = ["storescu", "-nh", "-aet", "BENCH", "-aec", server.aet, "127.0.0.1", str(server.dicom_port),
-               *map(str, files)]
-        started = time.perf_counter()
-        subprocess.run(cmd, env={**os.environ, "TCP_NODELAY": "1"}, check=True, capture_output=True)
-        return time.perf_counter() - started
+    seconds, _, proc = run_storescu(files, work, recursive=False)
+    proc.check_returncode()
+    return seconds
 
 
 def partition_events(instance, run_id: str) -> tuple[int, int]:

@@ -24,11 +24,9 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime as dt
-import io
 import json
 import os
 import shutil
-import statistics
 import struct
 import subprocess
 import sys
@@ -36,6 +34,8 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+
+from benchmarks.common import median, storescu_folder
 
 NAS_ID = "bench"
 PARTITIONS_START = dt.date(2000, 1, 1)
@@ -54,9 +54,6 @@ QUICK = {"small": 600, "large": 200, "rounds": 2, "big_frames": 2000, "rebuild":
 def _log(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')} bench_orthanc_scale] {msg}", file=sys.stderr, flush=True)
 
-
-def _median(values):
-    return statistics.median(values) if values else float("nan")
 
 
 def _window() -> tuple[dt.date, dt.date]:
@@ -204,20 +201,6 @@ def last_change(url: str, auth) -> int:
     return requests.get(f"{url}/changes", params={"limit": 1}, auth=auth, timeout=60).json()["Last"]
 
 
-def storescu(root: Path, n: int, work: Path) -> dict:
-    from pacs_assets_tests.services.orthanc import OrthancServer
-
-    with tempfile.TemporaryDirectory(dir=work, prefix="orthanc-") as wd, OrthancServer(Path(wd)) as server:
-        cmd = ["storescu", "+sd", "+r", "-nh", "-aet", "BENCH", "-aec", server.aet, "127.0.0.1",
-               str(server.dicom_port), str(root)]
-        t = time.perf_counter()
-        proc = subprocess.run(cmd, env={**os.environ, "TCP_NODELAY": "1"}, capture_output=True, text=True)
-        seconds = time.perf_counter() - t
-        stored = count_instances(server.url, server.auth)
-    problem = None if proc.returncode == 0 and stored == n else \
-        f"storescu exit {proc.returncode}, Orthanc holds {stored}/{n}: {proc.stderr.strip()[-200:]}"
-    return {"rate": n / seconds, "seconds": seconds, "problem": problem}
-
 
 @contextlib.contextmanager
 def index_copy(pristine: Path | None, work: Path):
@@ -254,9 +237,9 @@ def bench_rate(sets: dict[str, tuple[Path, Path, int]], work: Path, rounds: int)
     for name, (root, pristine, n) in sets.items():
         ratios, ours, base, problems = [], [], [], []
         for r in range(rounds):
-            before = storescu(root, n, work)
+            before = storescu_folder(root, n, work)
             mine = ours_fresh(root, n, pristine, work)
-            after = storescu(root, n, work)
+            after = storescu_folder(root, n, work)
             ref = (before["rate"] + after["rate"]) / 2
             ratios.append(mine["rate"] / ref)
             ours.append(mine["rate"])
@@ -264,7 +247,7 @@ def bench_rate(sets: dict[str, tuple[Path, Path, int]], work: Path, rounds: int)
             problems += [p for p in (before["problem"], mine["problem"], after["problem"]) if p]
             _log(f"a) {name} round {r + 1}/{rounds}: storescu {before['rate']:.0f}/s, ours {mine['rate']:.0f}/s, "
                  f"storescu {after['rate']:.0f}/s -> {ratios[-1]:.2f}")
-        out[name] = {"files": n, "ours_rate": _median(ours), "storescu_rate": _median(base), "ratio": _median(ratios),
+        out[name] = {"files": n, "ours_rate": median(ours), "storescu_rate": median(base), "ratio": median(ratios),
                      "ratios_all": ratios, "ours_all": ours, "storescu_all": base, "problems": problems}
     return out
 
@@ -281,9 +264,9 @@ def _vm_hwm_kb() -> int:
 def rss_child(root: str, index: str) -> None:
     """In a fresh process: upload_window on ``index``, peak RSS from VmHWM (ru_maxrss would start at the
     parent's peak: Linux carries it across execve)."""
-    from pacs_assets.orthanc.client import OrthancClient
-    import pacs_assets.pipeline.upload  # noqa: F401 - the path's imports count in "before"
     import pacs_assets.nas.dicom_folder.source  # noqa: F401
+    import pacs_assets.pipeline.upload  # noqa: F401 - the path's imports count in "before"
+    from pacs_assets.orthanc.client import OrthancClient
 
     client = OrthancClient(os.environ["BENCH_ORTHANC_URL"], os.environ["BENCH_ORTHANC_USER"],
                            os.environ["BENCH_ORTHANC_PASSWORD"], timeout=900)
@@ -352,12 +335,12 @@ def bench_rss(large_root: Path, work: Path, frames: int, rounds: int) -> dict:
                 _log(f"b) round {r + 1}/{rounds} {label}: peak {res['peak_kb'] / 1024:.1f} MB "
                      f"(before upload {res['before_kb'] / 1024:.1f} MB), {res['seconds']:.1f} s, "
                      f"Orthanc peak {res['orthanc_peak_mb']:.0f} MB")
-        peak = {k: _median([x["peak_kb"] / 1024 for x in v]) for k, v in rows.items()}
+        peak = {k: median([x["peak_kb"] / 1024 for x in v]) for k, v in rows.items()}
         deltas = [w["peak_kb"] / 1024 - o["peak_kb"] / 1024 for w, o in zip(rows["with"], rows["without"])]
-        return {"files": n_without, "big_bytes": size, "peak_mb": peak, "delta_mb": _median(deltas),
-                "deltas_all": deltas, "orthanc_peak_mb": {k: _median([x["orthanc_peak_mb"] for x in v])
+        return {"files": n_without, "big_bytes": size, "peak_mb": peak, "delta_mb": median(deltas),
+                "deltas_all": deltas, "orthanc_peak_mb": {k: median([x["orthanc_peak_mb"] for x in v])
                                                            for k, v in rows.items()},
-                "seconds": {k: _median([x["seconds"] for x in v]) for k, v in rows.items()},
+                "seconds": {k: median([x["seconds"] for x in v]) for k, v in rows.items()},
                 "problems": [x["problem"] for v in rows.values() for x in v if x["problem"]]}
     finally:
         big.unlink(missing_ok=True)  # the 1 GB file goes at once
@@ -479,11 +462,11 @@ def bench_nodes(sets: dict[str, tuple[Path, Path, int]], work: Path, rounds: int
             _log(f"d) {name} round {r + 1}/{rounds}: " + ", ".join(
                 f"{k} {got[k]['rate']:.0f}/s ({got[k]['server_ms_per_instance']:.1f} ms server CPU/inst, "
                 f"{got[k]['retried_rows']} retried)" for k in NODE_KINDS))
-        summary = {k: {f: _median([x[f] for x in v]) for f in ("rate", "orthanc_cpu_s", "pg_cpu_s", "client_cpu_s",
+        summary = {k: {f: median([x[f] for x in v]) for f in ("rate", "orthanc_cpu_s", "pg_cpu_s", "client_cpu_s",
                                                                   "server_ms_per_instance", "per_server_cpu_s")}
                    | {"retried_rows": sum(x["retried_rows"] for x in v), "failed_503": sum(x["failed_503"] for x in v)}
                    for k, v in runs.items()}
-        out[name] = {"files": n, "kinds": summary, "ratios": {k: _median(v) for k, v in ratios.items()},
+        out[name] = {"files": n, "kinds": summary, "ratios": {k: median(v) for k, v in ratios.items()},
                      "ratios_all": ratios,
                      "problems": [x["problem"] for v in runs.values() for x in v if x["problem"]]}
     return out

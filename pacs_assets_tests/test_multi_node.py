@@ -8,6 +8,7 @@ import threading
 import time
 
 import duckdb
+import pytest
 import requests
 import yaml
 
@@ -41,10 +42,15 @@ def _ledger(tmp_path) -> tuple[dict, dict]:
     return status, nodes
 
 
-def test_uploads_spread_over_two_nodes_on_one_index(tmp_path, orthanc_cluster, monkeypatch):
-    cluster = orthanc_cluster
-    monkeypatch.setenv("ORTHANC_USERNAME", cluster.username)
-    monkeypatch.setenv("ORTHANC_PASSWORD", cluster.password)
+@pytest.fixture
+def cluster(orthanc_cluster, monkeypatch):
+    """The two-node cluster, its credentials in the environment as the site config expects them."""
+    monkeypatch.setenv("ORTHANC_USERNAME", orthanc_cluster.username)
+    monkeypatch.setenv("ORTHANC_PASSWORD", orthanc_cluster.password)
+    return orthanc_cluster
+
+
+def test_uploads_spread_over_two_nodes_on_one_index(tmp_path, cluster):
     n = 400
     config = _site(tmp_path, cluster, n)
     assert materialize_nas(config, "ct").success
@@ -56,10 +62,7 @@ def test_uploads_spread_over_two_nodes_on_one_index(tmp_path, orthanc_cluster, m
     assert len(dicom) == n  # nothing stored twice
 
 
-def test_a_node_killed_mid_run_loses_nothing(tmp_path, orthanc_cluster, monkeypatch):
-    cluster = orthanc_cluster
-    monkeypatch.setenv("ORTHANC_USERNAME", cluster.username)
-    monkeypatch.setenv("ORTHANC_PASSWORD", cluster.password)
+def test_a_node_killed_mid_run_loses_nothing(tmp_path, cluster):
     n = 1200
     config = _site(tmp_path, cluster, n)
     outcome = {}

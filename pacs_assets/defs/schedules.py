@@ -10,32 +10,23 @@ partitions whose content changed are materialized (defs/reconciliation.py).
 
 from __future__ import annotations
 
-import datetime as dt
-from zoneinfo import ZoneInfo
-
 from dagster import RunRequest, ScheduleEvaluationContext, SkipReason, schedule
 
 from pacs_assets.config import NasConfig, PacsConfig
-from pacs_assets.defs.sensors import run_requests_for, watch_tick
-from pacs_assets.nas.registry import kind_of
+from pacs_assets.defs.sensors import look_for_changes
 from pacs_assets.nas.watch import NasUnavailable
 
 
 def build_schedules(nas: NasConfig, config: PacsConfig, job, reconciliation_job) -> list:
-    tz = ZoneInfo(config.timezone)
-    whole = kind_of(nas).read_dates is None
-
     @schedule(name=f"{nas.id}_incremental_schedule", cron_schedule=nas.incremental_cron, job=job,
               execution_timezone=config.timezone,
               description=f"Every {nas.incremental_cron}: materializes the procedure dates of NAS '{nas.id}' whose "
                           "folders changed, walking only those folders (for sites without the new-files sensor).")
     def incremental(context: ScheduleEvaluationContext):
-        today = dt.datetime.now(tz).date()
         try:
-            result = watch_tick(nas, config, "schedule", today)
+            result, requests = look_for_changes(nas, config, "schedule", trigger="incremental")
         except NasUnavailable as exc:
             return SkipReason(str(exc))
-        requests = run_requests_for(nas, config, result, whole, trigger="incremental")
         return requests or SkipReason(f"no settled change ({result.folders_statted} folders checked)")
 
     @schedule(name=f"{nas.id}_nightly_reconciliation_schedule", cron_schedule=nas.reconciliation_cron,

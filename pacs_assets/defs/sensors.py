@@ -81,7 +81,7 @@ def _run_key(nas_id: str, label: str, changes: list[tuple[str, str]]) -> str:
     return f"{nas_id}:{label}:{digest}"
 
 
-def run_requests_for(nas: NasConfig, config: PacsConfig, result: TickResult, whole_nas: bool,
+def run_requests_for(nas: NasConfig, config: PacsConfig, result: TickResult,
                      trigger: str = "new_files") -> list[RunRequest]:
     """Runs of the NAS job for the changed dates and folders; or one reconciliation run (a whole walk that
     materializes only the dates that changed) for the first look at a NAS, for a kind without folders, or
@@ -93,6 +93,7 @@ def run_requests_for(nas: NasConfig, config: PacsConfig, result: TickResult, who
     days = sorted(changes)
     all_changes = [c for d in days for c in changes[d]]
     folders = sorted({f for d in days for f in result.folders(d)})
+    whole_nas = kind_of(nas).read_dates is None  # a kind that cannot date a file by reading it: its catalog can
     if whole_nas or result.first_look or len(folders) > MAX_FOLDERS:
         return [RunRequest(job_name=reconciliation_job_name(nas.id),
                            run_key=_run_key(nas.id, f"reconcile:{days[0]}..{days[-1]}", all_changes),
@@ -109,33 +110,30 @@ def run_requests_for(nas: NasConfig, config: PacsConfig, result: TickResult, who
                        tags={"pacs/trigger": trigger}) for d in days]
 
 
-def watch_tick(nas: NasConfig, config: PacsConfig, who: str, today: dt.date) -> TickResult:
-    """One look at the NAS through its watch state (raises NasUnavailable on an outage)."""
-    kind = kind_of(nas)
+def look_for_changes(nas: NasConfig, config: PacsConfig, who: str,
+                     trigger: str = "new_files") -> tuple[TickResult, list[RunRequest]]:
+    """One look at the NAS through its watch state (``who``: the sensor's or the schedule's) and the runs its
+    changes call for. Raises NasUnavailable on an outage."""
+    today = dt.datetime.now(ZoneInfo(config.timezone)).date()
     watch = NasWatch(watch_state_path(config, nas.id, who), nas.root, partitions_start=nas.partitions_start,
-                     settle_seconds=nas.settle_seconds, read_dates=kind.read_dates)
+                     settle_seconds=nas.settle_seconds, read_dates=kind_of(nas).read_dates)
     try:
         result = watch.tick(TICK_BUDGET_SECONDS, today)
     finally:
         watch.close()
-    return result
+    return result, run_requests_for(nas, config, result, trigger)
 
 
 def build_new_files_sensor(nas: NasConfig, config: PacsConfig, jobs: list):
-    tz = ZoneInfo(config.timezone)
-    whole = kind_of(nas).read_dates is None
-
     @sensor(name=f"{nas.id}_new_files_sensor", jobs=jobs, minimum_interval_seconds=minimum_interval(nas.sensor_interval_seconds),
             default_status=DefaultSensorStatus.STOPPED,
             description=f"Watches NAS '{nas.id}' for new, changed and deleted files and materializes the "
                         "procedure dates they belong to, walking only the folders that changed.")
     def new_files_sensor(context: SensorEvaluationContext):
-        today = dt.datetime.now(tz).date()
         try:
-            result = watch_tick(nas, config, "sensor", today)
+            result, requests = look_for_changes(nas, config, "sensor")
         except NasUnavailable as exc:
             return SkipReason(str(exc))
-        requests = run_requests_for(nas, config, result, whole)
         cursor = json.dumps({"statted": result.folders_statted, "listed": result.folders_listed,
                              "queued": result.queued, "pending": result.pending})
         if not requests:

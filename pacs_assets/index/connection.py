@@ -32,6 +32,11 @@ def schema_sql() -> str:
     return resources.files("pacs_assets.index").joinpath("schema.sql").read_text()
 
 
+@functools.cache
+def schema_version() -> str:
+    return hashlib.sha1(schema_sql().encode()).hexdigest()[:16]
+
+
 def tuned(con: duckdb.DuckDBPyConnection) -> duckdb.DuckDBPyConnection:
     # SET, not connect(config=...): a connect-time config must match every other open connection to the
     # same file in this process, and tests or a caller may well hold a plain one.
@@ -59,7 +64,7 @@ def _apply_schema_once(con: duckdb.DuckDBPyConnection, path: Path) -> None:
     """Run schema.sql unless this file already has this very schema: a step opens the index several times,
     and re-running the DDL each time cost more than the short merges themselves. The probe is one tiny
     query, so a file deleted and created again (same path, maybe the same inode) still gets its schema."""
-    version = hashlib.sha1(schema_sql().encode()).hexdigest()[:16]
+    version = schema_version()
     try:
         if con.execute("SELECT version FROM pacs_schema").fetchall() == [(version,)]:
             return

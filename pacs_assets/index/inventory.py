@@ -12,9 +12,7 @@ import datetime as dt
 import operator
 import os
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from pathlib import Path
 
-from pacs_assets.index.connection import session
 from pacs_assets.index.staging import Staging
 from pacs_assets.nas.base import FileRecord, ScanCache
 from pacs_assets.nas.dates import assign_procedure_date
@@ -61,13 +59,6 @@ def add_records(staging: Staging, records: Sequence[FileRecord], scanned_at: dt.
         con.execute(f"INSERT INTO inventory ({cols}) SELECT {cols} FROM _frame")
     finally:
         con.unregister("_frame")
-
-
-def known_file_count(index_path: str | os.PathLike, nas_id: str) -> int:
-    if not Path(index_path).exists():
-        return 0
-    with session(index_path) as con:
-        return con.execute("SELECT count(*) FROM scan_cache WHERE nas_id = ?", [nas_id]).fetchall()[0][0]
 
 
 def load_cache(staging: Staging, nas_id: str, folders: Sequence[str] | None = None) -> int:

@@ -26,6 +26,7 @@ from pacs_assets.errors import UploadBodyError
 from pacs_assets.orthanc.stream import BytesBody, Poster
 
 RETRYABLE_STATUS = {409, 429, 500, 502, 503, 504}
+REFUSED = "Orthanc at {url} refused the credentials (HTTP 401): check ORTHANC_USERNAME / ORTHANC_PASSWORD."
 
 
 class OrthancUnavailable(RuntimeError):
@@ -90,18 +91,26 @@ class OrthancClient:
         Returns None for a 404 when ``missing_ok`` (an instance deleted since it arrived); raises
         OrthancUnavailable with one sentence otherwise.
         """
-        resp = self._get_retrying(path, what or path, params, missing_ok)
+        resp = self._request("GET", path, what or path, params=params, missing_ok=missing_ok)
         return None if resp is None else resp.json()
 
-    def _get_retrying(self, path: str, what: str, params: dict | None, missing_ok: bool) -> requests.Response | None:
+    def _pause(self, attempt: int) -> None:
+        """Jittered exponential backoff before attempt ``attempt + 1``."""
+        time.sleep(self.backoff * (2 ** (attempt - 1)) * (0.5 + random.random()))
+
+    def _request(self, method: str, path: str, what: str, *, params: dict | None = None,
+                 json: dict | None = None, missing_ok: bool = False) -> requests.Response | None:
+        """One REST call, retried on what can succeed later (no answer, 5xx, 429); every failure is one
+        sentence naming the address and the endpoint."""
         attempt = 0
         while True:
             attempt += 1
             try:
-                resp = self.session.get(f"{self.url}{path}", params=params, timeout=self.timeout)
+                resp = self.session.request(method, f"{self.url}{path}", params=params, json=json,
+                                            timeout=self.timeout)
             except (requests.ConnectionError, requests.Timeout) as exc:
                 kind = "did not answer in time" if isinstance(exc, requests.Timeout) else "is unreachable"
-                error, retryable, limit = f"Orthanc at {self.url} {kind} (GET {what}).", True, self.connect_retries
+                error, retryable, limit = f"Orthanc at {self.url} {kind} ({method} {what}).", True, self.connect_retries
             else:
                 limit = self.retries
                 if resp.status_code == 200:
@@ -109,13 +118,12 @@ class OrthancClient:
                 if resp.status_code == 404 and missing_ok:
                     return None
                 if resp.status_code == 401:
-                    raise OrthancRefused(f"Orthanc at {self.url} refused the credentials (HTTP 401): "
-                                             "check ORTHANC_USERNAME / ORTHANC_PASSWORD.")
-                error = f"Orthanc at {self.url} answered HTTP {resp.status_code} to GET {what}."
+                    raise OrthancRefused(REFUSED.format(url=self.url))
+                error = f"Orthanc at {self.url} answered HTTP {resp.status_code} to {method} {what}."
                 retryable = resp.status_code >= 500 or resp.status_code == 429
             if not retryable or attempt > limit:
                 raise OrthancUnavailable(error)
-            time.sleep(self.backoff * (2 ** (attempt - 1)) * (0.5 + random.random()))
+            self._pause(attempt)
 
     def system(self) -> dict:
         """GET /system, turning every failure into one sentence naming the address."""
@@ -126,8 +134,7 @@ class OrthancClient:
         except requests.Timeout:
             raise OrthancUnavailable(f"Orthanc at {self.url} did not answer within {self.timeout:.0f} s.") from None
         if resp.status_code == 401:
-            raise OrthancRefused(
-                f"Orthanc at {self.url} refused the credentials (HTTP 401): check ORTHANC_USERNAME / ORTHANC_PASSWORD.")
+            raise OrthancRefused(REFUSED.format(url=self.url))
         if resp.status_code != 200:
             raise OrthancUnavailable(f"Orthanc at {self.url} answered HTTP {resp.status_code} to GET /system.")
         try:
@@ -144,20 +151,13 @@ class OrthancClient:
         resp.raise_for_status()
         return resp.content
 
-    def instance_exists(self, orthanc_id: str) -> bool:
-        return self._get(f"/instances/{orthanc_id}").status_code == 200
-
-    def lookup_existing(self, orthanc_ids: list[str]) -> set[str]:
-        """Which of these instance IDs Orthanc already holds (one request per ID, on the persistent session)."""
-        return {i for i in orthanc_ids if self.instance_exists(i)}
-
     def find_instances(self, sop_instance_uids: list[str]) -> dict[str, int]:
         """{Orthanc instance ID: stored file size} of the instances Orthanc holds with these SOP Instance UIDs:
         one ``/tools/find`` for the whole list (DICOM list matching, UIDs joined by backslashes)."""
         if not sop_instance_uids:
             return {}
-        found = self._post_json("/tools/find", {"Level": "Instance", "Expand": True,
-                                                "Query": {"SOPInstanceUID": "\\".join(sop_instance_uids)}})
+        found = self._request("POST", "/tools/find", "/tools/find", json={
+            "Level": "Instance", "Expand": True, "Query": {"SOPInstanceUID": "\\".join(sop_instance_uids)}}).json()
         return {item["ID"]: int(item.get("FileSize") or -1) for item in found}
 
     def find_instance_ids(self, sop_instance_uids: list[str]) -> set[str]:
@@ -178,32 +178,10 @@ class OrthancClient:
                 return
             since += len(ids)
 
-    def _post_json(self, path: str, payload: dict):
-        attempt = 0
-        while True:
-            attempt += 1
-            try:
-                resp = self.session.post(f"{self.url}{path}", json=payload, timeout=self.timeout)
-            except (requests.ConnectionError, requests.Timeout):
-                error, limit = f"Orthanc at {self.url} is unreachable (POST {path}).", self.connect_retries
-            else:
-                limit = self.retries
-                if resp.status_code == 200:
-                    return resp.json()
-                if resp.status_code == 401:
-                    raise OrthancRefused(f"Orthanc at {self.url} refused the credentials (HTTP 401).")
-                error = f"Orthanc at {self.url} answered HTTP {resp.status_code} to POST {path}."
-                if resp.status_code < 500:
-                    raise OrthancUnavailable(error)
-            if attempt > limit:
-                raise OrthancUnavailable(error)
-            time.sleep(self.backoff * (2 ** (attempt - 1)) * (0.5 + random.random()))
-
     def stored_md5(self, orthanc_id: str) -> str | None:
         """The MD5 of the DICOM file Orthanc holds for an instance, as Orthanc recorded it on arrival (of the
         uncompressed bytes), or None when it keeps none (``StoreMD5ForAttachments: false``)."""
-        resp = self._get_retrying(f"/instances/{orthanc_id}/attachments/dicom/md5", "the stored file's MD5",
-                                  None, missing_ok=False)
+        resp = self._request("GET", f"/instances/{orthanc_id}/attachments/dicom/md5", "the stored file's MD5")
         return resp.text.strip() or None
 
     @property
@@ -258,7 +236,7 @@ class OrthancClient:
             limit = self.retries if result.http_status is not None else self.connect_retries
             if not result.retryable or result.http_status == 401 or attempt > limit:
                 return result
-            time.sleep(self.backoff * (2 ** (attempt - 1)) * (0.5 + random.random()))
+            self._pause(attempt)
 
     @staticmethod
     def _interpret(status_code: int, answer: object, attempt: int) -> UploadResult:

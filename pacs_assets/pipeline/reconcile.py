@@ -80,10 +80,7 @@ def catch_up(source: NasSource, client: OrthancClient, index_path: str | os.Path
     pending = dates_to_upload(index_path, nas_id)
     for start, end in date_ranges(pending):
         window = upload_window(source, client, index_path, nas_id, start, end, **upload_options)
-        done.summary.counts.update(window.summary.counts)
-        done.summary.bytes_sent += window.summary.bytes_sent
-        done.summary.seconds += window.summary.seconds
-        done.summary.failures_by_reason.update(window.summary.failures_by_reason)
+        done.summary.add(window.summary)
     done.uploaded = pending
     return done
 

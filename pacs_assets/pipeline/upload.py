@@ -54,6 +54,13 @@ class ImportSummary:
     def stored(self) -> int:  # files Orthanc holds after their attempt (imported or already there)
         return self.counts["imported"] + self.counts["duplicate"]
 
+    def add(self, other: ImportSummary) -> None:
+        """Fold another upload's summary into this one (several windows of one step)."""
+        self.counts.update(other.counts)
+        self.bytes_sent += other.bytes_sent
+        self.seconds += other.seconds
+        self.failures_by_reason.update(other.failures_by_reason)
+
     @property
     def failures_by_category(self) -> Counter:
         """The failures counted by ``failure_category``: what metadata may show when paths may not."""
