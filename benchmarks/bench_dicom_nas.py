@@ -10,7 +10,8 @@ asserted: the table says which goals were met. See benchmarks/README.md for what
 a) indexing  baseline = a plain one-process ``pydicom.dcmread(path, stop_before_pixels=True)`` loop;
              ours = the file_inventory asset's path (DicomFolderSource.scan + Staging + merge).
 b) import    baseline = Orthanc's own ingest ceiling (``storescu +sd +r``, one association, TCP_NODELAY);
-             ours = ``import_records`` (REST, threads) at concurrency 4 (the default), then 2/6/8.
+             ours = ``upload_window`` (staging, ``import_records``: REST, threads) at concurrency 4 (the default),
+             then 2/6/8.
    journal   the same upload with and without its journal (index/journal.py), fsync every 256 lines or every line.
 c) memory    peak RSS of the inventory path in a fresh process, for two NAS sizes: it must stay flat.
 """
