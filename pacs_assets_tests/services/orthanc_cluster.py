@@ -14,7 +14,7 @@ caches stay private to each node; patients/studies/series/instances, /statistics
 /changes come from the shared index.
 
 Orthanc 1.10.1 listens on all interfaces: `RemoteAccessAllowed: false` refuses only non-local HTTP; the
-DICOM port stays reachable (see orthanc_server.py).
+DICOM port stays reachable (see orthanc.py).
 """
 from __future__ import annotations
 
