@@ -1,4 +1,5 @@
-"""Process helpers shared by the local services: free ports, readiness waits, stop by PID."""
+"""Process helpers shared by the local services, the tests and the benchmarks: free ports, readiness waits, stop
+by PID, and a record of every process a tree ever had."""
 from __future__ import annotations
 
 import os
