@@ -16,7 +16,7 @@ HIERARCHY_TABLES = ("patients", "studies", "series", "instances")
 # apart (identity/collisions.py reads them; `pacs search` shows each person with only their own studies).
 PERSON = "patient_id, patient_name, patient_birth_date, patient_sex"
 
-# Orthanc's deterministic instance ID (FIELD_NOTES): SHA-1 of the four identifiers, 5 groups of 8 hex digits.
+# Orthanc's deterministic instance ID (measured on 1.10.1): SHA-1 of the four identifiers, 5 groups of 8 hex digits.
 ORTHANC_ID_SQL = """
     regexp_replace(sha1(coalesce(patient_id, '') || '|' || study_instance_uid || '|' ||
                         series_instance_uid || '|' || sop_instance_uid),

@@ -1,7 +1,7 @@
 """The Orthanc REST client: uploads with persistent sessions, timeouts and retries that only retry what can succeed.
 
 Retried: connection errors, timeouts, 5xx, and 409 (a concurrent identical upload). Never retried: 4xx,
-which Orthanc uses for a file it cannot parse — retrying junk wastes hours (FIELD_NOTES).
+which Orthanc uses for a file it cannot parse — retrying junk wastes hours (seen in a public importer).
 
 ``AlreadyStored`` means Orthanc holds an instance with the same four identifiers, not the same bytes: the
 client asks for the MD5 Orthanc keeps with its copy (one small request, only then) and answers

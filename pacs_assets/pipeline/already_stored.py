@@ -1,7 +1,7 @@
 """Before any upload: which of the staged files Orthanc already holds, asked in bulk, recorded without sending.
 
 After the index was lost or rebuilt, every file looks pending, and re-sending costs Orthanc a full write
-and delete per file (FIELD_NOTES). Instead the staged files are looked up by SOP Instance UID, 100 per
+and delete per file (measured on 1.10.1). Instead the staged files are looked up by SOP Instance UID, 100 per
 ``/tools/find``; a file whose deterministic Orthanc ID is there with the same stored size as the body we
 would send is recorded from that answer, and only the rest is uploaded. The bytes are not compared on this
 path (that would mean one request per file): a same-size file reusing the UIDs is recorded as in Orthanc.

@@ -2,7 +2,7 @@
 
 A scan has two phases, both streamed in batches:
 
-1. **Catalog rows** (see ``firebird_catalog`` for the mapping). Each row gets one record keyed by the file
+1. **Catalog rows** (see ``catalog`` for the mapping). Each row gets one record keyed by the file
    it points to: 'ok' with the JP2 header facts (headers only, never a decode), or 'failed' when the file
    is missing, corrupt, or outside the root ('../', absolute, a symlink out of the root: refused before
    any open). A row with no usable path, or pointing to a file another row already claimed, is keyed
