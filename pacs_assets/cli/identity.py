@@ -56,7 +56,7 @@ def _who_why(p: argparse.ArgumentParser) -> None:
 
 def _context(config: PacsConfig, with_orthanc: bool = True):
     from pacs_assets.orthanc.client import OrthancUnavailable, client_from_config
-    from pacs_assets.pipeline.identity import guard_for
+    from pacs_assets.pipeline.identity_guard import guard_for
 
     client = None
     if with_orthanc:
@@ -78,7 +78,7 @@ def _collisions(config: PacsConfig) -> list:
 
 def run_list(args: argparse.Namespace) -> int:
     from pacs_assets.index import connection
-    from pacs_assets.index.identity import held_by_collision
+    from pacs_assets.index.patient_records import held_by_collision
 
     config = load_config(args.config)
     try:
@@ -176,7 +176,7 @@ def run_decisions(args: argparse.Namespace) -> int:
 
 def run_separate(args: argparse.Namespace) -> int:
     from pacs_assets.orthanc.client import client_from_config
-    from pacs_assets.pipeline.identity import guard_for
+    from pacs_assets.pipeline.identity_guard import guard_for
     from pacs_assets.pipeline.identity_review import separate
 
     config = load_config(args.config)

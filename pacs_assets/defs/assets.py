@@ -35,7 +35,7 @@ from pacs_assets.defs.sensors import watch_state_path
 from pacs_assets.nas.watch import read_folder_list
 from pacs_assets.orthanc.client import OrthancRefused, OrthancUnavailable
 from pacs_assets.pipeline.hierarchy import build_hierarchy
-from pacs_assets.pipeline.identity import guard_for
+from pacs_assets.pipeline.identity_guard import guard_for
 from pacs_assets.pipeline.inventory import NasOutage, take_inventory
 from pacs_assets.pipeline.upload import upload_window
 

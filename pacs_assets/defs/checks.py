@@ -16,7 +16,7 @@
   reconciliation's check (defs/reconciliation.py).
 - ``one_person_per_patient_id`` (on dicom_index, **error**) and ``no_patient_name_variants`` (**warning**): a
   PatientID (as Orthanc would receive it) or a Study Instance UID of this NAS shared with a different person,
-  or with a differently spelled record (pipeline/identity.py). Not blocking: the upload's guard holds exactly
+  or with a differently spelled record (pipeline/identity_guard.py). Not blocking: the upload's guard holds exactly
   the colliding files and everything else flows on.
 - ``no_held_files`` (on orthanc_instances, **error**): files held back by the guard, by kind of collision
   (including what Orthanc already holds under the ID), until someone decides (`pacs identity`).
@@ -39,7 +39,7 @@ from pacs_assets.defs.partitions import run_window
 from pacs_assets.nas.base import KindCheck
 from pacs_assets.nas.registry import kind_of
 from pacs_assets.pipeline import checks as work
-from pacs_assets.pipeline.identity import guard_for
+from pacs_assets.pipeline.identity_guard import guard_for
 
 
 def build_nas_checks(nas: NasConfig, config: PacsConfig) -> list:

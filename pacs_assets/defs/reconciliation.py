@@ -40,7 +40,7 @@ from pacs_assets.defs.assets import OWNERS, UPLOAD_POOL, WALK_POOL, _Progress
 from pacs_assets.defs.resources import IndexResource, OrthancResource, nas_resource_key
 from pacs_assets.orthanc.client import OrthancRefused, OrthancUnavailable
 from pacs_assets.pipeline import checks as work
-from pacs_assets.pipeline.identity import guard_for
+from pacs_assets.pipeline.identity_guard import guard_for
 from pacs_assets.pipeline.inventory import NasOutage
 from pacs_assets.pipeline.reconcile import catch_up, reconcile
 

@@ -11,9 +11,9 @@ from collections import Counter
 from pacs_assets.identity.model import DIFFERENT, VARIANT
 from pacs_assets.index import consistency
 from pacs_assets.index.connection import session
-from pacs_assets.index.identity import held_counts
+from pacs_assets.index.patient_records import held_counts
 from pacs_assets.orthanc.client import OrthancClient, OrthancUnavailable
-from pacs_assets.pipeline.identity import IdentityGuard, index_collisions
+from pacs_assets.pipeline.identity_guard import IdentityGuard, index_collisions
 from pacs_assets.pipeline.reconcile import orthanc_sweep
 
 

@@ -17,11 +17,11 @@ import os
 from pacs_assets.identity.collisions import DIFFERENT, IN_ORTHANC, ORTHANC, Collision, Member, find_collisions
 from pacs_assets.identity.decisions import SAME, Decision, append_decision, decisions_path
 from pacs_assets.identity.model import PersonRecord, compare
-from pacs_assets.index import identity as index_identity
+from pacs_assets.index import patient_records
 from pacs_assets.index import ledger
 from pacs_assets.index.connection import session
 from pacs_assets.orthanc.client import OrthancClient, orthanc_instance_id
-from pacs_assets.pipeline.identity import IdentityGuard, index_collisions, orthanc_members
+from pacs_assets.pipeline.identity_guard import IdentityGuard, index_collisions, orthanc_members
 
 MAX_ID = 64  # PatientID is LO: 64 characters at most
 
@@ -32,7 +32,7 @@ def held_people(index_path: str | os.PathLike) -> list[tuple]:
         ids = [r[0] for r in con.execute("""
             SELECT DISTINCT f.patient_id FROM identity_holds h
             JOIN inventory f USING (nas_id, file_path, change_token) WHERE h.kind = ?""", [IN_ORTHANC]).fetchall()]
-        return index_identity.records_for_ids(con, ids)
+        return patient_records.records_for_ids(con, ids)
 
 
 def open_collisions(guard: IdentityGuard, index_path: str | os.PathLike,
@@ -138,7 +138,7 @@ def separate(guard: IdentityGuard, index_path: str | os.PathLike, client: Orthan
     if not 1 <= keep <= len(groups):
         raise ValueError(f"--keep must be a person number from 1 to {len(groups)}")
     with session(index_path, read_only=True) as con:
-        records = [guard.member(row) for row in index_identity.records_for_ids(con, guard.candidate_ids({patient_id}))]
+        records = [guard.member(row) for row in patient_records.records_for_ids(con, guard.candidate_ids({patient_id}))]
     records = [m for m in records if m.sent_id == patient_id]
     taken, plan, send_as = {patient_id}, [], {}
     for n, (person, studies) in enumerate(groups, 1):

@@ -27,7 +27,7 @@ from pacs_assets.index.staging import Staging
 from pacs_assets.nas.base import FileRecord, NasSource, SendAs
 from pacs_assets.pipeline.failures import UNREADABLE, failure_category
 from pacs_assets.pipeline.already_stored import record_already_stored
-from pacs_assets.pipeline.identity import IdentityGuard, Plan, hold_files
+from pacs_assets.pipeline.identity_guard import IdentityGuard, Plan, hold_files
 from pacs_assets.orthanc.client import (
     OrthancClient,
     OrthancRefused,
@@ -257,7 +257,7 @@ def upload_window(source: NasSource, client: OrthancClient, index_path: str | os
                   with_paths: bool = False, outage_wait_seconds: float = 0.0,
                   identity: IdentityGuard | None = None) -> WindowUpload:
     """Upload the window's indexed instances that are not in Orthanc yet, except the files the identity guard
-    holds (pipeline/identity.py; without ``identity``: no ID domains, the decisions beside the index). Raises
+    holds (pipeline/identity_guard.py; without ``identity``: no ID domains, the decisions beside the index). Raises
     OrthancUnavailable (one sentence) when Orthanc cannot be reached or refuses us; what finished is recorded
     either way."""
     wait_for_orthanc(client, outage_wait_seconds)

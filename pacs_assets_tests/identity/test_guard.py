@@ -244,3 +244,27 @@ def test_separate_splits_a_patient_orthanc_already_merged(tmp_path, orthanc_env,
     assert check_results(materialize_nas(config, "ct_nas"))["indexed_instances_in_orthanc"] is True
     code, out = _pacs(capsys, config, "identity", "decisions")
     assert code == 0 and "PACS admin" in out
+
+
+def test_the_release_sensor_asks_one_catch_up_per_nas_a_decision_released(tmp_path):
+    from dagster import build_sensor_context
+
+    from pacs_assets.identity.decisions import append_decision
+
+    config = make_sample_site(tmp_path / "site", orthanc_url="http://127.0.0.1:1", firebird=False)
+    defs = build_definitions(load_config(config))
+    sensor = defs.resolve_sensor_def("identity_release_sensor")
+    instance = DagsterInstance.ephemeral()
+    first = sensor.evaluate_tick(build_sensor_context(instance=instance, definitions=defs))
+    assert not first.run_requests and first.skip_message
+    path = config.parent / "identity_decisions.jsonl"
+    append_decision(path, verdict="different", send_as={"a": "1", "b": "1~archive_nas"}, by="op", why="RIS",
+                    released={"archive_nas": ["2026-11-23"], "ct_nas": ["2026-11-24"], "gone_nas": ["2026-11-24"]})
+    append_decision(path, verdict="same", send_as={"c": "2", "d": "2"}, by="op", why="same person", released={})
+    tick = sensor.evaluate_tick(build_sensor_context(instance=instance, definitions=defs))
+    assert sorted((r.job_name, tuple(k.path for k in r.asset_selection)) for r in tick.run_requests) == [
+        ("archive_nas_reconciliation_job", (["archive_nas", "reconciliation_catch_up"],)),
+        ("ct_nas_reconciliation_job", (["ct_nas", "reconciliation_catch_up"],))]
+    assert tick.cursor == "2"
+    again = sensor.evaluate_tick(build_sensor_context(instance=instance, cursor=tick.cursor, definitions=defs))
+    assert not again.run_requests

@@ -11,7 +11,7 @@ from pacs_assets.identity.collisions import ACROSS_NAS, IN_ORTHANC, STUDY_UID, W
 from pacs_assets.identity.decisions import DecisionBook, append_decision
 from pacs_assets.identity.model import DIFFERENT, SAME, VARIANT, PersonRecord, compare, normalize_name
 from pacs_assets.nas.base import IdDomain
-from pacs_assets.pipeline.identity import IdentityGuard
+from pacs_assets.pipeline.identity_guard import IdentityGuard
 from pacs_assets.pipeline.identity_review import qualified_id
 
 P = PersonRecord.of

@@ -18,7 +18,7 @@ from pydicom.dataset import FileMetaDataset
 from pacs_assets.nas.base import FileRecord, NasSource, ScanCache, SendAs
 from pacs_assets.nas.body import UploadBody
 from pacs_assets.nas.dicom_folder.headers import read_dicom_file
-from pacs_assets.nas.dicom_folder.identity import body_with_identity
+from pacs_assets.nas.dicom_folder.send_as import body_with_identity
 from pacs_assets.nas.walk import check_root, walk
 
 # Below this many files to parse, a process pool costs more than it saves.

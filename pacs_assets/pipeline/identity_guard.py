@@ -19,7 +19,7 @@ from collections.abc import Mapping
 from pacs_assets.identity.collisions import DIFFERENT, ORTHANC, Collision, Member, find_collisions
 from pacs_assets.identity.decisions import DecisionBook, decisions_path
 from pacs_assets.identity.model import PersonRecord
-from pacs_assets.index import identity as index_identity
+from pacs_assets.index import patient_records
 from pacs_assets.index.connection import session
 from pacs_assets.index.ledger import iter_staged
 from pacs_assets.index.staging import Staging
@@ -156,7 +156,7 @@ def hold_files(plan: Plan, staging: Staging, index_path: str | os.PathLike, nas_
                 rows.append({"nas_id": nas_id, "file_path": rec.file_path, "change_token": rec.change_token,
                              "partition_date": rec.procedure_date, "collision_id": collision.id,
                              "kind": collision.kind, "reason": collision.reason()})
-    index_identity.replace_holds(index_path, nas_id, start, end, rows)
+    patient_records.replace_holds(index_path, nas_id, start, end, rows)
     if rows:
         staging.drop_files([r["file_path"] for r in rows])
     return Counter(r["kind"] for r in rows)
@@ -165,12 +165,12 @@ def hold_files(plan: Plan, staging: Staging, index_path: str | os.PathLike, nas_
 def plan_uploads(guard: IdentityGuard, staging: Staging, index_path: str | os.PathLike, nas_id: str,
                  client: OrthancClient) -> Plan:
     """Compare the staged files' people with every record that would meet them in Orthanc."""
-    people, study_uids = index_identity.staged_people(staging)
+    people, study_uids = patient_records.staged_people(staging)
     staged = [PersonRecord.of(nas_id, *row) for row in people]
     sent = {guard.sent_id(r) for r in staged}
     with session(index_path, read_only=True) as con:
-        rows = index_identity.records_for_ids(con, guard.candidate_ids(sent) | {r.patient_id for r in staged})
-        study_rows = index_identity.studies_with_several_people(con, study_uids) if study_uids else []
+        rows = patient_records.records_for_ids(con, guard.candidate_ids(sent) | {r.patient_id for r in staged})
+        study_rows = patient_records.studies_with_several_people(con, study_uids) if study_uids else []
     members = [m for m in map(guard.member, rows) if m.sent_id in sent]
     known = {m.record for m in members}
     members += [Member(r, guard.sent_id(r)) for r in staged if r not in known]  # not in `patients` yet
@@ -188,8 +188,8 @@ def index_collisions(guard: IdentityGuard, index_path: str | os.PathLike) -> lis
     more than one person record shares, and the study UIDs carrying more than one person. Reads the small
     ``patients`` and ``studies`` tables, not the inventory. What Orthanc holds is the upload's to compare."""
     with session(index_path, read_only=True) as con:
-        rows = index_identity.shared_ids(con)
-        study_rows = index_identity.studies_with_several_people(con)
+        rows = patient_records.shared_ids(con)
+        study_rows = patient_records.studies_with_several_people(con)
     members = [guard.member(row) for row in rows]
     studies: dict[str, list[Member]] = {}
     for uid, *row in study_rows:
