@@ -14,6 +14,7 @@ import os
 from pathlib import Path
 
 from pydicom import dcmread
+from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import write_dataset, write_file_meta_info
@@ -48,6 +49,19 @@ def _meta_for(record: FileRecord, ds: Dataset) -> FileMetaDataset:
     return meta
 
 
+def _encoding(ds: Dataset, meta: FileMetaDataset) -> tuple[bool, bool]:
+    """(implicit VR, little endian) as the dataset's bytes really are: a file whose meta says explicit VR but
+    whose elements are implicit (pydicom reads it with a warning) must be written back implicit, or its head
+    would not match the Pixel Data streamed after it."""
+    for elem in ds.elements():
+        if isinstance(elem, RawDataElement):
+            return elem.is_implicit_VR, elem.is_little_endian
+    if ds.original_encoding[0] is not None:
+        return ds.original_encoding
+    syntax = UID(meta.TransferSyntaxUID)
+    return syntax.is_implicit_VR, syntax.is_little_endian
+
+
 def body_with_identity(path: str | os.PathLike, record: FileRecord, send_as: SendAs) -> UploadBody:
     """The file at ``path`` as an upload body whose header carries ``send_as``; Pixel Data streamed from the NAS."""
     path = Path(path)
@@ -67,9 +81,8 @@ def body_with_identity(path: str | os.PathLike, record: FileRecord, send_as: Sen
         buf = DicomBytesIO()
         full.save_as(buf, enforce_file_format=True)
         return UploadBody([buf.getvalue()])
+    implicit, little = _encoding(ds, meta)
     apply_identity(ds, send_as)
-    implicit, little = ds.original_encoding if ds.original_encoding[0] is not None else (
-        UID(meta.TransferSyntaxUID).is_implicit_VR, UID(meta.TransferSyntaxUID).is_little_endian)
     buf = DicomBytesIO()
     buf.write(b"\0" * 128 + b"DICM")
     write_file_meta_info(buf, meta, enforce_standard=True)
