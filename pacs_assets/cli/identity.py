@@ -18,7 +18,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from pacs_assets.cli.search import print_json, write_output
+from pacs_assets.cli.search import dicom_date, print_json, write_output
 from pacs_assets.config import PacsConfig, load_config
 
 
@@ -78,17 +78,17 @@ def _collisions(config: PacsConfig) -> list:
 
 def run_list(args: argparse.Namespace) -> int:
     from pacs_assets.index import connection
-    from pacs_assets.index.patient_records import held_by_collision
+    from pacs_assets.index.patient_records import held_by_person
 
     config = load_config(args.config)
     try:
         found = _collisions(config)
         with connection.session(config.index.path, read_only=True) as con:
-            held = held_by_collision(con)
+            held = held_by_person(con)
     except FileNotFoundError as exc:
         print(f"pacs: {exc}", file=sys.stderr)
         return 1
-    document = {"collisions": [_collision_json(c, held.get(c.id, 0)) for c in found]}
+    document = {"collisions": [_collision_json(c, sum(held.get(m.key, 0) for m in c.members)) for c in found]}
     write_output(print_json if args.json else print_collisions, document)
     return 0
 
@@ -119,7 +119,7 @@ def print_collisions(document: dict) -> None:
         for r in c["records"]:
             dates = f"{r['first_date']}..{r['last_date']}" if r["first_date"] else ""
             out.write(f"   {r['number']:>2}  {r['source']:<12} {r['patient_id']:<16} {r['name'] or '(none)':<28} "
-                      f"{r['birth_date'] or '(none)':<10} {r['sex'] or '?':<3} {r['studies']:>7} {r['files']:>6}  "
+                      f"{dicom_date(r['birth_date']) or '(none)':<10} {r['sex'] or '?':<3} {r['studies']:>7} {r['files']:>6}  "
                       f"{dates}\n")
         for d in c["differences"]:
             out.write(f"   {d['records'][0]} vs {d['records'][1]}: {d['verdict']}, {d['reason']}\n")

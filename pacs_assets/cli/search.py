@@ -163,12 +163,12 @@ def _patient(p: dict, counts: dict, roots: dict[str, Path]) -> dict:
             "path": str(root / s["folder"]) if root is not None and s["folder"] is not None else None,
             "file_formats": sorted(set((s["file_formats"] or "").split(",")) - {""}),
             "series": s["series_count"], "files": files, "files_in_orthanc": in_orthanc})
-    return {"patient_id": p["patient_id"], "names": p["names"], "birth_date": _dicom_date(p["birth_date"]),
+    return {"patient_id": p["patient_id"], "names": p["names"], "birth_date": dicom_date(p["birth_date"]),
             "sex": p["sex"], "other_people_with_this_id": p.get("other_people_with_this_id", 0),
             "name_variants": p.get("name_variants", False), "studies": list(studies.values())}
 
 
-def _dicom_date(value: str | None) -> str | None:
+def dicom_date(value: str | None) -> str | None:
     """'19840702' -> '1984-07-02'; anything else as it is."""
     if value and len(value) == 8 and value.isdigit():
         return f"{value[:4]}-{value[4:6]}-{value[6:]}"

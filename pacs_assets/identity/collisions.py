@@ -56,8 +56,9 @@ class Collision:
 
     @property
     def id(self) -> str:
-        """Stable while its members are: 'C' + 8 hex digits (no patient data)."""
-        text = "|".join([self.kind, self.anchor, *sorted(m.key for m in self.members)])
+        """Stable while its NAS records are (what Orthanc holds may come and go): 'C' + 8 hex digits, no
+        patient data."""
+        text = "|".join([self.kind, self.anchor, *sorted(m.key for m in self.members if m.record.source != ORTHANC)])
         return "C" + hashlib.sha1(text.encode()).hexdigest()[:8]
 
     def reason(self) -> str:

@@ -68,7 +68,7 @@ def studies_with_several_people(con: duckdb.DuckDBPyConnection,
 def replace_holds(index_path: str | os.PathLike, nas_id: str, start: dt.date, end: dt.date,
                   rows: Sequence[dict]) -> None:
     """The window's held files are exactly ``rows`` (nas_id, file_path, change_token, partition_date,
-    collision_id, kind, reason): one transaction. Files no longer held lose their row."""
+    collision_id, kind, reason, person_key): one transaction. Files no longer held lose their row."""
     import pandas as pd
 
     with transaction(index_path) as con:
@@ -76,14 +76,14 @@ def replace_holds(index_path: str | os.PathLike, nas_id: str, start: dt.date, en
                     [nas_id, start, end])
         if rows:
             frame = pd.DataFrame(rows, columns=["nas_id", "file_path", "change_token", "partition_date",
-                                                "collision_id", "kind", "reason"])
+                                                "collision_id", "kind", "reason", "person_key"])
             frame["partition_date"] = frame["partition_date"].astype("string")
             con.register("_holds", frame)
             try:
                 # held_at in naive UTC, like the decisions' made_at it is compared with (index/reconcile.py)
                 now = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
                 con.execute("INSERT INTO identity_holds SELECT nas_id, file_path, change_token, "
-                            "partition_date::DATE, collision_id, kind, reason, ? FROM _holds", [now])
+                            "partition_date::DATE, collision_id, kind, reason, ?, person_key FROM _holds", [now])
             finally:
                 con.unregister("_holds")
 
@@ -98,11 +98,11 @@ def held_counts(con: duckdb.DuckDBPyConnection, nas_id: str | None = None) -> di
         GROUP BY kind ORDER BY kind""", {"nas": nas_id}).fetchall())
 
 
-def held_by_collision(con: duckdb.DuckDBPyConnection) -> dict[str, int]:
-    """{collision id: files held now}."""
+def held_by_person(con: duckdb.DuckDBPyConnection) -> dict[str, int]:
+    """{person record key: files held now}."""
     return dict(con.execute("""
-        SELECT collision_id, count(*) FROM file_status s JOIN identity_holds h USING (nas_id, file_path, change_token)
-        WHERE s.status = 'held' GROUP BY collision_id""").fetchall())
+        SELECT person_key, count(*) FROM file_status s JOIN identity_holds h USING (nas_id, file_path, change_token)
+        WHERE s.status = 'held' GROUP BY person_key""").fetchall())
 
 
 def read_records(index_path: str | os.PathLike, patient_ids: Iterable[str]) -> list[tuple]:

@@ -108,8 +108,10 @@ CREATE TABLE IF NOT EXISTS interrupted_uploads (
 -- upload re-decides every pending file of its window, so a released file loses its row when it is sent.
 CREATE TABLE IF NOT EXISTS identity_holds (
     nas_id VARCHAR NOT NULL, file_path VARCHAR NOT NULL, change_token VARCHAR, partition_date DATE,
-    collision_id VARCHAR, kind VARCHAR, reason VARCHAR, held_at TIMESTAMP
+    collision_id VARCHAR, kind VARCHAR, reason VARCHAR, held_at TIMESTAMP,
+    person_key VARCHAR  -- the held record (identity/model.py PersonRecord.key): what a decision releases
 );
+ALTER TABLE identity_holds ADD COLUMN IF NOT EXISTS person_key VARCHAR;
 
 -- One current status per file found under a NAS root: imported, duplicate, uid_conflict, failed, skipped
 -- (or pending, between indexing and import). reason: why skipped/failed, or which file Orthanc kept instead.

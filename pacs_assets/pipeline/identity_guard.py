@@ -134,6 +134,9 @@ class Plan:
             person = self._people[fields] = PersonRecord.of(self.nas_id, *fields)
         return person
 
+    def person_of(self, rec: FileRecord) -> PersonRecord:
+        return self._person(rec)
+
     def route(self, rec: FileRecord) -> Route:
         person = self._person(rec)
         held = self.held.get(person.key) or self.held_in_study.get((rec.study_instance_uid, person.key))
@@ -155,7 +158,8 @@ def hold_files(plan: Plan, staging: Staging, index_path: str | os.PathLike, nas_
             if collision is not None:
                 rows.append({"nas_id": nas_id, "file_path": rec.file_path, "change_token": rec.change_token,
                              "partition_date": rec.procedure_date, "collision_id": collision.id,
-                             "kind": collision.kind, "reason": collision.reason()})
+                             "kind": collision.kind, "reason": collision.reason(),
+                             "person_key": plan.person_of(rec).key})
     patient_records.replace_holds(index_path, nas_id, start, end, rows)
     if rows:
         staging.drop_files([r["file_path"] for r in rows])

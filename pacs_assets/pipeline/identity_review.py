@@ -48,13 +48,13 @@ def open_collisions(guard: IdentityGuard, index_path: str | os.PathLike,
     return found
 
 
-def held_dates(index_path: str | os.PathLike, collision_ids: set[str]) -> dict[str, list[str]]:
-    """{nas id: procedure dates} of the files these collisions hold now."""
+def held_dates(index_path: str | os.PathLike, person_keys: set[str]) -> dict[str, list[str]]:
+    """{nas id: procedure dates} of the files held now for these person records."""
     with session(index_path, read_only=True) as con:
         rows = con.execute("""
             SELECT DISTINCT nas_id, partition_date FROM identity_holds
-            WHERE collision_id IN (SELECT unnest($ids::VARCHAR[])) ORDER BY ALL""",
-                           {"ids": sorted(collision_ids)}).fetchall()
+            WHERE person_key IN (SELECT unnest($keys::VARCHAR[])) ORDER BY ALL""",
+                           {"keys": sorted(person_keys)}).fetchall()
     out: dict[str, list[str]] = {}
     for nas_id, day in rows:
         out.setdefault(nas_id, []).append(day.isoformat())
@@ -105,7 +105,7 @@ def decide(guard: IdentityGuard, index_path: str | os.PathLike, collision: Colli
                 send_as[m.key] = qualified_id(m, taken)
                 taken.add(send_as[m.key])
     return append_decision(decisions_path(index_path, decisions_file), verdict=verdict, send_as=send_as, by=by,
-                           why=why, collision=collision.id, released=held_dates(index_path, {collision.id}))
+                           why=why, collision=collision.id, released=held_dates(index_path, set(send_as)))
 
 
 def people_of_orthanc_patient(client: OrthancClient, patient_id: str) -> list[tuple[PersonRecord, list[dict]]]:
