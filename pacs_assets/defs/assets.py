@@ -29,6 +29,7 @@ from dagster import (
 )
 
 from pacs_assets.config import ConfigError, NasConfig, PacsConfig
+from pacs_assets.defs.checks import folders_read_result, folders_read_spec
 from pacs_assets.defs.partitions import nas_partitions
 from pacs_assets.defs.resources import IndexResource, OrthancResource, nas_resource_key
 from pacs_assets.defs.sensors import watch_state_path
@@ -125,6 +126,7 @@ def build_nas_assets(nas: NasConfig, config: PacsConfig) -> list:
 
     @asset(key=AssetKey([prefix, "file_inventory"]), kinds={"duckdb", "python"},
            required_resource_keys={source_key, "index"}, pool=WALK_POOL,
+           check_specs=[folders_read_spec(AssetKey([prefix, "file_inventory"]))],
            description=f"Every file under NAS '{nas.id}' ({nas.kind}), walked read-only: size, mtime, change "
                        "token, what it is and, for the skipped and failed, why. Partitioned by procedure date.",
            **common)
@@ -150,7 +152,8 @@ def build_nas_assets(nas: NasConfig, config: PacsConfig) -> list:
             "walk_seconds": round(result.seconds, 2),
             "files_per_second": round(result.walked / max(result.seconds, 1e-9), 1),
             "by_status": _status_table(counts),
-        })
+            "folders_not_read": result.not_read,  # their known rows kept, not deleted (check every_folder_read)
+        }, check_results=[folders_read_result(result.not_read, result.kept)])
 
     @asset(key=AssetKey([prefix, "dicom_index"]), deps=[file_inventory], kinds={"duckdb"},
            description=f"Patients, studies, series and instances found on NAS '{nas.id}', in the DuckDB index; "

@@ -14,6 +14,9 @@
 - ``indexed_instances_in_orthanc`` (on orthanc_instances): every file of the run's procedure dates that the
   ledger says is in Orthanc really is, in batched ``/tools/find`` queries. The whole-NAS sweep is the
   reconciliation's check (defs/reconciliation.py).
+- ``every_folder_read`` (on file_inventory and the reconciliation, reported by the walk itself): no folder's
+  listing (or file's stat) kept failing or was refused. Such a folder's known rows are kept as they were,
+  never read as deleted; the check fails so that someone looks (permissions, a flaky share).
 - the kind's own checks (``NasKind.checks``), e.g. ``lossless_in_orthanc`` for Firebird/JPEG 2000.
 Metadata carries counts and NAS ids only, never UIDs or patient data.
 """
@@ -22,6 +25,7 @@ from dagster import (
     AssetCheckExecutionContext,
     AssetCheckResult,
     AssetCheckSeverity,
+    AssetCheckSpec,
     AssetKey,
     asset_check,
 )
@@ -31,6 +35,21 @@ from pacs_assets.defs.partitions import run_window
 from pacs_assets.nas.base import KindCheck
 from pacs_assets.nas.registry import kind_of
 from pacs_assets.pipeline import checks as work
+
+
+FOLDERS_READ = "every_folder_read"
+
+
+def folders_read_spec(key: AssetKey) -> AssetCheckSpec:
+    return AssetCheckSpec(FOLDERS_READ, asset=key,
+                          description="The walk read every folder: none kept failing (EIO, ESTALE...) or was refused; "
+                                      "the rows of a folder not read are kept as they were, never deleted.")
+
+
+def folders_read_result(not_read: int, kept: int) -> AssetCheckResult:
+    """The walk's own verdict (counts only: folder names often name patients)."""
+    return AssetCheckResult(check_name=FOLDERS_READ, passed=not_read == 0,
+                            metadata={"folders_not_read": not_read, "rows_kept_unread": kept})
 
 
 def build_nas_checks(nas: NasConfig, config: PacsConfig) -> list:

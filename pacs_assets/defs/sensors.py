@@ -135,10 +135,11 @@ def build_new_files_sensor(nas: NasConfig, config: PacsConfig, jobs: list):
         except NasUnavailable as exc:
             return SkipReason(str(exc))
         cursor = json.dumps({"statted": result.folders_statted, "listed": result.folders_listed,
-                             "queued": result.queued, "pending": result.pending})
+                             "queued": result.queued, "pending": result.pending, "not_read": result.not_read})
+        unread = f", {result.not_read} folders not read (kept as they were)" if result.not_read else ""
         if not requests:
             return SensorResult(skip_reason=SkipReason(
-                f"no settled change ({result.folders_statted} folders checked, {result.queued} still to list)"),
+                f"no settled change ({result.folders_statted} folders checked, {result.queued} still to list{unread})"),
                 cursor=cursor)
         return SensorResult(run_requests=requests, cursor=cursor)
 

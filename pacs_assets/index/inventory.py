@@ -165,6 +165,28 @@ def carry_over_links(staging: Staging, root: str | os.PathLike) -> int:
     return len(links)
 
 
+def carry_over_unread(staging: Staging, unread: Sequence[tuple[str, str]]) -> int:
+    """Rows the cache has for what the walk could not read (``NasSource.unread``) stay as they were: a folder
+    whose listing failed is not a folder without files. Only a folder that was read and lacks a file deletes
+    it. A file's placeholder row ("cannot stat") gives way to its known row. Returns how many rows were kept."""
+    if not unread:
+        return 0
+    import pandas as pd
+
+    con = staging.con
+    con.register("_unread", pd.DataFrame(list(unread), columns=["rel", "scope"]))
+    try:
+        con.execute("CREATE OR REPLACE TEMP TABLE _kept AS SELECT c.* FROM cache c WHERE EXISTS (SELECT 1 FROM _unread u "
+                    "WHERE (u.scope = 'file' AND c.file_path = u.rel) OR (u.scope = 'folder' AND c.folder = u.rel) "
+                    "OR (u.scope = 'tree' AND (u.rel = '' OR c.folder = u.rel OR starts_with(c.folder, u.rel || '/'))))")
+    finally:
+        con.unregister("_unread")
+    con.execute("DELETE FROM inventory WHERE file_path IN (SELECT file_path FROM _kept)")
+    kept = con.execute("INSERT INTO inventory SELECT * FROM _kept").fetchall()[0][0]
+    con.execute("DROP TABLE _kept")
+    return kept
+
+
 class StagingCache(ScanCache):
     """The scan cache as copied into a run's staging file. A bulk cache: a walk's files are offered in bulk
     (table ``walked``) and matched in SQL; ``stage_unchanged`` then copies the matched rows into the inventory."""

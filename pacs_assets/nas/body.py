@@ -13,6 +13,7 @@ import os
 from collections.abc import Iterator
 
 from pacs_assets.errors import UploadBodyError
+from pacs_assets.nas.names import open_nas, stat_nas
 
 CHUNK_SIZE = 1 << 20  # the most one upload thread holds of a file at a time
 
@@ -37,7 +38,7 @@ class UploadBody:
 
     @classmethod
     def of_file(cls, path: str | os.PathLike) -> UploadBody:
-        return cls([(path, 0, os.stat(path).st_size)])
+        return cls([(path, 0, stat_nas(path).st_size)])
 
     def __len__(self) -> int:
         return self.length
@@ -64,7 +65,7 @@ class UploadBody:
                 continue
             path, offset, length = part
             try:
-                fh = open(path, "rb", buffering=0)
+                fh = open_nas(path)
             except OSError as exc:
                 raise UploadBodyError(f"cannot read the file for upload: {exc.strerror}") from None
             with fh:

@@ -24,7 +24,8 @@ from pathlib import Path
 
 from pacs_assets.errors import ConfigError
 from pacs_assets.nas.dates import assign_procedure_date
-from pacs_assets.nas.walk import check_root
+from pacs_assets.nas import names
+from pacs_assets.nas.walk import check_root, retrying
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS dirs (path TEXT PRIMARY KEY, mtime_ns INTEGER);
@@ -51,6 +52,7 @@ class TickResult:
     folders_listed: int
     queued: int  # folders still to list on a later tick (first look at a big NAS)
     pending: int  # files seen but not yet stable
+    not_read: int = 0  # folders whose stat or listing kept failing this tick: what they held stays as it was
     # True until the watch has once seen the whole NAS settle: its changes are then "everything", which one
     # whole walk (the reconciliation) handles better than runs of named folders.
     first_look: bool = False
@@ -105,6 +107,12 @@ def read_folder_list(state_dir: Path, ref: str) -> list[str] | None:
         return None
 
 
+def _below(rel: str) -> tuple[str, str]:
+    """[low, high): the range of stored paths strictly below folder ``rel`` ('' is the root). Byte order: every
+    path starting with 'a/' sorts from 'a/' up to, not including, 'a0' ('0' follows '/')."""
+    return (f"{rel}/", f"{rel}0") if rel else ("", "\U0010ffff")
+
+
 class NasWatch:
     """The watch of one NAS: the folders it knows with their mtimes, and the files waiting to settle.
 
@@ -125,7 +133,7 @@ class NasWatch:
         self.db.close()
 
     def _join(self, rel: str) -> str:
-        return os.path.join(self.root, rel) if rel else str(self.root)
+        return names.join(self.root, rel)  # paths are kept in the index's stored form (nas/names.py)
 
     def tick(self, budget_seconds: float, today: dt.date) -> TickResult:
         deadline = time.monotonic() + budget_seconds
@@ -139,7 +147,7 @@ class NasWatch:
                     self.db.execute("INSERT OR IGNORE INTO meta VALUES ('settled_once', 1)")
             raise NasUnavailable(f"NAS root {self.root} is missing, unreadable or empty while {known_files} files "
                                  "were known: treated as an outage, nothing reported.") from None
-        statted = listed = 0
+        statted = listed = self.not_read = 0
         with self.db:
             self.db.execute("UPDATE meta SET value = value + 1 WHERE key = 'tick'")
             self.tick_no = self.db.execute("SELECT value FROM meta WHERE key = 'tick'").fetchone()[0]
@@ -159,7 +167,8 @@ class NasWatch:
         if first_look and queued == 0 and pending == 0:
             with self.db:
                 self.db.execute("INSERT OR IGNORE INTO meta VALUES ('settled_once', 1)")
-        return TickResult({d: sorted(v) for d, v in changes.items()}, statted, listed, queued, pending, first_look)
+        return TickResult({d: sorted(v) for d, v in changes.items()}, statted, listed, queued, pending,
+                          self.not_read, first_look)
 
     def _queue_changed_dirs(self, changes) -> int:
         if not self.db.execute("SELECT 1 FROM dirs LIMIT 1").fetchone():
@@ -169,48 +178,72 @@ class NasWatch:
         for rel, mtime in self.db.execute("SELECT path, mtime_ns FROM dirs").fetchall():
             n += 1
             try:
-                now = os.stat(self._join(rel)).st_mtime_ns
+                now = retrying(lambda: os.stat(self._join(rel)).st_mtime_ns)
             except FileNotFoundError:
-                self._forget_dir(rel, changes)
+                # Gone, or so the share says now: only a listing of its parent that lacks it forgets it.
+                self.db.execute("INSERT OR IGNORE INTO queue VALUES (?)", (rel.rpartition("/")[0],))
+                continue
+            except OSError:
+                self.not_read += 1
                 continue
             if now != mtime:
                 self.db.execute("INSERT OR IGNORE INTO queue VALUES (?)", (rel,))
         return n
 
     def _forget_dir(self, rel: str, changes) -> None:
-        like = f"{rel}/%" if rel else "%"
+        # A range of the index, not LIKE: '%' and '_' are ordinary characters in file names.
+        under = "(dir = ? OR (dir >= ? AND dir < ?))"
+        args = (rel, *_below(rel))
         for path, size, mtime, part in self.db.execute(
-                "SELECT path, size, mtime_ns, partition FROM files WHERE dir = ? OR dir LIKE ?", (rel, like)).fetchall():
+                f"SELECT path, size, mtime_ns, partition FROM files WHERE {under}", args).fetchall():
             if part:
                 changes[dt.date.fromisoformat(part)].add((path, f"deleted-{size}-{mtime}"))
-        self.db.execute("DELETE FROM files WHERE dir = ? OR dir LIKE ?", (rel, like))
-        self.db.execute("DELETE FROM dirs WHERE path = ? OR path LIKE ?", (rel, like))
+        self.db.execute(f"DELETE FROM files WHERE {under}", args)
+        self.db.execute(f"DELETE FROM dirs WHERE {under.replace('dir', 'path')}", args)
+
+    def _subdirs(self, rel: str) -> set[str]:
+        """The known folders directly in ``rel``."""
+        low, high = _below(rel)
+        return {p for (p,) in self.db.execute("SELECT path FROM dirs WHERE path > ? AND path < ?", (low, high))
+                if "/" not in p[len(low):]}
 
     def _list_dir(self, rel: str, changes) -> None:
         path = self._join(rel)
-        try:
-            dir_mtime = os.stat(path).st_mtime_ns
+
+        def listing():
+            mtime = os.stat(path).st_mtime_ns  # before the listing: a change while listing shows next tick
             with os.scandir(path) as it:
-                entries = list(it)
+                return mtime, list(it)
+
+        try:
+            dir_mtime, entries = retrying(listing)
         except FileNotFoundError:
-            self._forget_dir(rel, changes)
+            if rel:  # its parent's listing decides whether it is gone
+                self.db.execute("INSERT OR IGNORE INTO queue VALUES (?)", (rel.rpartition("/")[0],))
             return
         except OSError:
-            return  # unreadable: the inventory records it with its reason
+            self.not_read += 1  # unreadable now: what it held stays; the inventory records it with its reason
+            return
         known = {p: (s, m) for p, s, m in self.db.execute(
             "SELECT path, size, mtime_ns FROM files WHERE dir = ?", (rel,)).fetchall()}
+        known_dirs = self._subdirs(rel)
         seen = set()
         for entry in entries:
-            child = f"{rel}/{entry.name}" if rel else entry.name
+            name = names.stored(entry.name)
+            child = f"{rel}/{name}" if rel else name
             try:
                 if entry.is_symlink():
                     continue  # links are followed (or refused) by the inventory walk, not watched
                 if entry.is_dir():
+                    known_dirs.discard(child)
                     if not self.db.execute("SELECT 1 FROM dirs WHERE path = ?", (child,)).fetchone():
                         self.db.execute("INSERT OR IGNORE INTO queue VALUES (?)", (child,))
                     continue
-                st = entry.stat()
+                st = retrying(entry.stat)
             except OSError:
+                seen.add(child)  # listed but not statted: kept as it was, never read as deleted
+                known_dirs.discard(child)
+                self.not_read += 1
                 continue
             seen.add(child)
             if known.get(child) != (st.st_size, st.st_mtime_ns):
@@ -225,6 +258,8 @@ class NasWatch:
             if part:
                 changes[dt.date.fromisoformat(part)].add((gone, f"deleted-{size}-{mtime}"))
             self.db.execute("DELETE FROM files WHERE path = ?", (gone,))
+        for gone_dir in known_dirs:  # read, and the folder is not in it: gone with everything below it
+            self._forget_dir(gone_dir, changes)
         self.db.execute("INSERT OR REPLACE INTO dirs VALUES (?, ?)", (rel, dir_mtime))
 
     def _settle(self, changes, today: dt.date, deadline: float) -> None:
@@ -236,11 +271,10 @@ class NasWatch:
             if time.monotonic() > deadline + 5:  # reading headers: leave the rest for the next tick
                 break
             try:
-                st = os.stat(self._join(path))
-            except FileNotFoundError:
-                self.db.execute("DELETE FROM files WHERE path = ?", (path,))
-                if old_part:  # changed, then deleted before it settled: the index still has it
-                    changes[dt.date.fromisoformat(old_part)].add((path, f"deleted-{size}-{mtime}"))
+                st = retrying(lambda: os.stat(self._join(path)))
+            except OSError:
+                # Gone or unreadable now: its folder's listing decides (a deletion changed the folder's mtime).
+                self.db.execute("INSERT OR IGNORE INTO queue VALUES (?)", (path.rpartition("/")[0],))
                 continue
             if (st.st_size, st.st_mtime_ns) != (size, mtime):
                 self.db.execute("UPDATE files SET size = ?, mtime_ns = ?, seen_tick = ? WHERE path = ?",

@@ -6,7 +6,6 @@ Runs in worker processes (see dicom_folder.py), so it only takes and returns pla
 from __future__ import annotations
 
 import logging
-import os
 import re
 import struct
 import warnings
@@ -19,6 +18,7 @@ from pydicom.errors import InvalidDicomError
 from pydicom.uid import UID
 
 from pacs_assets.nas.base import FAILED, SKIPPED, FileRecord
+from pacs_assets.nas.names import join, open_nas
 
 _PYDICOM_LOG = logging.getLogger("pydicom")
 PIXEL_DATA_TAG = (0x7FE0, 0x0010)
@@ -199,9 +199,8 @@ def _read(nas_id: str, root: str, rel_path: str, size: int, mtime_ns: int) -> Fi
     if size == 0:
         rec.status, rec.reason = SKIPPED, "empty file (0 bytes)"
         return rec
-    path = os.path.join(root, rel_path)
     try:
-        with open(path, "rb") as fp:
+        with open_nas(join(root, rel_path)) as fp:
             head = fp.read(132)
             has_preamble = head[128:132] == b"DICM"
             if not has_preamble and not head.startswith(HEADERLESS_STARTS):

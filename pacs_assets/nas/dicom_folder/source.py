@@ -18,6 +18,7 @@ from pydicom.dataset import FileMetaDataset
 from pacs_assets.nas.base import FileRecord, NasSource, ScanCache
 from pacs_assets.nas.body import UploadBody
 from pacs_assets.nas.dicom_folder.headers import read_dicom_file
+from pacs_assets.nas.names import join, stat_nas
 from pacs_assets.nas.walk import check_root, walk
 
 # Below this many files to parse, a process pool costs more than it saves.
@@ -44,9 +45,13 @@ class DicomFolderSource(NasSource):
         check_root(self.nas_id, self.root)
 
     def walk(self, folders: Sequence[str] | None = None) -> Iterator[tuple[str, int, int] | FileRecord]:
-        """Yield (rel_path, size, mtime_ns) for each regular file, or a finished record for what is not one."""
+        """Yield (rel_path, size, mtime_ns) for each regular file, or a finished record for what is not one.
+        What could not be read is also listed in ``self.unread`` (its known rows are kept, not deleted)."""
+        self.unread = []
         for entry in walk(self.root, follow_links=True, settle_seconds=self.settle_seconds, folders=folders,
                           recursive=folders is None):
+            if entry.unread:
+                self.unread.append((entry.rel if entry.rel != "." else "", entry.unread))
             if entry.status is None:
                 yield (entry.rel, entry.size, entry.mtime_ns)
             else:
@@ -142,13 +147,13 @@ class DicomFolderSource(NasSource):
 
     # -- import ---------------------------------------------------------------------------------------
     def upload_body(self, record: FileRecord) -> UploadBody:
-        path = self.root / record.file_path
+        path = join(self.root, record.file_path)  # the stored path back to the file's exact bytes
         if record.file_format != "DICOM-headerless":
             return UploadBody.of_file(path)
         # Orthanc would store a headerless file as is, without file meta: send a preamble and File Meta group
         # first, then the file's bytes unchanged (they are already in the transfer syntax the meta names).
         meta = file_meta_bytes(record.transfer_syntax_uid, record.sop_class_uid, record.sop_instance_uid)
-        return UploadBody([meta, (path, 0, os.stat(path).st_size)])
+        return UploadBody([meta, (path, 0, stat_nas(path).st_size)])
 
 
 def file_meta_bytes(transfer_syntax_uid: str, sop_class_uid: str, sop_instance_uid: str) -> bytes:
