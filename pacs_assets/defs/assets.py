@@ -33,6 +33,7 @@ from pacs_assets.defs.checks import folders_read_result, folders_read_spec
 from pacs_assets.defs.partitions import nas_partitions
 from pacs_assets.defs.resources import IndexResource, OrthancResource, nas_resource_key
 from pacs_assets.defs.sensors import watch_state_path
+from pacs_assets.nas.names import shown
 from pacs_assets.nas.watch import read_folder_list
 from pacs_assets.orthanc.client import OrthancRefused, OrthancUnavailable
 from pacs_assets.pipeline.hierarchy import build_hierarchy
@@ -191,7 +192,7 @@ def build_nas_assets(nas: NasConfig, config: PacsConfig) -> list:
         summary, totals = done.summary, done.totals
         named = {}
         if config.privacy.log_patient_data:  # file paths often name the patient: only where the site allows it
-            rows = "\n".join(f"| {p} | {r} |" for p, r in done.failed_files)
+            rows = "\n".join(f"| {shown(p)} | {r} |" for p, r in done.failed_files)
             named["failed_files"] = MetadataValue.md(f"| file | reason |\n|---|---|\n{rows}")
         # Messages can quote file paths: without the site's consent, only their categories (file unreadable...).
         reasons = summary.failures_by_reason if config.privacy.log_patient_data else summary.failures_by_category
