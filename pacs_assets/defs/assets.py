@@ -121,6 +121,7 @@ def build_nas_assets(nas: NasConfig, config: PacsConfig) -> list:
     partitions = nas_partitions(nas, config.timezone)
     source_key = nas_resource_key(nas.id)
     tz = ZoneInfo(config.timezone)
+    log_names = config.privacy.log_patient_data  # the asset's own ``config`` is its run config
     watch_dir = watch_state_path(config, nas.id).parent
     common = dict(group_name=nas.id, partitions_def=partitions, backfill_policy=BackfillPolicy.single_run(),
                   owners=OWNERS)
@@ -145,6 +146,10 @@ def build_nas_assets(nas: NasConfig, config: PacsConfig) -> list:
         except NasOutage as exc:
             raise Failure(description=str(exc)) from None
         counts = result.counts
+        named = {}
+        if result.unread and log_names:  # folder names often name the patient
+            rows = "\n".join(f"| {shown(p) or '(root)'} | {scope} |" for p, scope in result.unread[:200])
+            named["not_read"] = MetadataValue.md(f"| folder or file | scope |\n|---|---|\n{rows}")
         return MaterializeResult(metadata={
             "folders_walked": len(folders) if folders is not None and source.scans_folders else "all",
             "files_walked": result.walked,
@@ -154,6 +159,7 @@ def build_nas_assets(nas: NasConfig, config: PacsConfig) -> list:
             "files_per_second": round(result.walked / max(result.seconds, 1e-9), 1),
             "by_status": _status_table(counts),
             "folders_not_read": result.not_read,  # their known rows kept, not deleted (check every_folder_read)
+            **named,
         }, check_results=[folders_read_result(result.not_read, result.kept)])
 
     @asset(key=AssetKey([prefix, "dicom_index"]), deps=[file_inventory], kinds={"duckdb"},

@@ -69,11 +69,15 @@ def check_root(nas_id: str, root: os.PathLike | str) -> None:
     """
     if not os.path.isdir(root):
         raise ConfigError(f"NAS '{nas_id}': root folder {root} does not exist or is not a folder (is the NAS mounted?).")
-    try:
+    def first_entry():
         with os.scandir(root) as it:
-            first = next(it, None)
-    except OSError as exc:
-        raise ConfigError(f"NAS '{nas_id}': cannot list root folder {root}: {exc.strerror}.") from None
+            return next(it, None)
+
+    try:
+        first = retrying(first_entry)
+    except OSError as exc:  # refused (the service user may not list it) or failing: the whole NAS is unread
+        raise ConfigError(f"NAS '{nas_id}': cannot list root folder {root}: {exc.strerror}; treating it as an "
+                          "outage: nothing is read and nothing is treated as deleted.") from None
     if first is None:
         raise ConfigError(f"NAS '{nas_id}': root folder {root} is empty: treating it as an outage (is the NAS "
                           "share mounted?); nothing is read and nothing is treated as deleted.")

@@ -41,6 +41,7 @@ class Walked:
     known: int  # files the scan cache knew there before
     not_read: int = 0  # folders (and files) whose listing or stat kept failing or was refused
     kept: int = 0  # known rows kept as they were because their folder (or file) could not be read
+    unread: list[tuple[str, str]] = dataclasses.field(default_factory=list)  # (stored path, scope)
 
 
 @dataclasses.dataclass
@@ -51,6 +52,7 @@ class InventoryResult:
     seconds: float
     not_read: int = 0  # what could not be read (see Walked); its known rows were kept
     kept: int = 0
+    unread: list[tuple[str, str]] = dataclasses.field(default_factory=list)
 
 
 def take_inventory(source: NasSource, nas: NasBase, index_path: str | os.PathLike, start: dt.date, end: dt.date,
@@ -67,7 +69,8 @@ def take_inventory(source: NasSource, nas: NasBase, index_path: str | os.PathLik
     with Staging(index_path) as staging:
         seen = walk_into(staging, source, nas, today=today, folders=folders, progress=progress)
         counts = merge_inventory(staging, nas.id, start, end, folders)
-    return InventoryResult(seen.files, seen.known, counts, time.monotonic() - started, seen.not_read, seen.kept)
+    return InventoryResult(seen.files, seen.known, counts, time.monotonic() - started, seen.not_read, seen.kept,
+                           seen.unread)
 
 
 def walk_into(staging: Staging, source: NasSource, nas: NasBase, *, today: dt.date,
@@ -101,4 +104,4 @@ def walk_into(staging: Staging, source: NasSource, nas: NasBase, *, today: dt.da
         raise NasOutage(
             f"NAS '{nas.id}' at {nas.root} shows {walked} files where the index knew {known}: "
             "treating it as an outage (unmounted or partly offline NAS), not as deletions; index unchanged.")
-    return Walked(walked, known, len(source.unread), kept)
+    return Walked(walked, known, len(source.unread), kept, list(source.unread))

@@ -52,6 +52,10 @@ class DicomFolderSource(NasSource):
                           recursive=folders is None):
             if entry.unread:
                 self.unread.append((entry.rel if entry.rel != "." else "", entry.unread))
+                if entry.unread != "file":
+                    # A folder is not a file: no row of its own (its parent's merge would later read the row's
+                    # end as a deletion). The run's metadata and its every_folder_read check report it.
+                    continue
             if entry.status is None:
                 yield (entry.rel, entry.size, entry.mtime_ns)
             else:
