@@ -138,7 +138,7 @@ def _entry(entry: os.DirEntry, fd: int, dir_path: str, rel_dir: str, real_root: 
     # stored(a + "/" + b) == stored(a) + "/" + stored(b): the stored form composes like the path.
     rel = f"{rel_dir}/{names.stored(entry.name)}" if rel_dir else names.stored(entry.name)
     try:
-        if entry.is_symlink():
+        if retrying(entry.is_symlink):  # stats the entry itself when the listing gave no type (FUSE, some NFS)
             if not follow_links:
                 st = retrying(lambda: os.stat(entry.name, dir_fd=fd, follow_symlinks=False))
                 yield Entry(rel, st.st_size, st.st_mtime_ns, link=True)

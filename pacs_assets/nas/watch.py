@@ -232,9 +232,9 @@ class NasWatch:
             name = names.stored(entry.name)
             child = f"{rel}/{name}" if rel else name
             try:
-                if entry.is_symlink():
+                if retrying(entry.is_symlink):
                     continue  # links are followed (or refused) by the inventory walk, not watched
-                if entry.is_dir():
+                if retrying(entry.is_dir):
                     known_dirs.discard(child)
                     if not self.db.execute("SELECT 1 FROM dirs WHERE path = ?", (child,)).fetchone():
                         self.db.execute("INSERT OR IGNORE INTO queue VALUES (?)", (child,))

@@ -19,8 +19,12 @@ from pydicom.uid import UID
 
 from pacs_assets.nas.base import FAILED, SKIPPED, FileRecord
 from pacs_assets.nas.names import join, open_nas
+from pacs_assets.nas.walk import is_transient, retrying
 
 _PYDICOM_LOG = logging.getLogger("pydicom")
+# Appended to the change token of a file the share would not read (EIO...): no later walk finds its token in
+# the scan cache, so the file is read again instead of staying failed until it changes.
+UNREAD_TOKEN = "-unread"
 PIXEL_DATA_TAG = (0x7FE0, 0x0010)
 # VRs whose explicit-VR element header has 2 reserved bytes and a 4-byte length.
 LONG_VRS = {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"UC", b"UN", b"UR", b"UT"}
@@ -186,7 +190,11 @@ def read_dicom_file(nas_id: str, root: str, rel_path: str, size: int, mtime_ns: 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
-            return _read(nas_id, root, rel_path, size, mtime_ns)
+            return retrying(lambda: _read(nas_id, root, rel_path, size, mtime_ns))
+        except OSError as exc:  # a network share kept failing: say so, and read it again on the next walk
+            return FileRecord(nas_id=nas_id, file_path=rel_path, size=size, mtime_ns=mtime_ns,
+                              change_token=f"{size}-{mtime_ns}{UNREAD_TOKEN}", status=FAILED,
+                              reason=f"cannot read the file: {exc.strerror or exc} (the share kept failing)")
         except Exception as exc:  # noqa: BLE001 - an awkward file must never stop the run
             return FileRecord(nas_id=nas_id, file_path=rel_path, size=size, mtime_ns=mtime_ns,
                               change_token=f"{size}-{mtime_ns}", status=FAILED,
@@ -250,5 +258,7 @@ def _read(nas_id: str, root: str, rel_path: str, size: int, mtime_ns: int) -> Fi
     except PermissionError:
         rec.status, rec.reason = FAILED, "permission denied: cannot read the file"
     except OSError as exc:
+        if is_transient(exc):
+            raise  # read_dicom_file retries it
         rec.status, rec.reason = FAILED, f"cannot read the file: {exc.strerror or exc}"
     return rec
