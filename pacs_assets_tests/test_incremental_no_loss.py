@@ -225,7 +225,7 @@ def test_incremental_schedule_asks_for_the_changed_folders_only(tmp_path):
     that changed; the run config carries a reference, never a folder name (folder names name patients)."""
     from dagster import build_schedule_context
 
-    from pacs_assets.nas.watch import read_folder_list
+    from pacs_assets.nas.folder_lists import read_folder_list
 
     manifest = make_dicom_nas(tmp_path / "nas", patients=4, start_date=SAMPLE_START)
     config = write_config(tmp_path / "pacs.yaml", NAS, orthanc_url="http://127.0.0.1:9")

@@ -9,6 +9,12 @@ sensor cursor, which stays small, and not in DuckDB, whose lock the runs need.
 A tick has a time budget: the first look at a big NAS spans several ticks, resuming from a queue of
 folders still to list, so no file is missed or reported twice. A file rewritten in place (same folder,
 no rename) does not change its folder's mtime: the nightly reconciliation run catches those.
+
+On a huge, slow share (300,000 folders at ~1 ms a stat over SMB is 5 minutes) a tick cannot stat every
+folder. Each tick stats the *recent* folders (modified in the last RECENT_SECONDS: where new studies land)
+and a slice of the others, least recently checked first (``sweep_slice``); a sweep round ends when every
+folder has been checked since it began. So a change in a recent folder is seen at the next tick, a change
+anywhere else within one sweep (folders / sweep_slice ticks), and the nightly reconciliation sees all.
 """
 
 from __future__ import annotations
@@ -23,12 +29,13 @@ from collections.abc import Callable
 from pathlib import Path
 
 from pacs_assets.errors import ConfigError
-from pacs_assets.nas.dates import assign_procedure_date
 from pacs_assets.nas import names
+from pacs_assets.nas.dates import assign_procedure_date
 from pacs_assets.nas.walk import check_root, retrying
 
 SCHEMA = """
-CREATE TABLE IF NOT EXISTS dirs (path TEXT PRIMARY KEY, mtime_ns INTEGER);
+-- checked: the tick that last statted the folder (the sweep takes the least recently checked first).
+CREATE TABLE IF NOT EXISTS dirs (path TEXT PRIMARY KEY, mtime_ns INTEGER, checked INTEGER DEFAULT 0);
 -- stable: 0 until size and mtime held still from tick seen_tick to a later one; then 1.
 CREATE TABLE IF NOT EXISTS files (path TEXT PRIMARY KEY, dir TEXT, size INTEGER, mtime_ns INTEGER,
                                   stable INTEGER, partition TEXT, seen_tick INTEGER);
@@ -37,7 +44,14 @@ CREATE INDEX IF NOT EXISTS files_unstable ON files(stable) WHERE stable = 0;
 CREATE TABLE IF NOT EXISTS queue (path TEXT PRIMARY KEY);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER);
 INSERT OR IGNORE INTO meta VALUES ('tick', 0);
+INSERT OR IGNORE INTO meta VALUES ('sweep_start', 0);
 """
+INDEXES = """
+CREATE INDEX IF NOT EXISTS dirs_mtime ON dirs(mtime_ns);
+CREATE INDEX IF NOT EXISTS dirs_checked ON dirs(checked);
+"""
+RECENT_SECONDS = 2 * 86400  # folders modified this recently are statted every tick
+SWEEP_SLICE = 5000  # other folders statted per tick (~5 s at 1 ms a stat; the tick budget caps it too)
 
 
 class NasUnavailable(RuntimeError):
@@ -53,6 +67,8 @@ class TickResult:
     queued: int  # folders still to list on a later tick (first look at a big NAS)
     pending: int  # files seen but not yet stable
     not_read: int = 0  # folders whose stat or listing kept failing this tick: what they held stays as it was
+    sweep_checked: int = 0  # folders checked in the current sweep round (of sweep_total)
+    sweep_total: int = 0
     # True until the watch has once seen the whole NAS settle: its changes are then "everything", which one
     # whole walk (the reconciliation) handles better than runs of named folders.
     first_look: bool = False
@@ -64,47 +80,6 @@ class TickResult:
     def folders(self, day: dt.date) -> list[str]:
         """The folders (relative, '' = root) holding the files that changed in ``day``: what a run walks."""
         return sorted({path.rpartition("/")[0] for path, _ in self.changes.get(day, [])})
-
-
-# -- the folder lists the sensor hands its runs ----------------------------------------------------------
-# Folder names often name the patient, so a run's config carries only a reference to its list: a 0600 file
-# in a 0700 folder beside the watch state. Lists older than a week are removed when a new one is written.
-FOLDER_LIST_DAYS = 7
-
-
-def write_folder_list(state_dir: Path, folders: list[str]) -> str:
-    """Store a folder list; returns its reference (a digest of its content)."""
-    import hashlib
-    import json
-
-    body = json.dumps(sorted(folders)).encode()
-    ref = hashlib.sha1(body).hexdigest()[:20]
-    base = Path(state_dir) / "folder_lists"
-    base.mkdir(mode=0o700, parents=True, exist_ok=True)
-    cutoff = time.time() - FOLDER_LIST_DAYS * 86400
-    for old in base.glob("*.json"):
-        if old.stat().st_mtime < cutoff:
-            old.unlink(missing_ok=True)
-    target = base / f"{ref}.json"
-    if not target.exists():
-        tmp = base / f".{ref}.{os.getpid()}.tmp"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "wb") as f:
-            f.write(body)
-        os.replace(tmp, target)
-    return ref
-
-
-def read_folder_list(state_dir: Path, ref: str) -> list[str] | None:
-    """The folder list behind a reference, or None if it is gone (the run then walks the whole NAS)."""
-    import json
-
-    if not ref.isalnum():
-        return None
-    try:
-        return json.loads((Path(state_dir) / "folder_lists" / f"{ref}.json").read_text())
-    except FileNotFoundError:
-        return None
 
 
 def _below(rel: str) -> tuple[str, str]:
@@ -120,7 +95,9 @@ class NasWatch:
     """
 
     def __init__(self, state_path: Path, root: Path, *, partitions_start: dt.date, settle_seconds: float = 0.0,
-                 read_dates: Callable[[str, str, int, int], tuple[str | None, str | None]] | None = None):
+                 read_dates: Callable[[str, str, int, int], tuple[str | None, str | None]] | None = None,
+                 sweep_slice: int = SWEEP_SLICE, recent_seconds: float = RECENT_SECONDS):
+        self.sweep_slice, self.recent_ns = sweep_slice, int(recent_seconds * 1e9)
         self.root = Path(root)
         self.read_dates = read_dates
         self.start = partitions_start
@@ -128,6 +105,9 @@ class NasWatch:
         state_path.parent.mkdir(parents=True, exist_ok=True)
         self.db = sqlite3.connect(state_path, timeout=30)
         self.db.executescript(SCHEMA)
+        if "checked" not in {r[1] for r in self.db.execute("PRAGMA table_info(dirs)")}:  # state from before
+            self.db.execute("ALTER TABLE dirs ADD COLUMN checked INTEGER DEFAULT 0")
+        self.db.executescript(INDEXES)
 
     def close(self) -> None:
         self.db.close()
@@ -152,7 +132,7 @@ class NasWatch:
             self.db.execute("UPDATE meta SET value = value + 1 WHERE key = 'tick'")
             self.tick_no = self.db.execute("SELECT value FROM meta WHERE key = 'tick'").fetchone()[0]
             if not self.db.execute("SELECT 1 FROM queue LIMIT 1").fetchone():
-                statted = self._queue_changed_dirs(changes)
+                statted = self._queue_changed_dirs(deadline - budget_seconds / 2)
             while listed == 0 or time.monotonic() < deadline:  # at least one folder per tick
                 row = self.db.execute("SELECT path FROM queue ORDER BY path LIMIT 1").fetchone()
                 if row is None:
@@ -167,16 +147,25 @@ class NasWatch:
         if first_look and queued == 0 and pending == 0:
             with self.db:
                 self.db.execute("INSERT OR IGNORE INTO meta VALUES ('settled_once', 1)")
+        checked, total = self._sweep_progress()
         return TickResult({d: sorted(v) for d, v in changes.items()}, statted, listed, queued, pending,
-                          self.not_read, first_look)
+                          self.not_read, checked, total, first_look)
 
-    def _queue_changed_dirs(self, changes) -> int:
+    def _queue_changed_dirs(self, slice_deadline: float) -> int:
+        """Stat the recent folders and a slice of the others; queue those whose mtime changed. Returns how many."""
         if not self.db.execute("SELECT 1 FROM dirs LIMIT 1").fetchone():
             self.db.execute("INSERT OR IGNORE INTO queue VALUES ('')")
             return 0
+        cutoff = time.time_ns() - self.recent_ns
+        recent = self.db.execute("SELECT path, mtime_ns FROM dirs WHERE mtime_ns >= ?", (cutoff,)).fetchall()
+        older = self.db.execute("SELECT path, mtime_ns FROM dirs WHERE mtime_ns < ? ORDER BY checked, path LIMIT ?",
+                                (cutoff, self.sweep_slice)).fetchall()
         n = 0
-        for rel, mtime in self.db.execute("SELECT path, mtime_ns FROM dirs").fetchall():
+        for i, (rel, mtime) in enumerate(recent + older):
+            if i > len(recent) and time.monotonic() > slice_deadline:  # at least one of the slice
+                break  # the rest of the slice waits for the next tick (it stays least recently checked)
             n += 1
+            self.db.execute("UPDATE dirs SET checked = ? WHERE path = ?", (self.tick_no, rel))
             try:
                 now = retrying(lambda: os.stat(self._join(rel)).st_mtime_ns)
             except FileNotFoundError:
@@ -189,6 +178,16 @@ class NasWatch:
             if now != mtime:
                 self.db.execute("INSERT OR IGNORE INTO queue VALUES (?)", (rel,))
         return n
+
+    def _sweep_progress(self) -> tuple[int, int]:
+        """(folders checked since the sweep round began, folders known); a finished round starts the next."""
+        start = self.db.execute("SELECT value FROM meta WHERE key = 'sweep_start'").fetchone()[0]
+        total = self.db.execute("SELECT count(*) FROM dirs").fetchone()[0]
+        checked = self.db.execute("SELECT count(*) FROM dirs WHERE checked >= ?", (start,)).fetchone()[0]
+        if total and checked >= total:
+            with self.db:
+                self.db.execute("UPDATE meta SET value = ? WHERE key = 'sweep_start'", (self.tick_no + 1,))
+        return checked, total
 
     def _forget_dir(self, rel: str, changes) -> None:
         # A range of the index, not LIKE: '%' and '_' are ordinary characters in file names.
@@ -260,7 +259,8 @@ class NasWatch:
             self.db.execute("DELETE FROM files WHERE path = ?", (gone,))
         for gone_dir in known_dirs:  # read, and the folder is not in it: gone with everything below it
             self._forget_dir(gone_dir, changes)
-        self.db.execute("INSERT OR REPLACE INTO dirs VALUES (?, ?)", (rel, dir_mtime))
+        self.db.execute("INSERT INTO dirs VALUES (?, ?, ?) ON CONFLICT (path) DO UPDATE SET mtime_ns = excluded.mtime_ns, "
+                        "checked = excluded.checked", (rel, dir_mtime, self.tick_no))
 
     def _settle(self, changes, today: dt.date, deadline: float) -> None:
         """Pending files seen on an earlier tick: unchanged since (and old enough) means stable."""
