@@ -65,7 +65,7 @@ class UploadBody:
                 continue
             path, offset, length = part
             try:
-                fh = open_nas(path)
+                fh = open_nas(path, buffering=0)  # whole chunks: a buffer would only copy them
             except OSError as exc:
                 raise UploadBodyError(f"cannot read the file for upload: {exc.strerror}") from None
             with fh:

@@ -110,9 +110,10 @@ def open_fd(path: str | bytes, flags: int = os.O_RDONLY) -> int:
     return _open_long(raw, flags)
 
 
-def open_nas(path: str | bytes):
-    """A NAS file opened for reading, unbuffered, whatever its path's length."""
-    return os.fdopen(open_fd(path), "rb", buffering=0)
+def open_nas(path: str | bytes, buffering: int = -1):
+    """A NAS file opened for reading, whatever its path's length. Buffered by default: a header parse makes
+    hundreds of small reads, each a system call (and on a network share maybe a round trip) unbuffered."""
+    return os.fdopen(open_fd(path), "rb", buffering=buffering)
 
 
 def stat_nas(path: str | bytes, *, follow_symlinks: bool = True) -> os.stat_result:

@@ -17,7 +17,7 @@ from pydicom.dataset import FileMetaDataset
 
 from pacs_assets.nas.base import FileRecord, NasSource, ScanCache
 from pacs_assets.nas.body import UploadBody
-from pacs_assets.nas.dicom_folder.headers import read_dicom_file
+from pacs_assets.nas.dicom_folder.headers import read_dicom_files
 from pacs_assets.nas.names import join, stat_nas
 from pacs_assets.nas.walk import check_root, walk
 
@@ -25,21 +25,26 @@ from pacs_assets.nas.walk import check_root, walk
 POOL_THRESHOLD = 256
 # Walked files offered to a bulk cache at once (one DataFrame insert each).
 OFFER_BATCH = 20_000
+# Header reads in flight per process: on a network share each file is a few round trips of ~1 ms, which
+# overlapping reads hide (benchmarks/bench_slow_share.py); on local disk they cost nothing.
+IO_THREADS = 8
 
 
-def _parse_chunk(args: tuple[str, str, list[tuple[str, int, int]]]) -> list[FileRecord]:
-    nas_id, root, items = args
-    return [read_dicom_file(nas_id, root, rel, size, mtime) for rel, size, mtime in items]
+def _parse_chunk(args: tuple[str, str, list[tuple[str, int, int]], int]) -> list[FileRecord]:
+    nas_id, root, items, threads = args
+    return read_dicom_files(nas_id, root, items, threads)
 
 
 class DicomFolderSource(NasSource):
     kind = "dicom_folder"
     scans_folders = True
 
-    def __init__(self, nas_id: str, root: Path, *, settle_seconds: float = 0.0, workers: int | None = None):
+    def __init__(self, nas_id: str, root: Path, *, settle_seconds: float = 0.0, workers: int | None = None,
+                 io_threads: int = IO_THREADS):
         super().__init__(nas_id, root)
         self.settle_seconds = settle_seconds
         self.workers = workers or min(os.cpu_count() or 1, 8)
+        self.io_threads = io_threads
 
     def check_available(self) -> None:
         check_root(self.nas_id, self.root)
@@ -130,11 +135,11 @@ class DicomFolderSource(NasSource):
         root = str(self.root)
         if pool is not None and len(todo) >= POOL_THRESHOLD:
             step = max(16, len(todo) // (self.workers * 4))
-            chunks = [(self.nas_id, root, todo[i:i + step]) for i in range(0, len(todo), step)]
+            chunks = [(self.nas_id, root, todo[i:i + step], self.io_threads) for i in range(0, len(todo), step)]
             for records in pool.map(_parse_chunk, chunks):
                 parsed.update((r.file_path, r) for r in records)
         else:
-            parsed.update((r.file_path, r) for r in _parse_chunk((self.nas_id, root, todo)))
+            parsed.update((r.file_path, r) for r in _parse_chunk((self.nas_id, root, todo, self.io_threads)))
         return parsed
 
     def _resolve(self, batch: list, cache: ScanCache, pool: ProcessPoolExecutor | None) -> list[FileRecord]:
