@@ -167,7 +167,7 @@ class NasWatch:
             n += 1
             self.db.execute("UPDATE dirs SET checked = ? WHERE path = ?", (self.tick_no, rel))
             try:
-                now = retrying(lambda: os.stat(self._join(rel)).st_mtime_ns)
+                now = retrying(lambda: names.stat_nas(self._join(rel)).st_mtime_ns)
             except FileNotFoundError:
                 # Gone, or so the share says now: only a listing of its parent that lacks it forgets it.
                 self.db.execute("INSERT OR IGNORE INTO queue VALUES (?)", (rel.rpartition("/")[0],))
@@ -210,12 +210,17 @@ class NasWatch:
         path = self._join(rel)
 
         def listing():
-            mtime = os.stat(path).st_mtime_ns  # before the listing: a change while listing shows next tick
-            with os.scandir(path) as it:
-                return mtime, list(it)
+            mtime = names.stat_nas(path).st_mtime_ns  # before the listing: a change while listing shows next tick
+            fd = names.open_dir(path)  # a descriptor: folders deeper than PATH_MAX list too
+            try:
+                with os.scandir(fd) as it:
+                    return mtime, fd, list(it)
+            except BaseException:
+                os.close(fd)
+                raise
 
         try:
-            dir_mtime, entries = retrying(listing)
+            dir_mtime, fd, entries = retrying(listing)
         except FileNotFoundError:
             if rel:  # its parent's listing decides whether it is gone
                 self.db.execute("INSERT OR IGNORE INTO queue VALUES (?)", (rel.rpartition("/")[0],))
@@ -227,30 +232,33 @@ class NasWatch:
             "SELECT path, size, mtime_ns FROM files WHERE dir = ?", (rel,)).fetchall()}
         known_dirs = self._subdirs(rel)
         seen = set()
-        for entry in entries:
-            name = names.stored(entry.name)
-            child = f"{rel}/{name}" if rel else name
-            try:
-                if retrying(entry.is_symlink):
-                    continue  # links are followed (or refused) by the inventory walk, not watched
-                if retrying(entry.is_dir):
+        try:
+            for entry in entries:
+                name = names.stored(entry.name)
+                child = f"{rel}/{name}" if rel else name
+                try:
+                    if retrying(entry.is_symlink):
+                        continue  # links are followed (or refused) by the inventory walk, not watched
+                    if retrying(entry.is_dir):
+                        known_dirs.discard(child)
+                        if not self.db.execute("SELECT 1 FROM dirs WHERE path = ?", (child,)).fetchone():
+                            self.db.execute("INSERT OR IGNORE INTO queue VALUES (?)", (child,))
+                        continue
+                    st = retrying(entry.stat)
+                except OSError:
+                    seen.add(child)  # listed but not statted: kept as it was, never read as deleted
                     known_dirs.discard(child)
-                    if not self.db.execute("SELECT 1 FROM dirs WHERE path = ?", (child,)).fetchone():
-                        self.db.execute("INSERT OR IGNORE INTO queue VALUES (?)", (child,))
+                    self.not_read += 1
                     continue
-                st = retrying(entry.stat)
-            except OSError:
-                seen.add(child)  # listed but not statted: kept as it was, never read as deleted
-                known_dirs.discard(child)
-                self.not_read += 1
-                continue
-            seen.add(child)
-            if known.get(child) != (st.st_size, st.st_mtime_ns):
-                # A changed file keeps the partition it was reported in: if it settles in another one (its
-                # StudyDate was rewritten), the old partition is reported too, so its rows are replaced.
-                self.db.execute("INSERT INTO files VALUES (?, ?, ?, ?, 0, NULL, ?) ON CONFLICT (path) DO UPDATE SET "
-                                "size = excluded.size, mtime_ns = excluded.mtime_ns, stable = 0, "
-                                "seen_tick = excluded.seen_tick", (child, rel, st.st_size, st.st_mtime_ns, self.tick_no))
+                seen.add(child)
+                if known.get(child) != (st.st_size, st.st_mtime_ns):
+                    # A changed file keeps the partition it was reported in: if it settles in another one (its
+                    # StudyDate was rewritten), the old partition is reported too, so its rows are replaced.
+                    self.db.execute("INSERT INTO files VALUES (?, ?, ?, ?, 0, NULL, ?) ON CONFLICT (path) DO UPDATE SET "
+                                    "size = excluded.size, mtime_ns = excluded.mtime_ns, stable = 0, "
+                                    "seen_tick = excluded.seen_tick", (child, rel, st.st_size, st.st_mtime_ns, self.tick_no))
+        finally:
+            os.close(fd)
         for gone in set(known) - seen:
             size, mtime = known[gone]
             part = self.db.execute("SELECT partition FROM files WHERE path = ?", (gone,)).fetchone()[0]
@@ -271,7 +279,7 @@ class NasWatch:
             if time.monotonic() > deadline + 5:  # reading headers: leave the rest for the next tick
                 break
             try:
-                st = retrying(lambda: os.stat(self._join(path)))
+                st = retrying(lambda: names.stat_nas(self._join(path)))
             except OSError:
                 # Gone or unreadable now: its folder's listing decides (a deletion changed the folder's mtime).
                 self.db.execute("INSERT OR IGNORE INTO queue VALUES (?)", (path.rpartition("/")[0],))

@@ -115,3 +115,27 @@ def test_odd_names_are_indexed_imported_found_and_shown_escaped(tmp_path, orthan
     assert "M\\xfcller J\\xfcrgen/Bild \\xe9t\\xe9.dcm" in out and "line\\nbreak.dcm" in out
     assert "tab\\there.dcm" in out and '"trailing space.dcm "' in out
     assert len(out.splitlines()) == len(expected) + 3  # title, header, one line per file, page: no raw newline
+
+
+def test_the_watch_reports_odd_names_in_the_stored_form_the_walk_uses(tmp_path):
+    from pacs_assets.nas.folder_lists import read_folder_list, write_folder_list
+    from pacs_assets.nas.walk import walk
+    from pacs_assets.nas.watch import NasWatch
+
+    root = tmp_path / "nas"
+    root.mkdir()
+    expected = _odd_nas(root)
+    watch = NasWatch(tmp_path / "w.sqlite", root, partitions_start=DAY - dt.timedelta(days=5))
+    reported = set()
+    while True:
+        result = watch.tick(60, dt.date.today())
+        reported |= {p for changes in result.changes.values() for p, _ in changes}
+        folders = sorted({f for day in result.changes for f in result.folders(day)})
+        if result.complete:
+            break
+    assert {names.fs_bytes(p) for p in reported} == expected
+    # The folders a sensor hands its run survive the folder list, and the walk of them finds the same files.
+    ref = write_folder_list(tmp_path / "lists", folders)
+    again = read_folder_list(tmp_path / "lists", ref)
+    walked = {e.rel for e in walk(root, follow_links=True, folders=again, recursive=False) if e.status is None}
+    assert walked >= {p for p in reported if p.rpartition("/")[0] in set(again)}
