@@ -7,6 +7,7 @@ from __future__ import annotations
 import datetime as dt
 
 import duckdb
+from dagster import AssetKey
 
 from pacs_assets.sample.bulk_dicom_nas import make_bulk_dicom_nas
 from pacs_assets_tests.harness import check_results, materialize_nas, write_config
@@ -64,3 +65,18 @@ def test_transient_errors_are_retried_and_lasting_ones_keep_the_rows(tmp_path, o
         third = materialize_nas(config, "smb")
         assert third.success and all(check_results(third).values()), check_results(third)
         assert _state(tmp_path / "index.duckdb") == ({**rows, new: "imported"}, 0)
+
+        # Indexed, then the share fails every read of it during the upload: failed (the file's fault, not
+        # Orthanc's), and sent by the next run.
+        make_bulk_dicom_nas(src / "LATER", 1, seed=4, start_date=DAY)
+        (later,) = [str(p.relative_to(src)) for p in (src / "LATER").rglob("*.dcm")]
+        assert materialize_nas(config, "smb", asset_selection=[AssetKey(["smb", "file_inventory"]),
+                                                               AssetKey(["smb", "dicom_index"])]).success
+        share.set(fault("read", f"/{later}", "EIO"))
+        materialize_nas(config, "smb", asset_selection=[AssetKey(["smb", "orthanc_instances"])], raise_on_error=False)
+        with duckdb.connect(str(tmp_path / "index.duckdb"), read_only=True) as con:
+            assert con.execute("SELECT status, reason FROM file_status WHERE file_path = ?", [later]).fetchall() == [
+                ("failed", "cannot read the file for upload: Input/output error")]
+        share.set()
+        assert materialize_nas(config, "smb").success
+        assert _state(tmp_path / "index.duckdb")[0][later] == "imported"

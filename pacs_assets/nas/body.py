@@ -18,6 +18,14 @@ from pacs_assets.nas.names import open_nas, stat_nas
 CHUNK_SIZE = 1 << 20  # the most one upload thread holds of a file at a time
 
 
+def _read(fh, size: int) -> bytes:
+    """A read from the NAS; its failure (EIO on a flaky share) is the file's, never Orthanc's connection's."""
+    try:
+        return fh.read(size)
+    except OSError as exc:
+        raise UploadBodyError(f"cannot read the file for upload: {exc.strerror or exc}") from None
+
+
 class UploadBody:
     """Bytes parts and (path, offset, length) file ranges, in order; ``length`` is the total."""
 
@@ -73,9 +81,9 @@ class UploadBody:
                 left = length
                 while left:
                     want = min(left, size - filled)
-                    data = fh.read(want)
+                    data = _read(fh, want)
                     while data is not None and len(data) < want:  # unbuffered reads are short only at EOF
-                        more = fh.read(want - len(data))
+                        more = _read(fh, want - len(data))
                         if not more:
                             raise UploadBodyError(f"the file ended at byte {offset + length - left + len(data)}, "
                                                   f"the upload needs {offset + length} (changed since indexing)")
