@@ -34,7 +34,7 @@ class Entry:
     reason: str | None = None
     link: bool = False  # a symbolic link not followed (follow_links=False)
     # Set when this entry could not be read (listing or stat failed): what its known rows are kept for.
-    # "tree": a folder and everything below it; "folder": a folder's own files; "file": one file.
+    # "tree": a path and everything below it; "folder": a folder's own files (a walk without subfolders).
     unread: str | None = None
 
 
@@ -152,8 +152,9 @@ def _entry(entry: os.DirEntry, fd: int, dir_path: str, rel_dir: str, real_root: 
                 return
         st = retrying(lambda: os.stat(entry.name, dir_fd=fd, follow_symlinks=follow_links))
     except OSError as exc:
+        # Kept failing: a file or a whole folder (its type is unknown), so what is known at or below it stays.
         yield Entry(rel, status=FAILED, reason=f"cannot stat: {exc.strerror}",
-                    unread="file" if is_transient(exc) else None)
+                    unread="tree" if is_transient(exc) else None)
         return
     if stat.S_ISDIR(st.st_mode):
         key = (st.st_dev, st.st_ino)

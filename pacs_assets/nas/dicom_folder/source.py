@@ -56,11 +56,10 @@ class DicomFolderSource(NasSource):
         for entry in walk(self.root, follow_links=True, settle_seconds=self.settle_seconds, folders=folders,
                           recursive=folders is None):
             if entry.unread:
+                # No row of its own (a folder is not a file, and its parent's merge would later read the row's
+                # end as a deletion): the run's metadata and its every_folder_read check report it.
                 self.unread.append((entry.rel if entry.rel != "." else "", entry.unread))
-                if entry.unread != "file":
-                    # A folder is not a file: no row of its own (its parent's merge would later read the row's
-                    # end as a deletion). The run's metadata and its every_folder_read check report it.
-                    continue
+                continue
             if entry.status is None:
                 yield (entry.rel, entry.size, entry.mtime_ns)
             else:
