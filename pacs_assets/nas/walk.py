@@ -1,8 +1,9 @@
 """The one walker of a NAS tree, and the one check that its root can be read now.
 
 Read-only, streamed, depth first in name order. Every entry the walk meets is reported exactly once:
-a regular file with its size and mtime, or a problem (a folder that cannot be listed, a dangling link,
-a device...) with the status and one-sentence reason its inventory record gets. With ``follow_links``,
+a regular file with its size and mtime, or a problem (a dangling link, a device...) with the status and
+one-sentence reason its inventory record gets, or, for what could not be read (a folder that cannot be
+listed, a stat that keeps failing), ``unread``: what the index knew there is kept, never read as deleted. With ``follow_links``,
 symbolic links are followed only inside the root and each folder only once (a link to an ancestor
 cannot loop); without it, links are reported as links and never followed.
 """
@@ -67,8 +68,13 @@ def check_root(nas_id: str, root: os.PathLike | str) -> None:
     An unmounted share leaves its mount point behind as an empty folder: that must never read as
     "every file was deleted" (FIELD_NOTES), so an empty root is refused here, before any walk.
     """
-    if not os.path.isdir(root):
+    try:
+        is_dir = stat.S_ISDIR(retrying(lambda: os.stat(root)).st_mode)
+    except OSError:
+        is_dir = False
+    if not is_dir:
         raise ConfigError(f"NAS '{nas_id}': root folder {root} does not exist or is not a folder (is the NAS mounted?).")
+
     def first_entry():
         with os.scandir(root) as it:
             return next(it, None)
