@@ -33,8 +33,8 @@ from pacs_assets.defs.checks import folders_read_result, folders_read_spec
 from pacs_assets.defs.partitions import nas_partitions
 from pacs_assets.defs.resources import IndexResource, OrthancResource, nas_resource_key
 from pacs_assets.defs.sensors import watch_state_path
-from pacs_assets.nas.names import shown
 from pacs_assets.nas.folder_lists import read_folder_list
+from pacs_assets.nas.names import shown
 from pacs_assets.orthanc.client import OrthancRefused, OrthancUnavailable
 from pacs_assets.pipeline.hierarchy import build_hierarchy
 from pacs_assets.pipeline.inventory import NasOutage, take_inventory
