@@ -12,9 +12,10 @@ no rename) does not change its folder's mtime: the nightly reconciliation run ca
 
 On a huge, slow share (300,000 folders at ~1 ms a stat over SMB is 5 minutes) a tick cannot stat every
 folder. Each tick stats the *recent* folders (modified in the last RECENT_SECONDS: where new studies land)
-and a slice of the others, least recently checked first (``sweep_slice``); a sweep round ends when every
-folder has been checked since it began. So a change in a recent folder is seen at the next tick, a change
-anywhere else within one sweep (folders / sweep_slice ticks), and the nightly reconciliation sees all.
+and a slice of the others, least recently checked first (``sweep_slice``), both within half the tick's
+budget; a sweep round ends when every folder has been checked since it began. So a change in a recent folder
+is seen at the next tick (while the recent folders fit the budget), a change anywhere else within one sweep
+(folders / sweep_slice ticks), and the nightly reconciliation sees all.
 """
 
 from __future__ import annotations
@@ -157,27 +158,34 @@ class NasWatch:
             self.db.execute("INSERT OR IGNORE INTO queue VALUES ('')")
             return 0
         cutoff = time.time_ns() - self.recent_ns
-        recent = self.db.execute("SELECT path, mtime_ns FROM dirs WHERE mtime_ns >= ?", (cutoff,)).fetchall()
+        # Both least recently checked first, each at least one per tick: what the budget leaves waits a tick.
+        recent = self.db.execute("SELECT path, mtime_ns FROM dirs WHERE mtime_ns >= ? ORDER BY checked, path",
+                                 (cutoff,)).fetchall()
         older = self.db.execute("SELECT path, mtime_ns FROM dirs WHERE mtime_ns < ? ORDER BY checked, path LIMIT ?",
                                 (cutoff, self.sweep_slice)).fetchall()
         n = 0
-        for i, (rel, mtime) in enumerate(recent + older):
-            if i > len(recent) and time.monotonic() > slice_deadline:  # at least one of the slice
-                break  # the rest of the slice waits for the next tick (it stays least recently checked)
-            n += 1
-            self.db.execute("UPDATE dirs SET checked = ? WHERE path = ?", (self.tick_no, rel))
-            try:
-                now = retrying(lambda: names.stat_nas(self._join(rel)).st_mtime_ns)
-            except FileNotFoundError:
-                # Gone, or so the share says now: only a listing of its parent that lacks it forgets it.
-                self.db.execute("INSERT OR IGNORE INTO queue VALUES (?)", (rel.rpartition("/")[0],))
-                continue
-            except OSError:
-                self.not_read += 1
-                continue
-            if now != mtime:
-                self.db.execute("INSERT OR IGNORE INTO queue VALUES (?)", (rel,))
+        for batch in (recent, older):
+            for i, (rel, mtime) in enumerate(batch):
+                if i and time.monotonic() > slice_deadline:
+                    break
+                n += 1
+                self._check_dir(rel, mtime)
         return n
+
+    def _check_dir(self, rel: str, mtime: int) -> None:
+        """Stat one known folder; queue it for listing if its mtime changed."""
+        self.db.execute("UPDATE dirs SET checked = ? WHERE path = ?", (self.tick_no, rel))
+        try:
+            now = retrying(lambda: names.stat_nas(self._join(rel)).st_mtime_ns)
+        except FileNotFoundError:
+            # Gone, or so the share says now: only a listing of its parent that lacks it forgets it.
+            self.db.execute("INSERT OR IGNORE INTO queue VALUES (?)", (rel.rpartition("/")[0],))
+            return
+        except OSError:
+            self.not_read += 1
+            return
+        if now != mtime:
+            self.db.execute("INSERT OR IGNORE INTO queue VALUES (?)", (rel,))
 
     def _sweep_progress(self) -> tuple[int, int]:
         """(folders checked since the sweep round began, folders known); a finished round starts the next."""
