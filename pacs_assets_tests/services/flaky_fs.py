@@ -131,7 +131,8 @@ class FlakyShare:
         self.set()
         self.log = open(self.workdir / "flaky_fs.log", "wb")
         self.proc = subprocess.Popen([sys.executable, "-m", "pacs_assets_tests.services.flaky_fs", str(self.source),
-                                      str(self.mountpoint), str(self.control)], stdout=self.log, stderr=self.log)
+                                      str(self.mountpoint), str(self.control)], stdout=self.log, stderr=self.log,
+                                     cwd=Path(__file__).resolve().parents[2])  # the checkout: -m finds this module
         wait_until(lambda: os.path.ismount(self.mountpoint) or self.proc.poll() is not None, 15, "FUSE mount")
         if not os.path.ismount(self.mountpoint):
             raise RuntimeError(f"the FUSE share did not mount: {(self.workdir / 'flaky_fs.log').read_text()[-2000:]}")
