@@ -10,6 +10,7 @@ PACKAGES=(
   postgresql                                  # optional Dagster instance storage; Orthanc index for several nodes
   orthanc-postgresql                          # the PostgreSQL index plugin (several Orthanc nodes, one index)
   python3-venv
+  fuse3                                       # tests: a slow, flaky pass-through file system (mfusepy)
 )
 
 missing=()

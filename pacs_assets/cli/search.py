@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 from pacs_assets.config import PacsConfig, load_config
+from pacs_assets.nas.names import shown as shown_path
 
 # The index modules (duckdb, and pandas through store) load when a command runs, not when `pacs` builds its parser.
 
@@ -199,7 +200,7 @@ def print_result(result: dict) -> None:
             acc = f"  acc. {s['accession_number']}" if s["accession_number"] else ""
             out.write(f"  {date}  {what}{acc}  study {s['study_instance_uid']}\n")
             for loc in s["locations"]:
-                where = loc["path"] or loc["folder"] or "(no folder)"
+                where = shown_path(loc["path"] or loc["folder"] or "") or "(no folder)"  # odd names escaped
                 formats = ",".join(loc["file_formats"]) or "?"
                 files = f"{loc['files']} file{'s' if loc['files'] != 1 else ''}"
                 out.write(f"      {loc['nas_id']}: {where}  [{formats}]  {files}, "

@@ -29,10 +29,12 @@ from dagster import (
 )
 
 from pacs_assets.config import ConfigError, NasConfig, PacsConfig
+from pacs_assets.defs.checks import folders_read_result, folders_read_spec
 from pacs_assets.defs.partitions import nas_partitions
 from pacs_assets.defs.resources import IndexResource, OrthancResource, nas_resource_key
 from pacs_assets.defs.sensors import watch_state_path
-from pacs_assets.nas.watch import read_folder_list
+from pacs_assets.nas.folder_lists import read_folder_list
+from pacs_assets.nas.names import shown
 from pacs_assets.orthanc.client import OrthancRefused, OrthancUnavailable
 from pacs_assets.pipeline.hierarchy import build_hierarchy
 from pacs_assets.pipeline.identity_guard import guard_for
@@ -125,12 +127,14 @@ def build_nas_assets(nas: NasConfig, config: PacsConfig) -> list:
     partitions = nas_partitions(nas, config.timezone)
     source_key = nas_resource_key(nas.id)
     tz = ZoneInfo(config.timezone)
+    log_names = config.privacy.log_patient_data  # the asset's own ``config`` is its run config
     watch_dir = watch_state_path(config, nas.id).parent
     common = dict(group_name=nas.id, partitions_def=partitions, backfill_policy=BackfillPolicy.single_run(),
                   owners=OWNERS)
 
     @asset(key=AssetKey([prefix, "file_inventory"]), kinds={"duckdb", "python"},
            required_resource_keys={source_key, "index"}, pool=WALK_POOL,
+           check_specs=[folders_read_spec(AssetKey([prefix, "file_inventory"]))],
            description=f"Every file under NAS '{nas.id}' ({nas.kind}), walked read-only: size, mtime, change "
                        "token, what it is and, for the skipped and failed, why. Partitioned by procedure date.",
            **common)
@@ -148,6 +152,10 @@ def build_nas_assets(nas: NasConfig, config: PacsConfig) -> list:
         except NasOutage as exc:
             raise Failure(description=str(exc)) from None
         counts = result.counts
+        named = {}
+        if result.unread and log_names:  # folder names often name the patient
+            rows = "\n".join(f"| {shown(p) or '(root)'} | {scope} |" for p, scope in result.unread[:200])
+            named["not_read"] = MetadataValue.md(f"| folder or file | scope |\n|---|---|\n{rows}")
         return MaterializeResult(metadata={
             "folders_walked": len(folders) if folders is not None and source.scans_folders else "all",
             "files_walked": result.walked,
@@ -156,7 +164,9 @@ def build_nas_assets(nas: NasConfig, config: PacsConfig) -> list:
             "walk_seconds": round(result.seconds, 2),
             "files_per_second": round(result.walked / max(result.seconds, 1e-9), 1),
             "by_status": _status_table(counts),
-        })
+            "folders_not_read": result.not_read,  # their known rows kept, not deleted (check every_folder_read)
+            **named,
+        }, check_results=[folders_read_result(result.not_read, result.kept)])
 
     @asset(key=AssetKey([prefix, "dicom_index"]), deps=[file_inventory], kinds={"duckdb"},
            description=f"Patients, studies, series and instances found on NAS '{nas.id}', in the DuckDB index; "
@@ -195,7 +205,7 @@ def build_nas_assets(nas: NasConfig, config: PacsConfig) -> list:
         summary, totals = done.summary, done.totals
         named = {}
         if config.privacy.log_patient_data:  # file paths often name the patient: only where the site allows it
-            rows = "\n".join(f"| {p} | {r} |" for p, r in done.failed_files)
+            rows = "\n".join(f"| {shown(p)} | {r} |" for p, r in done.failed_files)
             named["failed_files"] = MetadataValue.md(f"| file | reason |\n|---|---|\n{rows}")
         # Messages can quote file paths: without the site's consent, only their categories (file unreadable...).
         reasons = summary.failures_by_reason if config.privacy.log_patient_data else summary.failures_by_category

@@ -20,6 +20,9 @@
   the colliding files and everything else flows on.
 - ``no_held_files`` (on orthanc_instances, **error**): files held back by the guard, by kind of collision
   (including what Orthanc already holds under the ID), until someone decides (`pacs identity`).
+- ``every_folder_read`` (on file_inventory and the reconciliation, reported by the walk itself): no folder's
+  listing (or file's stat) kept failing or was refused. Such a folder's known rows are kept as they were,
+  never read as deleted; the check fails so that someone looks (permissions, a flaky share).
 - the kind's own checks (``NasKind.checks``), e.g. ``lossless_in_orthanc`` for Firebird/JPEG 2000.
 Metadata carries counts and NAS ids only, never UIDs or patient data.
 """
@@ -27,8 +30,8 @@ Metadata carries counts and NAS ids only, never UIDs or patient data.
 from dagster import (
     AssetCheckExecutionContext,
     AssetCheckResult,
-    AssetCheckSpec,
     AssetCheckSeverity,
+    AssetCheckSpec,
     AssetKey,
     asset_check,
     multi_asset_check,
@@ -40,6 +43,21 @@ from pacs_assets.nas.base import KindCheck
 from pacs_assets.nas.registry import kind_of
 from pacs_assets.pipeline import checks as work
 from pacs_assets.pipeline.identity_guard import guard_for
+
+
+FOLDERS_READ = "every_folder_read"
+
+
+def folders_read_spec(key: AssetKey) -> AssetCheckSpec:
+    return AssetCheckSpec(FOLDERS_READ, asset=key,
+                          description="The walk read every folder: none kept failing (EIO, ESTALE...) or was refused; "
+                                      "the rows of a folder not read are kept as they were, never deleted.")
+
+
+def folders_read_result(not_read: int, kept: int) -> AssetCheckResult:
+    """The walk's own verdict (counts only: folder names often name patients)."""
+    return AssetCheckResult(check_name=FOLDERS_READ, passed=not_read == 0,
+                            metadata={"folders_not_read": not_read, "rows_kept_unread": kept})
 
 
 def build_nas_checks(nas: NasConfig, config: PacsConfig) -> list:

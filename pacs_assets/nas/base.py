@@ -119,6 +119,9 @@ class NasSource(ABC):
     def __init__(self, nas_id: str, root: Path):
         self.nas_id = nas_id
         self.root = Path(root)
+        # After a scan: (stored path, scope) of what could not be read (a listing or stat that kept failing, a
+        # folder refused); scope is "tree" or "folder" (nas/walk.py). Its known rows stay as they were (not deleted).
+        self.unread: list[tuple[str, str]] = []
 
     @abstractmethod
     def check_available(self) -> None:

@@ -39,6 +39,8 @@ class Reconciled:
     known_before: int
     changes: dict[dt.date, dict[str, int]]  # procedure date -> {'added'|'changed'|'deleted': files}
     seconds: float
+    not_read: int = 0  # folders/files that could not be read: their known rows were kept (pipeline/inventory.py)
+    kept: int = 0
 
     def totals(self) -> Counter:
         out: Counter = Counter()
@@ -52,9 +54,9 @@ def reconcile(source: NasSource, nas: NasBase, index_path: str | os.PathLike, *,
     """Walk everything; merge the dates that changed in one transaction. Raises ConfigError / NasOutage."""
     started = time.monotonic()
     with Staging(index_path) as staging:
-        walked, known = walk_into(staging, source, nas, today=today, progress=progress)
+        seen = walk_into(staging, source, nas, today=today, progress=progress)
         changes = reconcile_inventory(staging, nas.id)
-    return Reconciled(walked, known, changes, time.monotonic() - started)
+    return Reconciled(seen.files, seen.known, changes, time.monotonic() - started, seen.not_read, seen.kept)
 
 
 @dataclasses.dataclass

@@ -209,8 +209,8 @@ def make_dicom_nas(root: Path, *, patients: int = 6, seed: int = 0,
     locked = f"{ct_b.folder}/S072_Locked"
     sp["no_permission"] = w.instance(f"{locked}/IM0001.dcm", extra_ct(ct_b, "locked", 72, 1), ct_b)
     os.chmod(root / locked, 0)
-    if not os.access(root / sp["no_permission"], os.R_OK):
-        w.m.expected[sp["no_permission"]] = FAILED
+    if not os.access(root / sp["no_permission"], os.R_OK):  # a folder that cannot be listed has no rows
+        del w.m.expected[sp["no_permission"]]  # (the run reports it: folders_not_read, every_folder_read)
         w.m.sop_instance_uids.discard(_uid(seed, "sop", "locked", 1))
         del w.m.procedure_date_of[sp["no_permission"]]
 

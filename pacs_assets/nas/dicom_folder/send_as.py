@@ -11,7 +11,6 @@ rebuilt in memory, which is fine for the small files that use that transfer synt
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 from pydicom import dcmread
 from pydicom.dataelem import RawDataElement
@@ -23,6 +22,7 @@ from pydicom.uid import DeflatedExplicitVRLittleEndian, UID
 from pacs_assets.errors import UploadBodyError
 from pacs_assets.nas.base import FileRecord, SendAs
 from pacs_assets.nas.body import UploadBody
+from pacs_assets.nas.names import open_nas, stat_nas
 
 _PIXEL_TAGS = {0x7FE00010, 0x7FE00008, 0x7FE00009}
 
@@ -64,10 +64,9 @@ def _encoding(ds: Dataset, meta: FileMetaDataset) -> tuple[bool, bool]:
 
 def body_with_identity(path: str | os.PathLike, record: FileRecord, send_as: SendAs) -> UploadBody:
     """The file at ``path`` as an upload body whose header carries ``send_as``; Pixel Data streamed from the NAS."""
-    path = Path(path)
-    size = os.stat(path).st_size
+    size = stat_nas(path).st_size
     try:
-        with open(path, "rb") as fh:
+        with open_nas(path) as fh:
             headerless = record.file_format == "DICOM-headerless"
             ds = dcmread(fh, stop_before_pixels=True, force=headerless)
             tail_at = fh.tell()  # pydicom stops *before* the Pixel Data element: it is where the tail begins
@@ -75,7 +74,8 @@ def body_with_identity(path: str | os.PathLike, record: FileRecord, send_as: Sen
         raise UploadBodyError(f"cannot read the DICOM header to send it under its PACS patient ID: {exc}") from None
     meta = _meta_for(record, ds)
     if UID(meta.TransferSyntaxUID) == DeflatedExplicitVRLittleEndian:
-        full = dcmread(path)
+        with open_nas(path) as fh:
+            full = dcmread(fh)
         apply_identity(full, send_as)
         full.file_meta = meta
         buf = DicomBytesIO()
