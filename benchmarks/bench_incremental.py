@@ -7,6 +7,9 @@ a) one new study (200 files, 512x512 16-bit CT) on NAS devices of --sizes files 
 b) the reconciliation job on the unchanged largest NAS with 10 years of daily partitions; baseline a plain
    ``os.walk`` + ``stat`` of every file. Prints the ratio (goal <= 5) and how many materialization events
    the run wrote for partitions (goal 0).
+   Also: the identity guard's share of that run (its seconds in the upload, from the run's metadata, plus the
+   identity checks' steps; goal <= 0.10) and, after b), one pass of identity detection over the whole index
+   against the reconciliation (goal <= 0.05).
 c) peak RSS of the reconciliation's whole-NAS walk (``pipeline.reconcile.reconcile``) on each NAS, in a fresh
    child process (VmHWM from /proc/<pid>/status: ru_maxrss would include what the parent held before the
    exec). Prints the ratio largest / smallest (goal <= 1.25).
@@ -160,6 +163,20 @@ def step_seconds(instance, run_id: str) -> dict[str, float]:
     return out
 
 
+def identity_share(config: Path, reconcile_seconds: float) -> dict:
+    """What identity detection over the whole index costs (the identity checks' one pass over the person
+    records: ``pipeline.identity_guard.index_collisions``) against the reconciliation of the same NAS
+    (goal <= 0.05). The reconciliation itself only adds a NOT EXISTS on the small holds table."""
+    from pacs_assets.config import load_config
+    from pacs_assets.pipeline.identity_guard import guard_for, index_collisions
+
+    cfg = load_config(config)
+    t = time.perf_counter()
+    found = index_collisions(guard_for(cfg), cfg.index.path)
+    seconds = time.perf_counter() - t
+    return {"seconds": seconds, "collisions": len(found), "ratio": seconds / reconcile_seconds}
+
+
 def verdict(ratio: float, goal: float, higher_is_better: bool = False) -> str:
     return "met" if (ratio >= goal if higher_is_better else ratio <= goal) else "BELOW"
 
@@ -209,6 +226,7 @@ def bench_size(n: int, work: Path, template_holder: dict, reconcile: bool, rss: 
                                 "steps": step_seconds(instance, result.run_id)}
             _log(f"{n}: reconciliation {seconds:.1f} s, os.walk+stat {walk:.2f} s, partition events {parts}, "
                  f"steps {out['reconcile']['steps']}")
+            out["reconcile"]["identity"] = identity_share(config, seconds)
         day = today - dt.timedelta(days=1)
         folder = root / "NEWPAT" / f"{day:%Y%m%d}_CT" / "S001"
         template = template_holder.setdefault("t", next((root / "bulk").rglob("*.dcm")).read_bytes())
@@ -220,9 +238,17 @@ def bench_size(n: int, work: Path, template_holder: dict, reconcile: bool, rss: 
         run_seconds = time.perf_counter() - t
         assert result.success
         baseline = storescu(files, work)
+        steps = step_seconds(instance, result.run_id)
+        # The identity guard's part of the run: its work inside the upload (the run's own metadata) and the two
+        # identity checks' steps, against the whole run (goal <= 0.10).
+        guard = sum(e.materialization.metadata["identity_guard_seconds"].value
+                    for e in result.get_asset_materialization_events()
+                    if "identity_guard_seconds" in e.materialization.metadata)
+        checks = sum(v for k, v in steps.items() if "patient_identity" in k or "no_held_files" in k)
         out["new_study"] = {"files": len(files), "run_seconds": run_seconds, "storescu_seconds": baseline,
-                            "ratio": run_seconds / baseline,
-                            "steps": step_seconds(instance, result.run_id)}
+                            "ratio": run_seconds / baseline, "steps": steps,
+                            "identity": {"guard_seconds": guard, "check_seconds": checks,
+                                         "ratio": (guard + checks) / run_seconds}}
         _log(f"{n}: one-partition run {run_seconds:.1f} s, storescu {baseline:.1f} s, "
              f"steps {out['new_study']['steps']}")
     shutil.rmtree(site, ignore_errors=True)
@@ -259,6 +285,11 @@ def main(argv: list[str] | None = None) -> int:
         s = r["new_study"]
         print(f"{'new ' + str(s['files']) + '-file CT study, one-partition run, NAS of ' + format(r['files'], ','):58} "
               f"{s['run_seconds']:8.1f}s {s['storescu_seconds']:8.1f}s {s['ratio']:7.2f} <= 8 {verdict(s['ratio'], 8)}")
+    for r in results:
+        i = r["new_study"]["identity"]
+        print(f"{'  identity guard + checks / that run, NAS of ' + format(r['files'], ','):58} "
+              f"{i['guard_seconds'] + i['check_seconds']:8.2f}s {r['new_study']['run_seconds']:8.1f}s "
+              f"{i['ratio']:7.3f} <= 0.10 {verdict(i['ratio'], 0.10)}")
     if len(results) > 1:
         growth = results[-1]["new_study"]["run_seconds"] / results[0]["new_study"]["run_seconds"]
         print(f"{'growth of that run, smallest -> largest NAS':58} {'':>9} {'':>9} {growth:7.2f} <= 1.2 "
@@ -272,6 +303,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{'  materialization events for partitions / all':58} {c['partition_materializations']:>9} "
                   f"{c['materializations']:>9} {'':>7} 0 {verdict(c['partition_materializations'], 0)}")
             print(f"{'  steps (s)':58} " + ", ".join(f"{k} {v}" for k, v in c["steps"].items()))
+            i = c["identity"]
+            print(f"{'  identity detection over the whole index / reconciliation':58} {i['seconds']:8.2f}s "
+                  f"{c['seconds']:8.1f}s {i['ratio']:7.3f} <= 0.05 {verdict(i['ratio'], 0.05)}")
     if len(results) > 1 and all("rss" in r for r in results):
         small, large = results[0]["rss"]["peak_kb"] / 1024, results[-1]["rss"]["peak_kb"] / 1024
         what = f"peak RSS of the whole walk, {results[0]['files']:,} -> {results[-1]['files']:,}"

@@ -224,6 +224,7 @@ def build_nas_assets(nas: NasConfig, config: PacsConfig) -> list:
             "files_held_this_run": sum(done.held.values()),
             "held_by_kind": _held_table(done.held),
             "name_variants_met": done.variants,
+            "identity_guard_seconds": round(done.identity_seconds, 3),
             **named,
         })
 

@@ -88,6 +88,12 @@ def replace_holds(index_path: str | os.PathLike, nas_id: str, start: dt.date, en
                 con.unregister("_holds")
 
 
+def holds_in_window(con: duckdb.DuckDBPyConnection, nas_id: str, start: dt.date, end: dt.date) -> bool:
+    """Whether the window has holds to replace (most uploads have none: then nothing is written)."""
+    return bool(con.execute("SELECT 1 FROM identity_holds WHERE nas_id = ? AND partition_date >= ? "
+                            "AND partition_date < ? LIMIT 1", [nas_id, start, end]).fetchall())
+
+
 def held_counts(con: duckdb.DuckDBPyConnection, nas_id: str | None = None) -> dict[str, int]:
     """{kind: files} of the files held now (a hold whose file was since sent or changed does not count)."""
     return dict(con.execute("""

@@ -74,8 +74,9 @@ class IdentityGuard:
         record = PersonRecord.of(nas_id, patient_id, name, birth, sex)
         return Member(record, self.sent_id(record), name or "", birth or "", studies or 0, files or 0, first, last)
 
-    def plan(self, staging: Staging, index_path: str | os.PathLike, nas_id: str, client: OrthancClient) -> Plan:
-        return plan_uploads(self, staging, index_path, nas_id, client)
+    def plan(self, staging: Staging, index_path: str | os.PathLike, nas_id: str, client: OrthancClient,
+             window: tuple | None = None) -> Plan:
+        return plan_uploads(self, staging, index_path, nas_id, client, window)
 
     def candidate_ids(self, sent_ids: set[str]) -> set[str]:
         """The raw patient IDs whose records could be sent as one of ``sent_ids`` (a prefix taken off)."""
@@ -122,6 +123,7 @@ class Plan:
                     self.held.setdefault(key, collision)
 
         self._people: dict[tuple, PersonRecord] = {}
+        self.window_had_holds = False  # the upload's window had holds before: they must be replaced
 
     @property
     def variant_count(self) -> int:
@@ -160,14 +162,15 @@ def hold_files(plan: Plan, staging: Staging, index_path: str | os.PathLike, nas_
                              "partition_date": rec.procedure_date, "collision_id": collision.id,
                              "kind": collision.kind, "reason": collision.reason(),
                              "person_key": plan.person_of(rec).key})
-    patient_records.replace_holds(index_path, nas_id, start, end, rows)
+    if rows or plan.window_had_holds:  # most uploads hold nothing, and had nothing held: no write at all
+        patient_records.replace_holds(index_path, nas_id, start, end, rows)
     if rows:
         staging.drop_files([r["file_path"] for r in rows])
     return Counter(r["kind"] for r in rows)
 
 
 def plan_uploads(guard: IdentityGuard, staging: Staging, index_path: str | os.PathLike, nas_id: str,
-                 client: OrthancClient) -> Plan:
+                 client: OrthancClient, window: tuple | None = None) -> Plan:
     """Compare the staged files' people with every record that would meet them in Orthanc."""
     people, study_uids = patient_records.staged_people(staging)
     staged = [PersonRecord.of(nas_id, *row) for row in people]
@@ -175,6 +178,7 @@ def plan_uploads(guard: IdentityGuard, staging: Staging, index_path: str | os.Pa
     with session(index_path, read_only=True) as con:
         rows = patient_records.records_for_ids(con, guard.candidate_ids(sent) | {r.patient_id for r in staged})
         study_rows = patient_records.studies_with_several_people(con, study_uids) if study_uids else []
+        had_holds = window is not None and patient_records.holds_in_window(con, nas_id, *window)
     members = [m for m in map(guard.member, rows) if m.sent_id in sent]
     known = {m.record for m in members}
     members += [Member(r, guard.sent_id(r)) for r in staged if r not in known]  # not in `patients` yet
@@ -184,7 +188,9 @@ def plan_uploads(guard: IdentityGuard, staging: Staging, index_path: str | os.Pa
         record = PersonRecord.of(*row)
         studies.setdefault(uid, []).append(Member(record, guard.sent_id(record)))
     study_groups = [(uid, group) for uid, group in studies.items() if len({m.sent_id for m in group}) > 1]
-    return Plan(guard, nas_id, find_collisions(members, guard.book.decided_same, study_groups))
+    plan = Plan(guard, nas_id, find_collisions(members, guard.book.decided_same, study_groups))
+    plan.window_had_holds = had_holds
+    return plan
 
 
 def index_collisions(guard: IdentityGuard, index_path: str | os.PathLike) -> list[Collision]:

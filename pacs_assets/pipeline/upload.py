@@ -248,6 +248,7 @@ class WindowUpload:
     already_stored: int = 0  # staged files Orthanc already held: recorded without sending
     held: Counter = dataclasses.field(default_factory=Counter)  # collision kind -> files held by this upload
     variants: int = 0  # name variants met (listed by `pacs identity`, not held)
+    identity_seconds: float = 0.0  # what the identity guard cost this upload (benchmarks/bench_incremental.py)
 
 
 def upload_window(source: NasSource, client: OrthancClient, index_path: str | os.PathLike, nas_id: str,
@@ -266,10 +267,12 @@ def upload_window(source: NasSource, client: OrthancClient, index_path: str | os
     identity = identity or IdentityGuard.load({}, index_path)
     with Staging(index_path) as staging:
         staged = ledger.stage_pending_uploads(staging, nas_id, start, end)
+        guard_started = time.monotonic()
         plan = Plan(identity, nas_id, [])
         if staged:  # before anything is sent: who would meet whom under one PatientID in Orthanc
-            plan = identity.plan(staging, index_path, nas_id, client)
-        held = hold_files(plan, staging, index_path, nas_id, start, end)
+            plan = identity.plan(staging, index_path, nas_id, client, (start, end))
+        held = hold_files(plan, staging, index_path, nas_id, start, end) if staged else Counter()
+        guard_seconds = time.monotonic() - guard_started
         found = record_already_stored(source, client, staging, index_path, run_id=run_id,
                                       skip=reclaims.instance_ids, send_as=plan.send_as) if staged else 0
         if on_staged:
@@ -291,4 +294,4 @@ def upload_window(source: NasSource, client: OrthancClient, index_path: str | os
                     ledger.refresh_orthanc_counts(index_path, nas_id, start, end)
     totals = ledger.status_counts(index_path, nas_id, start, end)
     failed = ledger.failed_files(index_path, nas_id, start, end) if with_paths else []
-    return WindowUpload(summary, staged, totals, failed, found, held, plan.variant_count)
+    return WindowUpload(summary, staged, totals, failed, found, held, plan.variant_count, guard_seconds)
