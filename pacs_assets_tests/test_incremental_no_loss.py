@@ -145,6 +145,14 @@ def _every_kind_of_change(tmp_path, orthanc_env, manifest, root: Path, config: P
     ds = pydicom.dcmread(root / old)
     ds.SOPInstanceUID = pydicom.uid.generate_uid()
     ds.save_as(root / os.path.dirname(old) / "ADDED.dcm")
+    # ... and an old archive's two different people under one new PatientID: held here as in the fresh walk.
+    (root / "REUSED").mkdir()
+    for n, (name, birth) in enumerate((("Fischer^Paul", "19720911"), ("Hoffmann^Lena", "19880120"))):
+        ds = pydicom.dcmread(root / old)
+        ds.PatientID, ds.PatientName, ds.PatientBirthDate = "REUSED-1", name, birth
+        ds.StudyInstanceUID, ds.SeriesInstanceUID = pydicom.uid.generate_uid(), pydicom.uid.generate_uid()
+        ds.SOPInstanceUID = pydicom.uid.generate_uid()
+        ds.save_as(root / "REUSED" / f"IM{n}.dcm")
     deleted_sop = pydicom.dcmread(root / deleted, stop_before_pixels=True).SOPInstanceUID
     (root / deleted).unlink()
     os.rename(root / renamed, root / f"{renamed}_RENAMED")
@@ -214,6 +222,7 @@ def _every_kind_of_change(tmp_path, orthanc_env, manifest, root: Path, config: P
     ours, fresh = snapshot(tmp_path / "index.duckdb"), snapshot(fresh_dir / "index.duckdb")
     for name in TABLES:
         assert ours[name] == fresh[name], name
+    assert sorted(row[0] for row in ours["file_status"] if row[2] == "held") == ["REUSED/IM0.dcm", "REUSED/IM1.dcm"]
     # Orthanc: everything the fresh one has, plus the deleted file's instance (nothing is deleted from Orthanc).
     assert orthanc_sops(orthanc_env) == fresh_sops | {deleted_sop}
     assert deleted_sop not in fresh_sops
