@@ -45,7 +45,7 @@ def _machine() -> list[str] | None:
     return parts if all(parts) else None
 
 
-def current() -> dict[str, str]:
+def tags_of_this_process() -> dict[str, str]:
     """The tags naming this process; empty where the system cannot tell its processes apart."""
     machine, start = _machine(), _start_ticks(os.getpid())
     if machine is None or start is None:
@@ -53,7 +53,7 @@ def current() -> dict[str, str]:
     return {HOST_TAG: socket.gethostname(), PID_TAG: str(os.getpid()), KEY_TAG: "/".join([*machine, start])}
 
 
-def state(tags: Mapping[str, str]) -> str:
+def process_state(tags: Mapping[str, str]) -> str:
     """ALIVE or DEAD for a process recorded on this machine; ELSEWHERE for one recorded on another host or in
     another container; UNKNOWN if no process was recorded."""
     host, pid, key = tags.get(HOST_TAG), tags.get(PID_TAG), tags.get(KEY_TAG, "")

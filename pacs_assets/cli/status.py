@@ -74,7 +74,7 @@ def pool_slots(config: PacsConfig) -> dict:
         return {"error": "Pool slots: not shown, DAGSTER_HOME is not set."}
     from dagster import DagsterInstance  # only here: importing Dagster costs a second
 
-    from pacs_assets import process_identity
+    from pacs_assets.process_identity import DEAD, HOST_TAG, PID_TAG, process_state
 
     known, runs = {n.id for n in config.nas}, []
     with DagsterInstance.get() as instance:
@@ -93,12 +93,15 @@ def pool_slots(config: PacsConfig) -> dict:
                 nas = step.split("__")[0]  # an asset step's key starts with its NAS id
                 runs.append({
                     "pool": pool, "nas_id": nas if nas in known else None, "run_id": run_id, "step": step,
-                    "holds": key in held,
-                    "since": since[key].isoformat(timespec="seconds").replace("+00:00", "Z") if since.get(key) else None,
+                    "holds": key in held, "since": _iso(since.get(key)),
                     "run_status": run.status.value if run else None,
-                    "process": process_identity.state(tags) if run else process_identity.DEAD,
-                    "pid": tags.get(process_identity.PID_TAG), "host": tags.get(process_identity.HOST_TAG)})
+                    "process": process_state(tags) if run else DEAD,
+                    "pid": tags.get(PID_TAG), "host": tags.get(HOST_TAG)})
     return {"instance": home, "runs": runs}
+
+
+def _iso(when: dt.datetime | None) -> str | None:
+    return when.isoformat(timespec="seconds").replace("+00:00", "Z") if when else None
 
 
 def _nas_row(nas_id: str, s: dict, now: dt.datetime) -> dict:

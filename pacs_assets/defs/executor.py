@@ -31,7 +31,7 @@ from dagster._core.execution.plan.instance_concurrency_context import InstanceCo
 from dagster._core.executor.in_process import InProcessExecutor
 from dagster._utils.interrupts import pop_captured_interrupt
 
-from pacs_assets import process_identity
+from pacs_assets.process_identity import ALIVE, DEAD, HOST_TAG, PID_TAG, process_state, tags_of_this_process
 
 # Longest sleep of a waiting step: a signal is noticed within it. Dagster still asks the pool only every 1-15 s.
 POLL_SECONDS = 1.0
@@ -46,13 +46,13 @@ def _why_dead(instance: DagsterInstance, run_id: str) -> str | None:
     if record is None:
         return "the run no longer exists"
     run = record.dagster_run
-    state = process_identity.state(run.tags)
-    where = f"PID {run.tags.get(process_identity.PID_TAG)} on {run.tags.get(process_identity.HOST_TAG)}"
+    state = process_state(run.tags)
+    where = f"PID {run.tags.get(PID_TAG)} on {run.tags.get(HOST_TAG)}"
     if not run.is_finished:
-        return f"its process ({where}) is gone" if state == process_identity.DEAD else None
-    if state == process_identity.ALIVE:
+        return f"its process ({where}) is gone" if state == DEAD else None
+    if state == ALIVE:
         return None  # marked ended (terminated in the UI?) but its process still works: its slot is in use
-    if state == process_identity.DEAD or time.time() - (record.end_time or 0) > FREE_AFTER_END_SECONDS:
+    if state == DEAD or time.time() - (record.end_time or 0) > FREE_AFTER_END_SECONDS:
         return f"it ended ({run.status.value})"
     return None
 
@@ -104,7 +104,7 @@ class _InProcessExecutor(InProcessExecutor):
     def execute(self, plan_context, execution_plan):
         # As InProcessExecutor.execute, with _SleepingClaims as the pool wait.
         instance, run_id = plan_context.instance, plan_context.run_id
-        instance.add_run_tags(run_id, process_identity.current())
+        instance.add_run_tags(run_id, tags_of_this_process())
         yield DagsterEvent.engine_event(plan_context, f"Executing steps in process (pid: {os.getpid()})",
                                         EngineEventData.in_process(os.getpid(), execution_plan.step_keys_to_execute))
         try:

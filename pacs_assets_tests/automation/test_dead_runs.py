@@ -20,7 +20,6 @@ import time
 from pathlib import Path
 
 import duckdb
-import psutil
 import pytest
 import requests
 from dagster import DagsterInstance, DagsterRun, DagsterRunStatus
@@ -31,6 +30,7 @@ from pacs_assets.defs.executor import free_slots_of_dead_runs
 from pacs_assets.sample.bulk_dicom_nas import make_bulk_dicom_nas
 from pacs_assets.sample.dicom_nas import make_dicom_nas
 from pacs_assets_tests.harness import write_config
+from pacs_assets_tests.services.orthanc_cluster import process_cpu_seconds
 from pacs_assets_tests.services.process import log_tail, spawn, stop_pid, wait_until
 
 REPO = Path(__file__).resolve().parents[2]
@@ -95,18 +95,6 @@ def _slot_runs(instance: DagsterInstance) -> tuple[set[str], set[str]]:
     return held, {p.run_id for p in info.pending_steps} - held
 
 
-def _tree_cpu_seconds(pid: int) -> float:
-    root = psutil.Process(pid)
-    total = 0.0
-    for proc in [root] + root.children(recursive=True):
-        try:
-            t = proc.cpu_times()
-            total += t.user + t.system
-        except psutil.Error:
-            continue
-    return total
-
-
 def test_a_waiting_cli_run_sleeps_and_stops_on_sigterm_without_touching_a_live_runs_slot(tmp_path):
     make_dicom_nas(tmp_path / "nas", patients=4, start_date=TODAY - dt.timedelta(days=5))
     config, home = _site(tmp_path, "http://127.0.0.1:9")  # the waiting run never reaches Orthanc
@@ -122,9 +110,9 @@ def test_a_waiting_cli_run_sleeps_and_stops_on_sigterm_without_touching_a_live_r
             wait_until(lambda: _slot_runs(instance)[1], 180, "the CLI run to wait for the upload slot", process=run)
             (holder_id,), (waiting_id,) = _slot_runs(instance)
 
-            cpu0, t0 = _tree_cpu_seconds(run.pid), time.monotonic()
+            cpu0, t0 = process_cpu_seconds(run.pid), time.monotonic()
             time.sleep(8)
-            cpu, wall = _tree_cpu_seconds(run.pid) - cpu0, time.monotonic() - t0
+            cpu, wall = process_cpu_seconds(run.pid) - cpu0, time.monotonic() - t0
             print(f"waiting: {cpu:.2f} s of CPU over {wall:.1f} s")
             slots = cli.status()
 
@@ -211,10 +199,11 @@ def test_a_sigkilled_cli_upload_does_not_block_the_next_and_sigint_stops_a_runni
 def test_only_runs_whose_process_is_gone_from_this_machine_are_declared_dead(tmp_path, caplog):
     """Every case the reaper judges, on a real instance: a run elsewhere or unrecorded is never freed."""
     _, home = _site(tmp_path, "http://127.0.0.1:9")
-    here = process_identity.current()
+    here = process_identity.tags_of_this_process()
     install, boot, pid_ns, start = here[process_identity.KEY_TAG].split("/")
     gone = subprocess.run([sys.executable, "-c", "import json; from pacs_assets import process_identity as p; "
-                           "print(json.dumps(p.current()))"], capture_output=True, text=True, check=True, cwd=REPO)
+                           "print(json.dumps(p.tags_of_this_process()))"],
+                          capture_output=True, text=True, check=True, cwd=REPO)  # a process that has exited
 
     def key(**parts) -> dict:
         values = {"install": install, "boot": boot, "pid_ns": pid_ns, "start": start, **parts}
