@@ -71,10 +71,12 @@ class Cli:
     def stop(self, proc, sig: int) -> None:
         """Send ``sig``; the process must be gone within 10 s (the issue's bound for SIGINT/SIGTERM)."""
         proc.send_signal(sig)
+        sent = time.monotonic()
         try:
             proc.wait(timeout=10)
         except subprocess.TimeoutExpired:
             pytest.fail(f"{proc.name} still running 10 s after signal {sig}:\n{self.log(proc)}")
+        print(f"{proc.name} stopped {time.monotonic() - sent:.1f} s after signal {sig}")
 
     def status(self) -> dict:
         done = subprocess.run([str(BIN / "pacs"), "status", "--json"], env=self.env, cwd=REPO, capture_output=True,
