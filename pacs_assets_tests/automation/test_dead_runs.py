@@ -9,6 +9,7 @@ a real Orthanc, and a live run holding the upload slot (slot_holder.py). Every p
 from __future__ import annotations
 
 import datetime as dt
+import glob
 import json
 import logging
 import os
@@ -198,9 +199,26 @@ def test_a_sigkilled_cli_upload_does_not_block_the_next_and_sigint_stops_a_runni
     assert _ledger(index) == {"imported": n}
 
 
-def test_only_runs_whose_process_is_gone_from_this_machine_are_declared_dead(tmp_path, caplog):
-    """Every case the reaper judges, on a real instance: a run elsewhere or unrecorded is never freed."""
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.skipif(
+    not glob.glob("/usr/lib/postgresql/*/bin/initdb"), reason="PostgreSQL not installed"))])
+def instance_home(request, tmp_path, monkeypatch):
+    """A DAGSTER_HOME with the project's instance file: SQLite, or PostgreSQL (what several machines share)."""
     _, home = _site(tmp_path, "http://127.0.0.1:9")
+    if request.param == "sqlite":
+        yield home
+        return
+    from pacs_assets_tests.services.postgres import PostgresServer
+
+    with PostgresServer() as server:
+        for name, value in server.env().items():
+            monkeypatch.setenv(name, value)
+        shutil.copy(REPO / "dagster.postgres.yaml", home / "dagster.yaml")
+        yield home
+
+
+def test_only_runs_whose_process_is_gone_from_this_machine_are_declared_dead(instance_home, caplog):
+    """Every case the reaper judges, on a real instance: a run elsewhere or unrecorded is never freed."""
+    home = instance_home
     here = process_identity.tags_of_this_process()
     install, boot, pid_ns, start = here[process_identity.KEY_TAG].split("/")
     gone = subprocess.run([sys.executable, "-c", "import json; from pacs_assets import process_identity as p; "
