@@ -77,7 +77,12 @@ def pool_slots(config: PacsConfig) -> dict:
     from pacs_assets.process_identity import DEAD, HOST_TAG, PID_TAG, process_state
 
     known, runs = {n.id for n in config.nas}, []
-    with DagsterInstance.get() as instance:
+    try:
+        instance = DagsterInstance.get()
+    except Exception as exc:  # noqa: BLE001 - any reason the instance cannot be opened, said in one sentence
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        return {"error": f"Pool slots: the Dagster instance in {home} could not be opened ({first})."}
+    with instance:
         storage = instance.event_log_storage
         pools = sorted(storage.get_concurrency_keys()) if storage.supports_global_concurrency_limits else []
         for pool in pools:
@@ -97,7 +102,7 @@ def pool_slots(config: PacsConfig) -> dict:
                     "run_status": run.status.value if run else None,
                     "process": process_state(tags) if run else DEAD,
                     "pid": tags.get(PID_TAG), "host": tags.get(HOST_TAG)})
-    return {"instance": home, "runs": runs}
+        return {"instance": home, "runs": runs}
 
 
 def _iso(when: dt.datetime | None) -> str | None:

@@ -40,15 +40,15 @@ POLL_SECONDS = 1.0
 FREE_AFTER_END_SECONDS = 5.0
 
 
-def _why_dead(instance: DagsterInstance, run_id: str) -> str | None:
-    """Why run ``run_id`` can no longer use its slots, or None if it may (alive, or elsewhere: never guessed)."""
-    record = instance.get_run_record_by_id(run_id)
+def _why_dead(record) -> str | None:
+    """Why the run of ``record`` (None: deleted) can no longer use its slots, or None if it may (alive, or
+    elsewhere: never guessed)."""
     if record is None:
         return "the run no longer exists"
     run = record.dagster_run
     state = process_state(run.tags)
-    where = f"PID {run.tags.get(PID_TAG)} on {run.tags.get(HOST_TAG)}"
     if not run.is_finished:
+        where = f"PID {run.tags.get(PID_TAG)} on {run.tags.get(HOST_TAG)}"
         return f"its process ({where}) is gone" if state == DEAD else None
     if state == ALIVE:
         return None  # marked ended (terminated in the UI?) but its process still works: its slot is in use
@@ -64,12 +64,12 @@ def free_slots_of_dead_runs(instance: DagsterInstance, pool: str, own_run_id: st
     run_ids = {s.run_id for s in info.claimed_slots} | {p.run_id for p in info.pending_steps}
     freed = []
     for run_id in sorted(run_ids - {own_run_id}):
-        why = _why_dead(instance, run_id)
+        record = instance.get_run_record_by_id(run_id)
+        why = _why_dead(record)
         if why is None:
             continue
-        run = instance.get_run_by_id(run_id)
-        if run is not None and not run.is_finished:
-            instance.report_run_failed(run, message=f"Marked failed by run {own_run_id}: {why}.")
+        if record is not None and not record.dagster_run.is_finished:
+            instance.report_run_failed(record.dagster_run, message=f"Marked failed by run {own_run_id}: {why}.")
         instance.event_log_storage.free_concurrency_slots_for_run(run_id)
         log.warning(f"Freed the '{pool}' pool slots of run {run_id}: {why}.")
         freed.append(run_id)
@@ -86,12 +86,14 @@ class _SleepingClaims(InstanceConcurrencyContext):
         if pop_captured_interrupt():
             raise DagsterExecutionInterruptedError(f"Interrupted while step {step_key} waited for pool "
                                                    f"'{concurrency_key}'.")
-        if step_key not in self._pending_claims or time.time() > self._pending_timeouts[step_key]:
+        due = step_key not in self._pending_claims or time.time() > self._pending_timeouts[step_key]
+        if due and self._instance.event_log_storage.supports_global_concurrency_limits:
             free_slots_of_dead_runs(self._instance, concurrency_key, self._run_id, self._log)  # before asking
         return super().claim(concurrency_key, step_key, step_priority)
 
     def interval_to_next_pending_claim_check(self) -> float:
-        wait = min((t - time.time() for t in self._pending_timeouts.values()), default=0.0)
+        # Until the next pool look is due (Dagster's returns min(0, ...): no sleep at all), at most POLL_SECONDS.
+        wait = min((t - time.time() for t in self._pending_timeouts.values()), default=POLL_SECONDS)
         return min(max(wait, 0.0), POLL_SECONDS)
 
 
