@@ -192,6 +192,7 @@ def print_result(result: dict) -> None:
         print(fmt(line))
     if not lines:
         print("(no NAS has been indexed yet)")
+    print_pool_slots(result["pool_slots"])
     o = result["orthanc"]
     if "error" in o:
         print(o["error"])  # one sentence, naming Orthanc's address
@@ -199,7 +200,6 @@ def print_result(result: dict) -> None:
         size = f", {_size(o['disk_size_bytes'])} stored" if o.get("disk_size_bytes") is not None else ""
         print(f"Orthanc {o['version']} at {o['url']}: {o['patients']} patients, {o['studies']} studies, "
               f"{o['series']} series, {o['instances']} instances{size}")
-    print_pool_slots(result["pool_slots"])
 
 
 def print_pool_slots(slots: dict) -> None:
