@@ -27,7 +27,7 @@ cp dagster.yaml "$DAGSTER_HOME/dagster.yaml"
 
 echo "Orthanc: http://127.0.0.1:${ORTHANC_HTTP_PORT:-8042} (user $ORTHANC_USERNAME, password in $DEMO/orthanc/orthanc.env)"
 echo "Dagster: http://127.0.0.1:${DAGSTER_PORT:-3000}  (Ctrl-C stops everything)"
-# Without --default-signal a backgrounded `dagster dev` ignores SIGINT/SIGTERM (FIELD_NOTES). It runs in
+# Without --default-signal a backgrounded `dagster dev` ignores SIGINT/SIGTERM (measured). It runs in
 # its own process group; INT/TERM to this script are forwarded to it, and whatever of its children
 # (code server, webserver, daemon) outlives it is stopped with the group.
 setsid env --default-signal=INT,TERM dagster dev -w workspace.yaml -h 127.0.0.1 -p "${DAGSTER_PORT:-3000}" &

@@ -35,6 +35,6 @@ export DEBIAN_FRONTEND=noninteractive
 "${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive apt-get update
 # Package scripts (firebird3.0-server, postgresql, orthanc) may try to start their services; without
 # an init system that is refused, which is fine: the harness starts private instances itself
-# (pacs_assets/local_services).
+# (pacs_assets_tests/services).
 "${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "${missing[@]}"
 echo "install_system_packages: done."

@@ -2,7 +2,8 @@
 
 Per NAS: files found by the walk, files indexed (DICOM instances), and each file's current status
 (imported, duplicate = already in Orthanc, uid_conflict = Orthanc holds a different file with the same
-UIDs and kept that one, failed, skipped = not an image, pending = still to import);
+UIDs and kept that one, failed, held = its patient identity collides (`pacs identity`), skipped = not an
+image, pending = still to import);
 the import rate is the attempts finished in the last 10 minutes per minute (over the minutes they
 span, at least one), and the ETA is the pending files at that rate.
 
@@ -24,7 +25,7 @@ from pacs_assets.config import ConfigError, PacsConfig, load_config
 
 RATE_WINDOW = dt.timedelta(minutes=10)
 _EPOCH = dt.datetime.fromtimestamp(0, dt.timezone.utc)
-COLUMNS = ["found", "indexed", "imported", "duplicate", "uid_conflict", "failed", "skipped", "pending"]
+COLUMNS = ["found", "indexed", "imported", "duplicate", "uid_conflict", "failed", "held", "skipped", "pending"]
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:

@@ -35,6 +35,7 @@ from pacs_assets.defs.sensors import watch_state_path
 from pacs_assets.nas.watch import read_folder_list
 from pacs_assets.orthanc.client import OrthancRefused, OrthancUnavailable
 from pacs_assets.pipeline.hierarchy import build_hierarchy
+from pacs_assets.pipeline.identity_guard import guard_for
 from pacs_assets.pipeline.inventory import NasOutage, take_inventory
 from pacs_assets.pipeline.upload import upload_window
 
@@ -113,6 +114,11 @@ def _status_table(counts: dict[str, int]) -> MetadataValue:
     return MetadataValue.md(f"| status | files |\n|---|---|\n{rows}")
 
 
+def _held_table(held) -> MetadataValue:
+    rows = "\n".join(f"| {kind} | {n} |" for kind, n in sorted(held.items()))
+    return MetadataValue.md(f"| collision | files held |\n|---|---|\n{rows}" if rows else "none held")
+
+
 @_accepting_beta_backfill_policy
 def build_nas_assets(nas: NasConfig, config: PacsConfig) -> list:
     prefix = nas.id
@@ -180,7 +186,8 @@ def build_nas_assets(nas: NasConfig, config: PacsConfig) -> list:
                                  on_staged=lambda n: setattr(progress, "total", n),
                                  progress=lambda s: progress.tick(s.done),
                                  with_paths=config.privacy.log_patient_data,
-                                 outage_wait_seconds=config.orthanc.outage_wait_seconds)
+                                 outage_wait_seconds=config.orthanc.outage_wait_seconds,
+                                 identity=guard_for(config))
         except OrthancRefused as exc:  # a wrong password does not get better by waiting: fail now, no retry
             raise Failure(description=str(exc), allow_retries=False) from None
         except OrthancUnavailable as exc:
@@ -203,6 +210,10 @@ def build_nas_assets(nas: NasConfig, config: PacsConfig) -> list:
             "by_status": _status_table(totals),
             "failures_by_reason": MetadataValue.md(f"| reason | files |\n|---|---|\n{failures}" if failures
                                                    else "no failures"),
+            # Held: their PatientID would meet a different person in Orthanc (`pacs identity` names them).
+            "files_held_this_run": sum(done.held.values()),
+            "held_by_kind": _held_table(done.held),
+            "name_variants_met": done.variants,
             **named,
         })
 

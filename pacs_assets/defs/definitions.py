@@ -12,12 +12,14 @@ from pacs_assets.defs.checks import build_nas_checks
 from pacs_assets.defs.executor import pacs_in_process_executor
 from pacs_assets.defs.reconciliation import build_reconciliation, reconciliation_keys
 from pacs_assets.defs.resources import build_resources
+from pacs_assets.defs.identity_release import build_identity_sensor
 from pacs_assets.defs.schedules import build_schedules
 from pacs_assets.defs.sensors import build_new_files_sensor
 
 
 def build_definitions(config: PacsConfig) -> Definitions:
     assets, checks, jobs, schedules, sensors = [], [], [], [], []
+    reconciliation_jobs = {}
     for nas in config.nas:
         assets += build_nas_assets(nas, config)
         checks += build_nas_checks(nas, config)
@@ -27,8 +29,10 @@ def build_definitions(config: PacsConfig) -> Definitions:
                                selection=AssetSelection.groups(nas.id) - AssetSelection.assets(*reconciliation_keys(nas.id)),
                                description=f"Inventory, index and import NAS '{nas.id}'.")
         jobs += [job, rec_job]
+        reconciliation_jobs[nas.id] = rec_job
         schedules += build_schedules(nas, config, job, rec_job)
         sensors.append(build_new_files_sensor(nas, config, [job, rec_job]))
+    sensors.append(build_identity_sensor(config, reconciliation_jobs))  # uploads what a decision released
     arrivals = build_orthanc_arrivals(config)  # orthanc/arrivals, its job and the /changes sensor
     assets, jobs, sensors = assets + arrivals.assets, jobs + arrivals.jobs, sensors + arrivals.sensors
     # Every run in one process (jobs, UI launches and `dagster asset materialize` alike): a one-partition run

@@ -40,6 +40,7 @@ from pacs_assets.defs.assets import OWNERS, UPLOAD_POOL, WALK_POOL, _Progress
 from pacs_assets.defs.resources import IndexResource, OrthancResource, nas_resource_key
 from pacs_assets.orthanc.client import OrthancRefused, OrthancUnavailable
 from pacs_assets.pipeline import checks as work
+from pacs_assets.pipeline.identity_guard import guard_for
 from pacs_assets.pipeline.inventory import NasOutage
 from pacs_assets.pipeline.reconcile import catch_up, reconcile
 
@@ -117,7 +118,8 @@ def build_reconciliation(nas: NasConfig, config: PacsConfig) -> tuple[list, list
         try:
             done = catch_up(source, orthanc.client(), index.path, nas.id, on_rebuilt=rebuilt,
                             concurrency=orthanc.concurrency, run_id=context.run.run_id,
-                            outage_wait_seconds=config.orthanc.outage_wait_seconds)
+                            outage_wait_seconds=config.orthanc.outage_wait_seconds,
+                            identity=guard_for(config))
         except OrthancRefused as exc:
             raise Failure(description=str(exc), allow_retries=False) from None
         except OrthancUnavailable as exc:
@@ -127,7 +129,7 @@ def build_reconciliation(nas: NasConfig, config: PacsConfig) -> tuple[list, list
                                                    metadata={"by": "reconciliation"}))
         return MaterializeResult(metadata={
             "partitions_reindexed": len(done.rebuilt), "partitions_uploaded": len(done.uploaded),
-            "uploaded_this_run": done.summary.done,
+            "uploaded_this_run": done.summary.done, "files_held_this_run": sum(done.held.values()),
             **{f"this_run_{k}": v for k, v in done.summary.counts.items()},
         })
 

@@ -34,7 +34,7 @@ def check_root(nas_id: str, root: os.PathLike | str) -> None:
     """Raise ConfigError unless the root is a folder that can be listed and holds something.
 
     An unmounted share leaves its mount point behind as an empty folder: that must never read as
-    "every file was deleted" (FIELD_NOTES), so an empty root is refused here, before any walk.
+    "every file was deleted" (as Orthanc's folder indexer reads it), so an empty root is refused here, before any walk.
     """
     if not os.path.isdir(root):
         raise ConfigError(f"NAS '{nas_id}': root folder {root} does not exist or is not a folder (is the NAS mounted?).")

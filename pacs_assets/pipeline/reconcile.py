@@ -62,6 +62,7 @@ class CaughtUp:
     rebuilt: list[dt.date] = dataclasses.field(default_factory=list)  # dicom_index dates rewritten
     uploaded: list[dt.date] = dataclasses.field(default_factory=list)  # orthanc_instances dates with uploads
     summary: ImportSummary = dataclasses.field(default_factory=ImportSummary)
+    held: Counter = dataclasses.field(default_factory=Counter)  # collision kind -> files held
 
 
 def catch_up(source: NasSource, client: OrthancClient, index_path: str | os.PathLike, nas_id: str, *,
@@ -77,10 +78,12 @@ def catch_up(source: NasSource, client: OrthancClient, index_path: str | os.Path
         rebuild_hierarchy(index_path, nas_id, start, end)
     if on_rebuilt:
         on_rebuilt(done.rebuilt)
-    pending = dates_to_upload(index_path, nas_id)
+    identity = upload_options.get("identity")
+    pending = dates_to_upload(index_path, nas_id, identity.book.last_made_at if identity else None)
     for start, end in date_ranges(pending):
         window = upload_window(source, client, index_path, nas_id, start, end, **upload_options)
         done.summary.add(window.summary)
+        done.held.update(window.held)
     done.uploaded = pending
     return done
 

@@ -15,9 +15,10 @@ from pathlib import Path
 
 from pydicom.dataset import FileMetaDataset
 
-from pacs_assets.nas.base import FileRecord, NasSource, ScanCache
+from pacs_assets.nas.base import FileRecord, NasSource, ScanCache, SendAs
 from pacs_assets.nas.body import UploadBody
 from pacs_assets.nas.dicom_folder.headers import read_dicom_file
+from pacs_assets.nas.dicom_folder.send_as import body_with_identity
 from pacs_assets.nas.walk import check_root, walk
 
 # Below this many files to parse, a process pool costs more than it saves.
@@ -141,8 +142,10 @@ class DicomFolderSource(NasSource):
         return out
 
     # -- import ---------------------------------------------------------------------------------------
-    def upload_body(self, record: FileRecord) -> UploadBody:
+    def upload_body(self, record: FileRecord, send_as: SendAs | None = None) -> UploadBody:
         path = self.root / record.file_path
+        if send_as is not None:
+            return body_with_identity(path, record, send_as)
         if record.file_format != "DICOM-headerless":
             return UploadBody.of_file(path)
         # Orthanc would store a headerless file as is, without file meta: send a preamble and File Meta group
