@@ -217,4 +217,4 @@ def print_pool_slots(slots: dict) -> None:
     widths = [max(len(x[i]) for x in [head] + lines) for i in range(len(head))]
     print("Pool slots:")
     for cells in [head] + lines:
-        print("  ".join(c.ljust(w) for c, w in zip(cells, widths)).rstrip())
+        print("  ".join(c.ljust(w) for c, w in zip(cells, widths, strict=True)).rstrip())

@@ -12,7 +12,6 @@ import datetime as dt
 import glob
 import json
 import logging
-import os
 import shutil
 import signal
 import subprocess
