@@ -14,16 +14,17 @@ ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "pacs_assets"
 # Which top-level parts of pacs_assets each part may import. The CLI stands apart: nothing imports it.
 ALLOWED = {
-    "defs": {"defs", "pipeline", "nas", "orthanc", "index", "identity", "config", "errors"},
+    "defs": {"defs", "pipeline", "nas", "orthanc", "index", "identity", "config", "errors", "process_identity"},
     "pipeline": {"pipeline", "nas", "orthanc", "index", "identity", "config", "errors"},
     "identity": {"identity", "errors"},
-    "cli": {"cli", "pipeline", "identity", "nas", "orthanc", "index", "config", "errors", "sample"},
+    "cli": {"cli", "pipeline", "identity", "nas", "orthanc", "index", "config", "errors", "sample", "process_identity"},
     "index": {"index", "nas", "errors"},
     "orthanc": {"orthanc", "errors"},
     "nas": {"nas", "index", "errors"},  # a kind's extra check reads the index (lazily, inside the check)
     "sample": {"sample", "nas", "errors"},
     "config": {"nas", "errors"},
     "errors": set(),
+    "process_identity": set(),  # which process runs a run, alive or not (the executor records, `pacs status` shows)
 }
 
 
