@@ -119,8 +119,8 @@ def print_collisions(document: dict) -> None:
         for r in c["records"]:
             dates = f"{r['first_date']}..{r['last_date']}" if r["first_date"] else ""
             out.write(f"   {r['number']:>2}  {r['source']:<12} {r['patient_id']:<16} {r['name'] or '(none)':<28} "
-                      f"{dicom_date(r['birth_date']) or '(none)':<10} {r['sex'] or '?':<3} {r['studies']:>7} {r['files']:>6}  "
-                      f"{dates}\n")
+                      f"{dicom_date(r['birth_date']) or '(none)':<10} {r['sex'] or '?':<3} {r['studies']:>7} "
+                      f"{r['files']:>6}  {dates}\n")
         for d in c["differences"]:
             out.write(f"   {d['records'][0]} vs {d['records'][1]}: {d['verdict']}, {d['reason']}\n")
         if c["verdict"] == "different":
@@ -148,7 +148,8 @@ def run_decide(args: argparse.Namespace) -> int:
         print(f"pacs identity: {exc}.", file=sys.stderr)
         return 2
     dates = sum(len(d) for d in decision.released.values())
-    print(f"Decision {decision.number} recorded: {collision.id} is {'one person' if args.verdict == 'same' else 'different people'}.")
+    verdict = "one person" if args.verdict == "same" else "different people"
+    print(f"Decision {decision.number} recorded: {collision.id} is {verdict}.")
     for n, m in enumerate(collision.members, 1):
         print(f"   {n}  {m.record.source:<12} {m.record.patient_id} -> sent as {decision.send_as[m.key]}")
     print(f"Released: the held files of {dates} procedure date{'s' if dates != 1 else ''}; the identity sensor "

@@ -44,7 +44,6 @@ from pacs_assets.nas.registry import kind_of
 from pacs_assets.pipeline import checks as work
 from pacs_assets.pipeline.identity_guard import guard_for
 
-
 FOLDERS_READ = "every_folder_read"
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import datetime as dt
 import os
-
 from collections import Counter
 
 from pacs_assets.identity.model import DIFFERENT, VARIANT
@@ -62,8 +61,8 @@ def patient_identity(index_path: str | os.PathLike, nas_id: str, guard: Identity
         mine = [c for c in found if c.verdict == verdict]
         kinds = Counter(c.kind for c in mine)
         table = "\n".join(f"| {kind} | {n} |" for kind, n in sorted(kinds.items()))
-        out.append({"collisions": len(mine), "by_kind": f"| kind | collisions |\n|---|---|\n{table}" if mine else "none",
-                    "see": "pacs identity"})
+        by_kind = f"| kind | collisions |\n|---|---|\n{table}" if mine else "none"
+        out.append({"collisions": len(mine), "by_kind": by_kind, "see": "pacs identity"})
     return out[0], out[1]
 
 

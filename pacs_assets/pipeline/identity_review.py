@@ -17,8 +17,7 @@ import os
 from pacs_assets.identity.collisions import DIFFERENT, IN_ORTHANC, ORTHANC, Collision, Member, find_collisions
 from pacs_assets.identity.decisions import SAME, Decision, append_decision, decisions_path
 from pacs_assets.identity.model import PersonRecord, compare
-from pacs_assets.index import patient_records
-from pacs_assets.index import ledger
+from pacs_assets.index import ledger, patient_records
 from pacs_assets.index.connection import session
 from pacs_assets.orthanc.client import OrthancClient, orthanc_instance_id
 from pacs_assets.pipeline.identity_guard import IdentityGuard, index_collisions, orthanc_members
@@ -129,9 +128,9 @@ def separate(guard: IdentityGuard, index_path: str | os.PathLike, client: Orthan
              dry_run: bool = False) -> list[dict]:
     """Give each person an Orthanc patient of its own: the studies of every person but the ``keep``-th (by
     number of studies, most first) move to a qualified PatientID, each instance copied by Orthanc's
-    ``/instances/{id}/modify`` (UIDs kept) and the old study deleted after (instance counts unchanged). A *different people* decision records the new
-    IDs, so later uploads follow, and the ledger records where each moved NAS file now is. Returns one dict
-    per person (new ID, studies moved)."""
+    ``/instances/{id}/modify`` (UIDs kept) and the old study deleted after (instance counts unchanged). A
+    *different people* decision records the new IDs, so later uploads follow, and the ledger records where
+    each moved NAS file now is. Returns one dict per person (new ID, studies moved)."""
     groups = sorted(people_of_orthanc_patient(client, patient_id), key=lambda g: (-len(g[1]), repr(g[0])))
     if len(groups) < 2:
         return []

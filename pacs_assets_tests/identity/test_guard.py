@@ -8,12 +8,8 @@ releases exactly the held files of its collision; a rerun and an index rebuild s
 from __future__ import annotations
 
 import json
-import shutil
-import subprocess
-import sys
 from pathlib import Path
 
-import pytest
 import requests
 import yaml
 from dagster import AssetKey, DagsterInstance
