@@ -20,6 +20,7 @@ import sys
 
 from pacs_assets.cli.search import dicom_date, print_json, write_output
 from pacs_assets.config import PacsConfig, load_config
+from pacs_assets.identity.collisions import UID_KINDS
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -94,9 +95,9 @@ def run_list(args: argparse.Namespace) -> int:
 
 
 def _collision_json(c, held: int) -> dict:
-    return {"id": c.id, "kind": c.kind, "verdict": c.verdict, "patient_id_sent": c.anchor
-            if c.kind != "study_uid_under_two_patients" else None,
-            "study_instance_uid": c.anchor if c.kind == "study_uid_under_two_patients" else None,
+    by_uid = c.kind in UID_KINDS.values()
+    return {"id": c.id, "kind": c.kind, "verdict": c.verdict, "patient_id_sent": None if by_uid else c.anchor,
+            "uid": c.anchor if by_uid else None,
             "files_held": held,
             "records": [{"number": n, "source": m.record.source, "patient_id": m.record.patient_id,
                          "sent_as": m.sent_id, "name": m.raw_name, "birth_date": m.raw_birth_date or None,
@@ -112,7 +113,7 @@ def print_collisions(document: dict) -> None:
     for c in sorted(collisions, key=lambda c: (c["verdict"] != "different", c["kind"], c["id"])):
         what = "DIFFERENT PEOPLE (files held)" if c["verdict"] == "different" else "variant (listed, not held)"
         anchor = (f"PatientID '{c['patient_id_sent']}' as Orthanc would receive it" if c["patient_id_sent"] is not None
-                  else f"study {c['study_instance_uid']}")
+                  else f"UID {c['uid']}")
         out.write(f"{c['id']}  {c['kind']}  {what}  {anchor}  files held: {c['files_held']}\n")
         out.write(f"   {'#':>2}  {'source':<12} {'patient ID':<16} {'name':<28} {'born':<10} {'sex':<3} "
                   f"{'studies':>7} {'files':>6}  dates\n")

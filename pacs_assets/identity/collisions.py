@@ -10,7 +10,8 @@ listed. The kinds, named after where the records come from:
 - ``id_shared_across_nas``: two NAS devices (vendors numbering independently) give it to different people;
 - ``orthanc_holds_other_person``: Orthanc already holds the ID for someone else (an earlier import, a modality,
   another machine's NAS);
-- ``study_uid_under_two_patients``: one Study Instance UID carries different people (a misfiled study).
+- ``study_uid_under_two_patients`` / ``series_uid_under_two_patients``: one Study (Series) Instance UID carries
+  different people (a misfiled study or series). Only that study's (series') files of those people are held.
 """
 
 from __future__ import annotations
@@ -24,7 +25,9 @@ from pacs_assets.identity.model import DIFFERENT, SAME, VARIANT, PersonRecord, c
 ORTHANC = "orthanc"  # the source name of what Orthanc already holds
 WITHIN_NAS, ACROSS_NAS = "id_reused_within_nas", "id_shared_across_nas"
 IN_ORTHANC, STUDY_UID = "orthanc_holds_other_person", "study_uid_under_two_patients"
-KINDS = (WITHIN_NAS, ACROSS_NAS, IN_ORTHANC, STUDY_UID)
+SERIES_UID = "series_uid_under_two_patients"
+KINDS = (WITHIN_NAS, ACROSS_NAS, IN_ORTHANC, STUDY_UID, SERIES_UID)
+UID_KINDS = {"study": STUDY_UID, "series": SERIES_UID}
 
 
 @dataclasses.dataclass
@@ -66,7 +69,8 @@ class Collision:
         what = {WITHIN_NAS: "its PatientID is used for a different person on the same NAS",
                 ACROSS_NAS: "its PatientID is used for a different person on another NAS",
                 IN_ORTHANC: "Orthanc already holds its PatientID for a different person",
-                STUDY_UID: "its Study Instance UID also carries a different person"}[self.kind]
+                STUDY_UID: "its Study Instance UID also carries a different person",
+                SERIES_UID: "its Series Instance UID also carries a different person"}[self.kind]
         return f"{self.kind}: {what} (collision {self.id}); decide with `pacs identity`"
 
 
@@ -85,7 +89,7 @@ def _group_collision(anchor: str, members: list[Member], decided_same: Callable[
     for i in range(len(members)):
         for j in range(i + 1, len(members)):
             a, b = members[i].record, members[j].record
-            if a == b or (kind == STUDY_UID and members[i].sent_id == members[j].sent_id):
+            if a == b or (kind in UID_KINDS.values() and members[i].sent_id == members[j].sent_id):
                 continue  # under one sent ID, a pair is the ID collision's business
             verdict, reason = compare(a, b)
             if verdict == SAME or decided_same(a.key, b.key):
@@ -104,9 +108,11 @@ def _group_collision(anchor: str, members: list[Member], decided_same: Callable[
 
 
 def find_collisions(members: Iterable[Member], decided_same: Callable[[str, str], bool] = lambda a, b: False,
-                    studies: Iterable[tuple[str, list[Member]]] = ()) -> list[Collision]:
+                    studies: Iterable[tuple[str, list[Member]]] = (),
+                    series: Iterable[tuple[str, list[Member]]] = ()) -> list[Collision]:
     """Collisions among ``members`` grouped by sent ID, and among the members of each ``(study UID, members)``
-    whose members have different sent IDs (one study UID carrying different people). Variants included."""
+    and ``(series UID, members)`` whose members have different sent IDs (one UID carrying different people).
+    Variants included for the IDs; for the UIDs only different people."""
     groups: dict[str, list[Member]] = {}
     for member in members:
         groups.setdefault(member.sent_id, []).append(member)
@@ -116,8 +122,9 @@ def find_collisions(members: Iterable[Member], decided_same: Callable[[str, str]
             collision = _group_collision(sent_id, group, decided_same)
             if collision:
                 found.append(collision)
-    for study_uid, group in studies:
-        collision = _group_collision(study_uid, group, decided_same, kind=STUDY_UID)
-        if collision and collision.verdict == DIFFERENT:  # a variant across IDs is the ID collision's business
-            found.append(collision)
+    for kind, groups in ((STUDY_UID, studies), (SERIES_UID, series)):
+        for uid, group in groups:
+            collision = _group_collision(uid, group, decided_same, kind=kind)
+            if collision and collision.verdict == DIFFERENT:  # a variant across IDs is the ID collision's business
+                found.append(collision)
     return found

@@ -40,11 +40,14 @@ def rebuild_hierarchy(index_path: str | os.PathLike, nas_id: str, start: dt.date
                    {ORTHANC_ID_SQL}, now()
             {src}""", window)
         con.execute(f"""
-            INSERT INTO series
+            INSERT INTO series (nas_id, partition_date, series_instance_uid, study_instance_uid, modality,
+                                series_number, series_description, instance_count, frame_count, folder,
+                                last_updated, patient_id, patient_name, patient_birth_date, patient_sex)
             SELECT nas_id, procedure_date, series_instance_uid, any_value(study_instance_uid), mode(modality),
                    min(series_number), any_value(series_description), count(*),
-                   sum(coalesce(number_of_frames, 1)), min(regexp_replace(file_path, '/[^/]*$', '')), now()
-            {src} GROUP BY nas_id, procedure_date, series_instance_uid""", window)
+                   sum(coalesce(number_of_frames, 1)), min(regexp_replace(file_path, '/[^/]*$', '')), now(),
+                   {PERSON}
+            {src} GROUP BY nas_id, procedure_date, series_instance_uid, {PERSON}""", window)
         con.execute(f"""
             INSERT INTO studies (nas_id, partition_date, study_instance_uid, patient_id, study_date, date_source,
                                  study_description, accession_number, modalities, series_count, instance_count,

@@ -25,13 +25,15 @@ RECORD_SQL = """
     ORDER BY nas_id, patient_id, patient_name, patient_birth_date, patient_sex"""
 
 
-def staged_people(staging: Staging) -> tuple[list[tuple], list[str]]:
-    """The distinct (patient_id, name, birth date, sex) of the staged files, and their study UIDs."""
+def staged_people(staging: Staging) -> tuple[list[tuple], dict[str, list[str]]]:
+    """The distinct (patient_id, name, birth date, sex) of the staged files, and their study and series UIDs
+    ({'study': [...], 'series': [...]})."""
     people = staging.con.execute("""
         SELECT DISTINCT patient_id, patient_name, patient_birth_date, patient_sex FROM inventory""").fetchall()
-    studies = [r[0] for r in staging.con.execute(
-        "SELECT DISTINCT study_instance_uid FROM inventory WHERE study_instance_uid IS NOT NULL").fetchall()]
-    return people, studies
+    uids = {level: [r[0] for r in staging.con.execute(
+        f"SELECT DISTINCT {column} FROM inventory WHERE {column} IS NOT NULL").fetchall()]
+        for level, (_, column) in UID_LEVELS.items()}
+    return people, uids
 
 
 def records_for_ids(con: duckdb.DuckDBPyConnection, patient_ids: Iterable[str]) -> list[tuple]:
@@ -51,18 +53,23 @@ def shared_ids(con: duckdb.DuckDBPyConnection) -> list[tuple]:
         HAVING count(DISTINCT (nas_id, patient_name, patient_birth_date, patient_sex)) > 1)""")).fetchall()
 
 
-def studies_with_several_people(con: duckdb.DuckDBPyConnection,
-                                study_uids: Sequence[str] | None = None) -> list[tuple]:
-    """(study UID, nas_id, patient_id, name, birth date, sex) of the studies whose UID carries more than one
-    person record; only of ``study_uids`` when given."""
-    only = "AND study_instance_uid IN (SELECT unnest($uids::VARCHAR[]))" if study_uids is not None else ""
+UID_LEVELS = {"study": ("studies", "study_instance_uid"), "series": ("series", "series_instance_uid")}
+
+
+def uids_with_several_people(con: duckdb.DuckDBPyConnection, level: str,
+                             uids: Sequence[str] | None = None) -> list[tuple]:
+    """(UID, nas_id, patient_id, name, birth date, sex) of the studies (``level`` 'study') or series ('series')
+    whose UID carries more than one person record; only of ``uids`` when given. Both tables hold one row per
+    UID and person, so this reads them, not the inventory."""
+    table, column = UID_LEVELS[level]
+    only = f"AND {column} IN (SELECT unnest($uids::VARCHAR[]))" if uids is not None else ""
     return con.execute(f"""
         WITH several AS (
-            SELECT study_instance_uid FROM studies WHERE true {only} GROUP BY study_instance_uid
+            SELECT {column} FROM {table} WHERE true {only} GROUP BY {column}
             HAVING count(DISTINCT (patient_id, patient_name, patient_birth_date, patient_sex)) > 1)
-        SELECT DISTINCT study_instance_uid, nas_id, patient_id, patient_name, patient_birth_date, patient_sex
-        FROM studies WHERE study_instance_uid IN (SELECT study_instance_uid FROM several)
-        ORDER BY ALL""", {"uids": list(study_uids)} if study_uids is not None else {}).fetchall()
+        SELECT DISTINCT {column}, nas_id, patient_id, patient_name, patient_birth_date, patient_sex
+        FROM {table} WHERE {column} IN (SELECT {column} FROM several)
+        ORDER BY ALL""", {"uids": list(uids)} if uids is not None else {}).fetchall()
 
 
 def replace_holds(index_path: str | os.PathLike, nas_id: str, start: dt.date, end: dt.date,

@@ -48,8 +48,14 @@ CREATE TABLE IF NOT EXISTS study_uploads (
 CREATE TABLE IF NOT EXISTS series (
     nas_id VARCHAR NOT NULL, partition_date DATE NOT NULL, series_instance_uid VARCHAR NOT NULL,
     study_instance_uid VARCHAR, modality VARCHAR, series_number INTEGER, series_description VARCHAR,
-    instance_count BIGINT, frame_count BIGINT, folder VARCHAR, last_updated TIMESTAMP
+    instance_count BIGINT, frame_count BIGINT, folder VARCHAR, last_updated TIMESTAMP,
+    -- the person the series' files name: one row per series and person, as in studies
+    patient_id VARCHAR, patient_name VARCHAR, patient_birth_date VARCHAR, patient_sex VARCHAR
 );
+ALTER TABLE series ADD COLUMN IF NOT EXISTS patient_id VARCHAR;
+ALTER TABLE series ADD COLUMN IF NOT EXISTS patient_name VARCHAR;
+ALTER TABLE series ADD COLUMN IF NOT EXISTS patient_birth_date VARCHAR;
+ALTER TABLE series ADD COLUMN IF NOT EXISTS patient_sex VARCHAR;
 
 CREATE TABLE IF NOT EXISTS instances (
     nas_id VARCHAR NOT NULL, partition_date DATE NOT NULL, date_source VARCHAR, file_path VARCHAR NOT NULL,

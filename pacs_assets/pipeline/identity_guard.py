@@ -16,7 +16,7 @@ import os
 from collections import Counter
 from collections.abc import Mapping
 
-from pacs_assets.identity.collisions import DIFFERENT, ORTHANC, Collision, Member, find_collisions
+from pacs_assets.identity.collisions import DIFFERENT, ORTHANC, UID_KINDS, Collision, Member, find_collisions
 from pacs_assets.identity.decisions import DecisionBook, decisions_path
 from pacs_assets.identity.model import PersonRecord
 from pacs_assets.index import patient_records
@@ -112,13 +112,14 @@ class Plan:
     def __init__(self, guard: IdentityGuard, nas_id: str, collisions: list[Collision]):
         self.guard, self.nas_id, self.collisions = guard, nas_id, collisions
         self.held: dict[str, Collision] = {}  # person record key -> the collision that holds it
-        self.held_in_study: dict[tuple[str, str], Collision] = {}  # (study UID, record key) -> collision
+        # (study or series UID, record key) -> collision: only that study's or series' files are held
+        self.held_in_uid: dict[tuple[str, str], Collision] = {}
         for collision in collisions:
             if collision.verdict != DIFFERENT:
                 continue
             for key in collision.held:
-                if collision.kind == "study_uid_under_two_patients":
-                    self.held_in_study.setdefault((collision.anchor, key), collision)
+                if collision.kind in UID_KINDS.values():
+                    self.held_in_uid.setdefault((collision.anchor, key), collision)
                 else:
                     self.held.setdefault(key, collision)
 
@@ -141,7 +142,8 @@ class Plan:
 
     def route(self, rec: FileRecord) -> Route:
         person = self._person(rec)
-        held = self.held.get(person.key) or self.held_in_study.get((rec.study_instance_uid, person.key))
+        held = (self.held.get(person.key) or self.held_in_uid.get((rec.study_instance_uid, person.key))
+                or self.held_in_uid.get((rec.series_instance_uid, person.key)))
         if held:
             return Route(held=held)
         return Route(send_as=self.guard.send_as(person, rec.patient_id))
@@ -154,7 +156,7 @@ def hold_files(plan: Plan, staging: Staging, index_path: str | os.PathLike, nas_
     """Take the files the plan holds out of staging and record them as the window's holds (replacing its
     earlier ones: a file released since is no longer held). Returns {collision kind: files held}."""
     rows: list[dict] = []
-    if plan.held or plan.held_in_study:
+    if plan.held or plan.held_in_uid:
         for rec in iter_staged(staging):
             collision = plan.route(rec).held
             if collision is not None:
@@ -172,38 +174,43 @@ def hold_files(plan: Plan, staging: Staging, index_path: str | os.PathLike, nas_
 def plan_uploads(guard: IdentityGuard, staging: Staging, index_path: str | os.PathLike, nas_id: str,
                  client: OrthancClient, window: tuple | None = None) -> Plan:
     """Compare the staged files' people with every record that would meet them in Orthanc."""
-    people, study_uids = patient_records.staged_people(staging)
+    people, uids = patient_records.staged_people(staging)
     staged = [PersonRecord.of(nas_id, *row) for row in people]
     sent = {guard.sent_id(r) for r in staged}
     with session(index_path, read_only=True) as con:
         rows = patient_records.records_for_ids(con, guard.candidate_ids(sent) | {r.patient_id for r in staged})
-        study_rows = patient_records.studies_with_several_people(con, study_uids) if study_uids else []
+        uid_rows = {level: patient_records.uids_with_several_people(con, level, found) if found else []
+                    for level, found in uids.items()}
         had_holds = window is not None and patient_records.holds_in_window(con, nas_id, *window)
     members = [m for m in map(guard.member, rows) if m.sent_id in sent]
     known = {m.record for m in members}
     members += [Member(r, guard.sent_id(r)) for r in staged if r not in known]  # not in `patients` yet
     members += orthanc_members(client, sorted(sent))
-    studies: dict[str, list[Member]] = {}
-    for uid, *row in study_rows:
-        record = PersonRecord.of(*row)
-        studies.setdefault(uid, []).append(Member(record, guard.sent_id(record)))
-    study_groups = [(uid, group) for uid, group in studies.items() if len({m.sent_id for m in group}) > 1]
-    plan = Plan(guard, nas_id, find_collisions(members, guard.book.decided_same, study_groups))
+    plan = Plan(guard, nas_id, find_collisions(members, guard.book.decided_same, **_uid_groups(guard, uid_rows)))
     plan.window_had_holds = had_holds
     return plan
 
 
+def _uid_groups(guard: IdentityGuard, uid_rows: dict[str, list[tuple]]) -> dict[str, list]:
+    """{'studies': [(UID, members)], 'series': [...]} of the UIDs whose people would be sent under different IDs
+    (under one ID they are the ID collision's business)."""
+    out = {}
+    for level, rows in uid_rows.items():
+        groups: dict[str, list[Member]] = {}
+        for uid, *row in rows:
+            record = PersonRecord.of(*row)
+            groups.setdefault(uid, []).append(Member(record, guard.sent_id(record)))
+        out["studies" if level == "study" else "series"] = [
+            (uid, group) for uid, group in groups.items() if len({m.sent_id for m in group}) > 1]
+    return out
+
+
 def index_collisions(guard: IdentityGuard, index_path: str | os.PathLike) -> list[Collision]:
     """Every collision and variant the index alone shows (all NAS devices, all dates): the patient IDs that
-    more than one person record shares, and the study UIDs carrying more than one person. Reads the small
-    ``patients`` and ``studies`` tables, not the inventory. What Orthanc holds is the upload's to compare."""
+    more than one person record shares, and the study and series UIDs carrying more than one person. Reads the
+    ``patients``, ``studies`` and ``series`` tables (one row per person and day or UID), not the inventory. What Orthanc holds is the upload's to compare."""
     with session(index_path, read_only=True) as con:
         rows = patient_records.shared_ids(con)
-        study_rows = patient_records.studies_with_several_people(con)
+        uid_rows = {level: patient_records.uids_with_several_people(con, level) for level in ("study", "series")}
     members = [guard.member(row) for row in rows]
-    studies: dict[str, list[Member]] = {}
-    for uid, *row in study_rows:
-        record = PersonRecord.of(*row)
-        studies.setdefault(uid, []).append(Member(record, guard.sent_id(record)))
-    return find_collisions(members, guard.book.decided_same,
-                           [(uid, g) for uid, g in studies.items() if len({m.sent_id for m in g}) > 1])
+    return find_collisions(members, guard.book.decided_same, **_uid_groups(guard, uid_rows))

@@ -264,3 +264,29 @@ def test_the_release_sensor_asks_one_catch_up_per_nas_a_decision_released(tmp_pa
     assert tick.cursor == "2"
     again = sensor.evaluate_tick(build_sensor_context(instance=instance, cursor=tick.cursor, definitions=defs))
     assert not again.run_requests
+
+
+def test_a_study_uid_carrying_two_people_holds_only_that_study(tmp_path, orthanc_env):
+    import pydicom
+
+    from pacs_assets_tests.harness import NAS, SAMPLE_START, write_config
+
+    manifest = make_dicom_nas(tmp_path / "nas", patients=4, start_date=SAMPLE_START)
+    root = tmp_path / "nas"
+    first = next(p for p in manifest.paths("ok") if (root / p).read_bytes()[128:132] == b"DICM")
+    ds = pydicom.dcmread(root / first)
+    (root / "MISFILED").mkdir()
+    ds.PatientID, ds.PatientName, ds.PatientBirthDate, ds.PatientSex = "OTHER-9", "Roe^Richard", "19400101", "M"
+    ds.SOPInstanceUID = pydicom.uid.generate_uid()  # the same study and series UIDs, another person
+    ds.save_as(root / "MISFILED" / "IM1.dcm")
+    config = write_config(tmp_path / "pacs.yaml", NAS, orthanc_url=orthanc_env.url)
+    assert materialize_nas(config, "ct").success
+    status = _statuses(config)
+    held = {path: reason for (nas, path), (st, reason) in status.items() if st == "held"}
+    study = pydicom.dcmread(root / first, stop_before_pixels=True).StudyInstanceUID
+    same_study = {p for p in manifest.paths("ok")
+                  if pydicom.dcmread(root / p, stop_before_pixels=True, force=True).get("StudyInstanceUID") == study}
+    assert set(held) == same_study | {"MISFILED/IM1.dcm"}
+    assert {r.split(":")[0] for r in held.values()} <= {"study_uid_under_two_patients", "series_uid_under_two_patients"}
+    assert sum(1 for (_, st, _r) in [(k, *v) for k, v in status.items()] if st == "imported") > 10  # the rest flows
+    assert people_mixed_in_orthanc(orthanc_env) == {}

@@ -128,3 +128,13 @@ def test_qualified_ids_are_unique_and_fit_a_patient_id():
     third = qualified_id(m, {first, second})
     assert len({first, second, third}) == 3 and all(len(i) <= 64 for i in (first, second, third))
     assert qualified_id(Member(P("archive", "123", "a", "", ""), "123"), set()) == "123~archive"
+
+
+def test_a_series_uid_under_two_people_is_its_own_kind():
+    from pacs_assets.identity.collisions import SERIES_UID
+
+    x, y = _member("ct", "1", "Doe^Jane", "19800101", "F"), _member("mr", "2", "Roe^Richard", "19400101", "M")
+    (series,) = find_collisions([], series=[("1.2.3.4", [x, y])])
+    assert series.kind == SERIES_UID and series.held == {x.key, y.key}
+    same = _member("mr", "2", "Doe^Jane", "19800101", "F")  # one person under two IDs: not a UID collision
+    assert find_collisions([], series=[("1.2.3.4", [x, same])]) == []
