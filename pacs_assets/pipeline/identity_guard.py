@@ -208,7 +208,8 @@ def _uid_groups(guard: IdentityGuard, uid_rows: dict[str, list[tuple]]) -> dict[
 def index_collisions(guard: IdentityGuard, index_path: str | os.PathLike) -> list[Collision]:
     """Every collision and variant the index alone shows (all NAS devices, all dates): the patient IDs that
     more than one person record shares, and the study and series UIDs carrying more than one person. Reads the
-    ``patients``, ``studies`` and ``series`` tables (one row per person and day or UID), not the inventory. What Orthanc holds is the upload's to compare."""
+    ``patients``, ``studies`` and ``series`` tables (one row per person and day or UID), not the inventory.
+    What Orthanc holds is the upload's to compare."""
     with session(index_path, read_only=True) as con:
         rows = patient_records.shared_ids(con)
         uid_rows = {level: patient_records.uids_with_several_people(con, level) for level in ("study", "series")}
