@@ -37,12 +37,15 @@ def staged_people(staging: Staging) -> tuple[list[tuple], dict[str, list[str]]]:
 
 
 def records_for_ids(con: duckdb.DuckDBPyConnection, patient_ids: Iterable[str]) -> list[tuple]:
-    """Every person record, on any NAS, of these patient IDs (see ``RECORD_SQL``)."""
-    ids = sorted({i for i in patient_ids if i is not None})
-    if not ids:
+    """Every person record, on any NAS, of these patient IDs (see ``RECORD_SQL``). '' or None asks for the
+    files without a PatientID too (Orthanc files them all under one empty ID)."""
+    wanted = set(patient_ids)
+    ids = sorted(i for i in wanted if i)
+    empty = bool(wanted & {"", None})
+    if not ids and not empty:
         return []
-    return con.execute(RECORD_SQL.format(where="patient_id IN (SELECT unnest($ids::VARCHAR[]))"),
-                       {"ids": ids}).fetchall()
+    where = "patient_id IN (SELECT unnest($ids::VARCHAR[]))" + (" OR coalesce(patient_id, '') = ''" if empty else "")
+    return con.execute(RECORD_SQL.format(where=where), {"ids": ids}).fetchall()
 
 
 def shared_ids(con: duckdb.DuckDBPyConnection) -> list[tuple]:

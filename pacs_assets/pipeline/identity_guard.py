@@ -94,7 +94,10 @@ def guard_for(config) -> IdentityGuard:
 
 
 def orthanc_members(client: OrthancClient, sent_ids: list[str]) -> list[Member]:
-    """One member per distinct person Orthanc holds under these PatientIDs (study-level patient tags)."""
+    """One member per distinct person Orthanc holds under these PatientIDs (study-level patient tags). The empty
+    ID is not asked: to Orthanc an empty value matches every patient; files without an ID are compared among
+    the index's records only."""
+    sent_ids = [i for i in sent_ids if i]
     seen: dict[PersonRecord, Member] = {}
     for i in range(0, len(sent_ids), ORTHANC_BATCH):
         for study in client.find_patient_studies(sent_ids[i:i + ORTHANC_BATCH]):
