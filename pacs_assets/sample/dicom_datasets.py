@@ -88,6 +88,10 @@ def _dataset(st: _Study, series_uid: str, series_no: int, series_desc: str, inst
     ds = Dataset()
     if st.charset:
         ds.SpecificCharacterSet = st.charset
+    elif not (st.description.isascii() and st.patient_name.isascii()):
+        # An ASCII patient's "Schädel nativ": without a character set the default repertoire has no "ä"
+        # (dciodvfy calls it an error); Latin-1, as an older German modality writes it.
+        ds.SpecificCharacterSet = "ISO_IR 100"
     ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"]
     ds.SOPClassUID, ds.SOPInstanceUID = sop_class, sop_uid
     # Odd dates are written unvalidated: pydicom would warn about exactly what we want on disk.
