@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import shutil
 import threading
 import time
 
@@ -88,6 +89,53 @@ def test_a_node_killed_mid_run_loses_nothing(tmp_path, cluster):
     assert _count(cluster, 1) == n  # the restarted node sees everything: one index
 
 
+def _indexed_window(tmp_path, n: int, files_per_series: int):
+    """A plain-DICOM NAS of ``n`` files, inventoried and indexed: (source, index, start, end)."""
+    from pacs_assets.config import DicomFolderNas
+    from pacs_assets.nas.dicom_folder.source import DicomFolderSource
+    from pacs_assets.pipeline.hierarchy import build_hierarchy
+    from pacs_assets.pipeline.inventory import take_inventory
+
+    start, end = TODAY - dt.timedelta(days=10), TODAY + dt.timedelta(days=1)
+    root, index = tmp_path / "nas", tmp_path / "index.duckdb"
+    make_bulk_dicom_nas(root, n, files_per_series=files_per_series, days=1, start_date=TODAY - dt.timedelta(days=3))
+    first = min(root.rglob("*.dcm"))
+    shutil.copy2(first, first.with_name("copy-" + first.name))  # the same instance twice: one duplicate
+    nas = DicomFolderNas(id="ct", kind="dicom_folder", root=root, partitions_start=start)
+    source = DicomFolderSource("ct", root)
+    take_inventory(source, nas, index, start, end, today=TODAY)
+    build_hierarchy(index, "ct", start, end)
+    return source, index, start, end
+
+
+def test_answers_lost_at_six_points_leave_every_file_imported_once(tmp_path, cluster):
+    """Node 0 stores a file and dies before answering, at six chosen uploads (a proxy drops the answer, then
+    refuses uploads until the file has failed over, services/lost_answers.py): no timing luck. The other
+    node answers AlreadyStored for those very bytes; each such file is imported once, confirmed after the
+    failover, and the one real second copy on the NAS stays the only duplicate."""
+    from pacs_assets.orthanc.client import CONFIRMED, build_client
+    from pacs_assets.pipeline.upload import upload_window
+    from pacs_assets_tests.services.lost_answers import LostAnswers
+
+    n, drops = 300, {3, 8, 13, 18, 23, 28}
+    source, index, start, end = _indexed_window(tmp_path, n, files_per_series=100)
+    with LostAnswers(cluster.urls, drop_at=drops) as proxy:
+        client = build_client(proxy.urls, *cluster.auth, retries=2, backoff=0.01)
+        client.down_seconds = 0  # a dead node is tried again at once: more uploads reach the next drop point
+        done = upload_window(source, client, index, "ct", start, end, concurrency=4)
+    assert len(proxy.dropped) == len(drops) and proxy.refused >= len(drops)  # every drop point was reached
+    assert {k: v for k, v in done.totals.items() if v} == {"imported": n, "duplicate": 1}, done.totals
+    assert +done.summary.counts == {"imported": n, "duplicate": 1}
+    assert _count(cluster, 0) == n
+    with duckdb.connect(str(index), read_only=True) as con:
+        rows = con.execute("SELECT file_hash, status, error_message FROM import_history").fetchall()
+    assert len(rows) == n + 1  # one attempt per file: none failed, none recorded twice
+    for digest in proxy.dropped:  # the file whose answer was lost: confirmed on the other node
+        notes = [(status, msg) for h, status, msg in rows if h == digest]
+        assert any(status == "imported" and "unreachable; sent to" in msg and CONFIRMED in msg
+                   for status, msg in notes) or any("after a lost answer" in (msg or "") for _, msg in notes), notes
+
+
 def test_serialization_failures_between_nodes_are_retried_never_failed(cluster_dir, tmp_path):
     """Two nodes writing one series at once collide in PostgreSQL (SERIALIZABLE transactions). Orthanc retries a
     collision `MaximumConnectionRetries` times, then answers HTTP 503 "could not serialize access". With its own
@@ -120,3 +168,35 @@ def test_serialization_failures_between_nodes_are_retried_never_failed(cluster_d
                                       "count(*) FILTER (WHERE attempts > 1) FROM import_history").fetchall()[0]
     assert failed == 0
     assert retried > 0, "no collision reached the client: the test did not exercise the retry"
+
+
+def test_a_confirmed_import_another_file_had_stored_is_recorded_duplicate(tmp_path):
+    """Confirmed after a lost answer means "probably ours": when the ledger (an earlier run) or this run holds a
+    clean import of the instance from another file, the confirmed one is that file's duplicate. Decided when
+    the run's last answer is in, whatever the order the answers came in."""
+    from pacs_assets.index import ledger
+    from pacs_assets.index.connection import session
+    from pacs_assets.orthanc.client import CONFIRMED
+    from pacs_assets.pipeline.upload import CONFIRMED_ELSEWHERE, _KeptFileNamer
+
+    index = tmp_path / "index.duckdb"
+    with session(index):
+        pass  # the schema
+
+    def row(path: str, oid: str, message: str | None = CONFIRMED) -> dict:
+        return {"nas_id": "ct", "file_path": path, "change_token": "t", "orthanc_instance_id": oid,
+                "status": "imported", "error_message": message, "retryable": False, "partition_date": "2024-01-01",
+                "attempt_key": path}
+
+    ledger.append_ledger(index, [row("old.dcm", "o-3", None)])  # an earlier run imported o-3 from old.dcm
+    namer = _KeptFileNamer(index)
+    namer([row("a-copy.dcm", "o-1", f"node n0 unreachable; sent to n1; {CONFIRMED}"), row("c.dcm", "o-2"),
+           row("b.dcm", "o-3")])
+    namer([row("a.dcm", "o-1", None)])  # the other copy's clean import: its answer came in later
+    namer.close()
+    with duckdb.connect(str(index), read_only=True) as con:
+        got = {p: (s, m) for p, s, m in con.execute(
+            "SELECT file_path, status, error_message FROM import_history").fetchall()}
+    assert got == {"old.dcm": ("imported", None), "a.dcm": ("imported", None), "c.dcm": ("imported", CONFIRMED),
+                   "a-copy.dcm": ("duplicate", CONFIRMED_ELSEWHERE), "b.dcm": ("duplicate", CONFIRMED_ELSEWHERE)}
+    assert namer.demoted == 2
