@@ -124,7 +124,7 @@ def build_site(workdir: Path, orthanc_url: str, nas: Sequence[tuple] = TWO_NAS, 
 def running_site(workdir: Path, nas: Sequence[tuple] = TWO_NAS) -> Iterator[tuple[Site, OrthancServer]]:
     """A site materialized against its own real Orthanc, which keeps running (credentials in the environment)
     until the block ends: for module-scoped fixtures, which cannot use the function-scoped ``orthanc``."""
-    with OrthancServer(workdir / "orthanc") as orthanc, pytest.MonkeyPatch.context() as mp:
+    with OrthancServer(workdir / "orthanc").throwaway() as orthanc, pytest.MonkeyPatch.context() as mp:
         mp.setenv("ORTHANC_USERNAME", orthanc.username)
         mp.setenv("ORTHANC_PASSWORD", orthanc.password)
         yield build_site(workdir, orthanc.url, nas, dicom_port=orthanc.dicom_port), orthanc

@@ -181,7 +181,7 @@ def test_every_kind_of_change_ends_equal_to_a_full_walk_from_scratch(tmp_path, o
     # The same NAS from scratch: a fresh index, a fresh Orthanc, one full walk.
     fresh_dir = tmp_path / "fresh"
     fresh_dir.mkdir()
-    with OrthancServer(fresh_dir / "orthanc") as fresh_orthanc, pytest.MonkeyPatch.context() as mp:
+    with OrthancServer(fresh_dir / "orthanc").throwaway() as fresh_orthanc, pytest.MonkeyPatch.context() as mp:
         mp.setenv("ORTHANC_USERNAME", fresh_orthanc.username)
         mp.setenv("ORTHANC_PASSWORD", fresh_orthanc.password)
         fresh_config = write_config(fresh_dir / "pacs.yaml", [{**NAS[0], "root": str(root)}],

@@ -1,13 +1,16 @@
 """A node that dies after storing a file, at chosen uploads and without timing luck: HTTP proxies on
 127.0.0.1 in front of the nodes of a cluster (services/orthanc_cluster.py).
 
-``LostAnswers(urls, drop_at={10, 30, ...})`` gives one proxy URL per node. The proxy of the first node
-forwards its Nth ``POST /instances`` (N in ``drop_at``, counted on that node) to Orthanc, reads the answer
-(the file is stored), then resets the client's connection instead of answering: the answer is lost, as
-when a node is killed between its commit and its reply. That node then refuses every upload (reads it,
-resets the connection, forwards nothing) until the dropped file has reached another node, which is what
-a client does when a node does not answer: so each drop forces a failover, whatever the threads do.
-Other requests (``GET``, ``/tools/find``) always pass, so a check of the stored MD5 never races a drop.
+``LostAnswers(urls, drop_at={10, 30, ...})`` gives one proxy URL per node. The Nth ``POST /instances``
+(N in ``drop_at``, counted over all nodes) is forwarded to Orthanc, its answer read (the file is stored),
+then the client's connection is reset instead of answering: the answer is lost, as when a node is killed
+between its commit and its reply. That node then refuses every upload (reads it, resets the connection,
+forwards nothing) until the dropped file has reached another node, which is what a client does when a node
+does not answer: so each drop forces a failover, whatever the threads do. A failover always finds a live
+node: a drop point met while a node is dead, or while a refused upload has not reached a live node yet,
+moves to the next upload after that, and a file already dropped or refused once is never dropped. Other
+requests (``GET``, ``/tools/find``) always pass, so a check of
+the stored MD5 never races a drop.
 
 Everything runs in daemon threads of the test process; ``close`` stops the listeners and connections.
 """
@@ -35,11 +38,13 @@ def _reset(sock: socket.socket) -> None:
 
 class LostAnswers:
     def __init__(self, upstream_urls: list[str], drop_at: set[int]):
-        self.drop_at = set(drop_at)
-        self.posts = 0  # POST /instances forwarded by the first node's proxy
+        self.drop_at = sorted(drop_at)
+        self.posts = 0  # POST /instances forwarded, all nodes
         self.dropped: list[str] = []  # SHA-1 of each body whose answer was dropped
-        self.refused = 0  # uploads the first node refused while "dead"
-        self._dead_until: str | None = None  # the dropped body that must reach another node first
+        self.refused = 0  # uploads refused by a "dead" node
+        self._dead: dict[int, str] = {}  # dead node -> the dropped body that must reach another node first
+        self._failing_over: set[str] = set()  # bodies a dead node refused, not yet forwarded by a live one
+        self._troubled: set[str] = set()  # bodies dropped or refused once: their retries are left alone
         self._lock = threading.Lock()
         self._closing = False
         self._sockets: set[socket.socket] = set()
@@ -80,22 +85,25 @@ class LostAnswers:
     def _verdict(self, index: int, digest: str) -> str:
         """'forward', 'drop' (forward, then lose the answer) or 'refuse' (the node is dead) for an upload."""
         with self._lock:
-            if index != 0:
-                if digest == self._dead_until:
-                    self._dead_until = None  # the dropped file reached another node: the first one is back
-                return "forward"
-            if self._dead_until is not None:
+            if index in self._dead:
                 self.refused += 1
+                self._failing_over.add(digest)
+                self._troubled.add(digest)
                 return "refuse"
+            for node, waiting in list(self._dead.items()):
+                if waiting == digest:  # the dropped file reached another node: the dead one is back
+                    del self._dead[node]
+            self._failing_over.discard(digest)
             self.posts += 1
-            if self.posts in self.drop_at:
+            due = len(self.dropped) < len(self.drop_at) and self.posts >= self.drop_at[len(self.dropped)]
+            if due and not self._dead and not self._failing_over and digest not in self._troubled:
+                self._troubled.add(digest)
                 self.dropped.append(digest)
-                self._dead_until = digest
+                self._dead[index] = digest
                 return "drop"
             return "forward"
 
     def _serve(self, client: socket.socket, index: int, host: str, port: int) -> None:
-        upstream = http.client.HTTPConnection(host, port, timeout=120)
         reader = client.makefile("rb")
         try:
             while not self._closing:
@@ -114,10 +122,16 @@ class LostAnswers:
                 if verdict == "refuse":
                     _reset(client)
                     return
-                upstream.request(method, path, body=body,
-                                 headers={k: v for k, v in headers.items() if k.lower() not in HOP_BY_HOP})
-                answer = upstream.getresponse()
-                data = answer.read()
+                # A connection per request: Orthanc closes idle keep-alive connections, and a forward on one
+                # it has just closed would fail the client's request for nothing.
+                upstream = http.client.HTTPConnection(host, port, timeout=120)
+                try:
+                    upstream.request(method, path, body=body,
+                                     headers={k: v for k, v in headers.items() if k.lower() not in HOP_BY_HOP})
+                    answer = upstream.getresponse()
+                    data = answer.read()
+                finally:
+                    upstream.close()
                 if verdict == "drop":  # Orthanc stored it and answered; the client never hears it
                     _reset(client)
                     return
@@ -128,7 +142,6 @@ class LostAnswers:
         except OSError:
             return
         finally:
-            upstream.close()
             self._sockets.discard(client)
             try:
                 reader.close()
