@@ -382,6 +382,6 @@ def test_wrapped_files_pass_dciodvfy(nas, records, tmp_path):
     special = set(plain.special.values())
     ordinary = [p for p in plain.paths(OK) if p not in special]
     assert len(ordinary) > 10
-    for rel in ordinary + [plain.special[c] for c in ("latin1", "utf8", "japanese", "headerless")]:
+    for rel in ordinary + [plain.special[c] for c in ("latin1", "utf8", "japanese", "headerless", "multiframe")]:
         assert _dciodvfy_errors(plain.root / rel) == [], rel
     assert any("<StudyDate>" in line for line in _dciodvfy_errors(plain.root / plain.special["missing_date"]))
