@@ -201,3 +201,19 @@ def test_a_confirmed_import_another_file_had_stored_is_recorded_duplicate(tmp_pa
     assert got == {"old.dcm": ("imported", None), "a.dcm": ("imported", None), "c.dcm": ("imported", CONFIRMED),
                    "a-copy.dcm": ("duplicate", CONFIRMED_ELSEWHERE), "b.dcm": ("duplicate", CONFIRMED_ELSEWHERE)}
     assert namer.demoted == 2
+
+
+def test_a_node_that_refused_the_connection_cannot_have_stored_the_file(tmp_path, orthanc):
+    """Only an answer lost after the request went out makes AlreadyStored ours: a node that refused the
+    connection never saw the file, so the next node's AlreadyStored (another copy stored it) stays duplicate."""
+    from pacs_assets.orthanc.client import build_client
+    from pacs_assets_tests.services.process import free_port
+
+    make_bulk_dicom_nas(tmp_path / "nas", 1, files_per_series=1, days=1)
+    data = next((tmp_path / "nas").rglob("*.dcm")).read_bytes()
+    assert requests.post(f"{orthanc.url}/instances", data=data, auth=orthanc.auth,
+                         timeout=30).json()["Status"] == "Success"  # another copy, stored before
+    client = build_client([f"http://127.0.0.1:{free_port()}", orthanc.url], *orthanc.auth, retries=1, backoff=0.01)
+    result = client.upload(data)
+    assert (result.status, result.answer_lost, result.node) == ("duplicate", False, orthanc.url)
+    assert "unreachable; sent to" in result.error_message
