@@ -62,7 +62,10 @@ def check_results(result) -> dict[str, bool]:
 
 
 def write_config(path: Path, nas: list[dict], *, orthanc_url: str, index: str = "index.duckdb", **extra) -> Path:
-    body = {"nas": nas, "orthanc": {"url": orthanc_url, "run_retries": 0, "retries": 1, "timeout_seconds": 10},
+    # No outage wait (the default waits 120 s for Orthanc to come back): a test of a dead Orthanc fails at
+    # once, and the tests of the wait set it themselves.
+    body = {"nas": nas, "orthanc": {"url": orthanc_url, "run_retries": 0, "retries": 1, "timeout_seconds": 10,
+                                    "outage_wait_seconds": 0},
             "index": {"path": index}, **extra}
     path.write_text(yaml.safe_dump(body, sort_keys=False), encoding="utf-8")
     return path
