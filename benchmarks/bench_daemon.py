@@ -12,7 +12,8 @@
    group:ct --partition-range FIRST...LAST`` (one run) into another. Goal >= 0.8. Also prints the
    materialization events the run wrote and where its time went (its event log).
 
-    python -m benchmarks.bench_daemon [--quick] [--sizes 5000,50000] [--rounds 3] [--backfill-files 6000]
+    python -m benchmarks.bench_daemon [--quick] [--sizes 5000,50000] [--rounds 3] [--study-files 200]
+        [--backfill-files 6000] [--backfill-days 730]
 """
 
 from __future__ import annotations
@@ -36,11 +37,13 @@ import requests
 import yaml
 
 from benchmarks.bench_incremental import (
+    STUDY_FILES,
     partition_events,
     seed_index,
     storescu,
     write_ct_study,
 )
+from benchmarks.common import throwaway_orthanc
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -81,8 +84,7 @@ def make_site(site: Path, root: Path, start: dt.date, server, **nas) -> tuple[Pa
 @contextlib.contextmanager
 def running_daemon(env: dict, log: Path):
     """dagster-daemon in its own session with default signals; stopped by PID, and every process it had too."""
-    from pacs_assets_tests.automation.test_end_to_end import ProcessTree
-    from pacs_assets_tests.services.process import spawn, stop_pid
+    from pacs_assets_tests.services.process import ProcessTree, spawn, stop_pid
 
     proc = spawn(["env", "--default-signal=INT,TERM", str(BIN / "dagster-daemon"), "run", "-w", "workspace.yaml"],
                  log, env=env, cwd=REPO, new_session=True)
@@ -155,11 +157,10 @@ def run_phases(instance, run_id: str) -> dict[str, float]:
     return out
 
 
-def bench_new_procedure(n: int, rounds: int, work: Path, template: bytes) -> dict:
+def bench_new_procedure(n: int, rounds: int, work: Path, template: bytes, study_files: int = STUDY_FILES) -> dict:
     from dagster import DagsterInstance, RunsFilter
 
     from pacs_assets.sample.bulk_dicom_nas import make_bulk_dicom_nas
-    from pacs_assets_tests.services.orthanc import OrthancServer
     from pacs_assets_tests.services.process import wait_until
 
     start = today() - dt.timedelta(days=DAYS)
@@ -167,10 +168,11 @@ def bench_new_procedure(n: int, rounds: int, work: Path, template: bytes) -> dic
     root = site / "nas"
     t = time.perf_counter()
     make_bulk_dicom_nas(root / "bulk", n, files_per_series=100, days=DAYS - 10, start_date=start)
-    studies = [write_ct_study(site / "exports" / f"r{r}", template, today() - dt.timedelta(days=1 + r)) for r in range(rounds)]
+    studies = [write_ct_study(site / "exports" / f"r{r}", template, today() - dt.timedelta(days=1 + r), study_files)
+               for r in range(rounds)]
     _log(f"{n}: bulk NAS and {rounds} studies written in {time.perf_counter() - t:.0f} s")
     out: dict = {"files": n, "rounds": []}
-    with OrthancServer(site / "orthanc") as server:
+    with throwaway_orthanc(site) as server:
         config, env, home = make_site(site, root, start, server, sensor_interval_seconds=5)
         out["seed_seconds"] = seed_index(root, config)
         _log(f"{n}: index seeded and marked imported in {out['seed_seconds']:.0f} s")
@@ -203,53 +205,54 @@ def bench_new_procedure(n: int, rounds: int, work: Path, template: bytes) -> dic
                 runs = [x for x in instance.get_run_records(RunsFilter(job_name="ct_job"))
                         if x.create_timestamp.timestamp() >= t0]
                 ids = [y.dagster_run.run_id for y in runs]
-                wait(lambda ids=ids: all(x.dagster_run.is_finished for x in instance.get_run_records(RunsFilter(run_ids=ids))),
+                wait(lambda ids=ids: all(x.dagster_run.is_finished
+                                         for x in instance.get_run_records(RunsFilter(run_ids=ids))),
                      600, "the run to end")
                 run = min(runs, key=lambda x: x.create_timestamp)
                 ticks = sensor_ticks(instance)
                 asked = next(t for t in ticks if run.dagster_run.run_id in t.run_ids)
                 phases = run_phases(instance, run.dagster_run.run_id)
                 row = {"seconds": t_in - t0, "landing": landed - t0, "runs": len(runs),
-                       "ticks started after landing, the requesting one too": sum(1 for t in ticks if landed <= t.timestamp <= asked.timestamp),
+                       "ticks started after landing, the requesting one too":
+                           sum(1 for t in ticks if landed <= t.timestamp <= asked.timestamp),
                        "landed -> requesting tick": asked.timestamp - landed,
                        "requesting tick start -> run created": run.create_timestamp.timestamp() - asked.timestamp,
                        **{k: v for k, v in phases.items() if not k.startswith("_")}}
-                row["requesting tick -> all 200 in Orthanc"] = t_in - asked.timestamp  # no tick-phase luck
+                row["requesting tick -> all in Orthanc"] = t_in - asked.timestamp  # no tick-phase luck
                 if "_start" in phases:
-                    row["run started -> all 200 in Orthanc"] = t_in - phases["_start"]
+                    row["run started -> all in Orthanc"] = t_in - phases["_start"]
                 stamps = sorted(t.timestamp for t in ticks)
                 row["tick spacing (median)"] = statistics.median(b - a for a, b in itertools.pairwise(stamps))
                 out["rounds"].append(row)
                 _log(f"{n}: round {r}: {row['seconds']:.1f} s landing -> Orthanc; " +
                      ", ".join(f"{k} {v:.1f}" for k, v in row.items() if k != "seconds"))
     out["storescu_seconds"] = storescu(studies[0], work)
+    out["study_files"] = study_files
     out["seconds"] = statistics.median(r["seconds"] for r in out["rounds"])
     shutil.rmtree(site, ignore_errors=True)
     return out
 
 
-def bench_backfill(n: int, rounds: int, work: Path, template: bytes) -> dict:
+def bench_backfill(n: int, rounds: int, work: Path, template: bytes, days: int = DAYS) -> dict:
     from dagster import DagsterEventType, DagsterInstance
 
-    from pacs_assets_tests.services.orthanc import OrthancServer
-
-    first, last = today() - dt.timedelta(days=DAYS - 1), today()
+    first, last = today() - dt.timedelta(days=days - 1), today()
     base = work / "backfill"
     root = base / "nas"
     t = time.perf_counter()
     files: list[Path] = []
-    for i in range(DAYS):  # one study a day, n spread evenly over the 730 days
-        day, k = first + dt.timedelta(days=i), n * (i + 1) // DAYS - n * i // DAYS
+    for i in range(days):  # one study a day, n spread evenly over the days
+        day, k = first + dt.timedelta(days=i), n * (i + 1) // days - n * i // days
         if k:
             files += write_ct_study(root / f"P{i:04d}" / f"{day:%Y%m%d}_CT" / "S001", template, day, k)
     size = sum(f.stat().st_size for f in files)
     _log(f"backfill: {len(files)} files, {size / 1e9:.2f} GB, written in {time.perf_counter() - t:.0f} s")
-    out: dict = {"files": len(files), "bytes": size, "partitions": DAYS, "rounds": []}
+    out: dict = {"files": len(files), "bytes": size, "partitions": days, "rounds": []}
     for r in range(rounds):
         baseline = storescu(files, work)
         site = base / f"r{r}"
         site.mkdir()
-        with OrthancServer(site / "orthanc") as server:
+        with throwaway_orthanc(site) as server:
             _config, env, home = make_site(site, root, first, server)
             cmd = [str(BIN / "dagster"), "asset", "materialize", "-m", "pacs_assets.definitions", "--select",
                    "group:ct", "--partition-range", f"{first}...{last}"]
@@ -285,19 +288,24 @@ def verdict(ok: bool) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true", help="smoke run: NAS of 1,000 and 10,000, 2 rounds, 1,000-file backfill")
+    ap.add_argument("--quick", action="store_true",
+                    help="smoke run: one NAS of 200 files, 1 round of a 5-file study, a 10-file backfill over 10 days")
     ap.add_argument("--sizes", default=None, help="bulk NAS sizes for 1) (default 5000,50000)")
     ap.add_argument("--rounds", type=int, default=None, help="new studies per NAS (default 3)")
+    ap.add_argument("--study-files", type=int, default=None, help=f"files of each new study (default {STUDY_FILES})")
     ap.add_argument("--backfill-files", type=int, default=None, help="512x512 CT files for 2) (default 6000, ~3.1 GB)")
+    ap.add_argument("--backfill-days", type=int, default=None, help=f"daily partitions of 2) (default {DAYS})")
     ap.add_argument("--backfill-rounds", type=int, default=None, help="default 2")
     ap.add_argument("--skip-sensor", action="store_true")
     ap.add_argument("--skip-backfill", action="store_true")
     ap.add_argument("--workdir", default=None)
     ap.add_argument("--json", default=None)
     a = ap.parse_args(argv)
-    sizes = [int(s) for s in (a.sizes or ("1000,10000" if a.quick else "5000,50000")).split(",")]
-    rounds = a.rounds or (2 if a.quick else 3)
-    bf_files, bf_rounds = a.backfill_files or (1000 if a.quick else 6000), a.backfill_rounds or (1 if a.quick else 2)
+    sizes = [int(s) for s in (a.sizes or ("200" if a.quick else "5000,50000")).split(",")]
+    rounds = a.rounds or (1 if a.quick else 3)
+    study_files = a.study_files or (5 if a.quick else STUDY_FILES)
+    bf_files, bf_rounds = a.backfill_files or (10 if a.quick else 6000), a.backfill_rounds or (1 if a.quick else 2)
+    bf_days = a.backfill_days or (10 if a.quick else DAYS)
     from pacs_assets.sample.bulk_dicom_nas import make_bulk_dicom_nas
 
     work = Path(tempfile.mkdtemp(prefix="bench-daemon-", dir=a.workdir))
@@ -306,9 +314,9 @@ def main(argv: list[str] | None = None) -> int:
         make_bulk_dicom_nas(work / "template", 1)
         template = next((work / "template").rglob("*.dcm")).read_bytes()
         if not a.skip_sensor:
-            results["new_procedure"] = [bench_new_procedure(n, rounds, work, template) for n in sizes]
+            results["new_procedure"] = [bench_new_procedure(n, rounds, work, template, study_files) for n in sizes]
         if not a.skip_backfill:
-            results["backfill"] = bench_backfill(bf_files, bf_rounds, work, template)
+            results["backfill"] = bench_backfill(bf_files, bf_rounds, work, template, bf_days)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     results["load_after"] = os.getloadavg()
@@ -316,13 +324,16 @@ def main(argv: list[str] | None = None) -> int:
              f"{'what':62} {'ours':>8} {'baseline':>9} {'ratio':>6}  goal"]
     sens = results.get("new_procedure", [])
     for r in sens:
-        lines.append(f"{'new 200-file CT study -> Orthanc via the daemon, NAS of ' + format(r['files'], ','):62} "
+        what = f"new {r['study_files']}-file CT study -> Orthanc via the daemon, NAS of {r['files']:,}"
+        lines.append(f"{what:62} "
                      f"{r['seconds']:7.1f}s {r['storescu_seconds']:8.1f}s {'':>6}  <= {GOAL_SECONDS:.0f} s "
                      f"{verdict(r['seconds'] <= GOAL_SECONDS) if r is sens[0] else ''}")
     if len(sens) > 1:
         g = sens[-1]["seconds"] / sens[0]["seconds"]
-        lines.append(f"{'  growth, largest / smallest NAS':62} {'':>8} {'':>9} {g:6.2f}  <= {GOAL_GROWTH} {verdict(g <= GOAL_GROWTH)}")
-        after = [statistics.median(x["requesting tick -> all 200 in Orthanc"] for x in r["rounds"]) for r in (sens[0], sens[-1])]
+        lines.append(f"{'  growth, largest / smallest NAS':62} {'':>8} {'':>9} {g:6.2f}  <= {GOAL_GROWTH} "
+                     f"{verdict(g <= GOAL_GROWTH)}")
+        after = [statistics.median(x["requesting tick -> all in Orthanc"] for x in r["rounds"])
+                 for r in (sens[0], sens[-1])]
         lines.append(f"{'  same, from the requesting tick on (no tick-phase luck)':62} "
                      f"{'':>8} {'':>9} {after[1] / after[0]:6.2f}")
     for r in sens:
@@ -334,13 +345,15 @@ def main(argv: list[str] | None = None) -> int:
         b = results["backfill"]
         ours = statistics.median(x["seconds"] for x in b["rounds"])
         base = statistics.median(x["storescu_seconds"] for x in b["rounds"])
-        what = f"whole backfill, {b['files']:,} CT files ({b['bytes'] / 1e9:.1f} GB), {b['partitions']} partitions, one run"
-        lines.append(f"{what:62} {ours:7.1f}s {base:8.1f}s {b['ratio']:6.2f}  >= {GOAL_BACKFILL} {verdict(b['ratio'] >= GOAL_BACKFILL)}")
+        what = (f"whole backfill, {b['files']:,} CT files ({b['bytes'] / 1e9:.1f} GB), {b['partitions']} partitions, "
+                "one run")
+        lines.append(f"{what:62} {ours:7.1f}s {base:8.1f}s {b['ratio']:6.2f}  >= {GOAL_BACKFILL} "
+                     f"{verdict(b['ratio'] >= GOAL_BACKFILL)}")
         x = b["rounds"][0]
         lines.append(f"  materialization events: {x['materializations']:,} ({x['partition_materializations']:,} with a "
                      f"partition), {x['planned']:,} planned")
-        keys = [k for k in dict.fromkeys(k for y in b["rounds"] for k in y) if k not in ("seconds", "storescu_seconds", "ratio", "materializations",
-                                           "partition_materializations", "planned")]
+        shown = ("seconds", "storescu_seconds", "ratio", "materializations", "partition_materializations", "planned")
+        keys = [k for k in dict.fromkeys(k for y in b["rounds"] for k in y) if k not in shown]
         lines.append(f"  where the time went (medians of {len(b['rounds'])} rounds):")
         lines += [f"    {k:58} {statistics.median(y.get(k, 0) for y in b['rounds']):7.1f}" for k in keys]
     print("\n".join(lines))

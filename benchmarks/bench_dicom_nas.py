@@ -1,6 +1,6 @@
 """Speed and memory of the plain-DICOM NAS path, as ratios against baselines measured on the same data.
 
-    python -m benchmarks.bench_dicom_nas [--files N] [--rss-sizes 10000,100000] [--json out.json]
+    python -m benchmarks.bench_dicom_nas [--quick] [--files N] [--rss-sizes 10000,100000] [--json out.json]
 
 The machine this runs on is shared and noisy, so no figure here is an absolute promise: every "ours"
 rate is divided by a baseline measured in the same run, on the same files, close in time (rounds
@@ -10,7 +10,8 @@ asserted: the table says which goals were met. See benchmarks/README.md for what
 a) indexing  baseline = a plain one-process ``pydicom.dcmread(path, stop_before_pixels=True)`` loop;
              ours = the file_inventory asset's path (DicomFolderSource.scan + Staging + merge).
 b) import    baseline = Orthanc's own ingest ceiling (``storescu +sd +r``, one association, TCP_NODELAY);
-             ours = ``import_records`` (REST, threads) at concurrency 4 (the default), then 2/6/8.
+             ours = ``upload_window`` (staging, ``import_records``: REST, threads) at concurrency 4 (the default),
+             then 2/6/8.
    journal   the same upload with and without its journal (index/journal.py), fsync every 256 lines or every line.
 c) memory    peak RSS of the inventory path in a fresh process, for two NAS sizes: it must stay flat.
 """
@@ -25,14 +26,13 @@ import os
 import platform
 import resource
 import shutil
-import subprocess
 import sys
 import tempfile
 import threading
 import time
 from pathlib import Path
 
-from benchmarks.common import median, storescu_folder
+from benchmarks.common import bench_module, median, storescu_folder, throwaway_orthanc
 
 NAS_ID = "bench"
 PARTITIONS_START = dt.date(2000, 1, 1)
@@ -40,6 +40,10 @@ INDEX_GOAL = 0.9  # ours / baseline, one core
 IMPORT_GOAL = 0.9  # ours / storescu ceiling
 JOURNAL_GOAL = 0.95  # with the journal / without, same files, same run: "the same within noise"
 RSS_FLAT = 1.25  # peak(large) / peak(small) at most this to call it flat
+DEFAULTS = {"files": 5000, "rss_sizes": "10000,100000", "rounds": 3, "import_rounds": 1, "journal_rounds": 3,
+            "concurrency": "4,2,6,8"}
+QUICK = {"files": 200, "rss_sizes": "200,400", "rounds": 1, "import_rounds": 1, "journal_rounds": 1,
+         "concurrency": "4"}  # a smoke run: every section, tiny sizes (the test suite runs it)
 
 
 # -- helpers ------------------------------------------------------------------------------------------
@@ -162,12 +166,11 @@ def _fresh_target(pristine_index: Path, work: Path, label: str):
     """A copy of the pristine index (inventory and hierarchy done, nothing imported) and a fresh private
     Orthanc: yields (index, server, client); the index copy is deleted afterwards."""
     from pacs_assets.orthanc.client import OrthancClient
-    from pacs_assets_tests.services.orthanc import OrthancServer
 
     index = work / f"index-import-{label}-{time.monotonic_ns()}.duckdb"
     shutil.copy(pristine_index, index)
     try:
-        with tempfile.TemporaryDirectory(dir=work, prefix="orthanc-") as wd, OrthancServer(Path(wd)) as server:
+        with throwaway_orthanc(work) as server:
             yield index, server, OrthancClient(server.url, server.username, server.password)
     finally:
         index.unlink(missing_ok=True)
@@ -302,10 +305,8 @@ def rss_child(root: str, index: str) -> None:
 
     me = psutil.Process()
     # The path's imports, loaded before the "before" figure.
-    import pacs_assets.index.store
-
-    import pacs_assets.nas.dates
-    import pacs_assets.nas.dicom_folder.source  # noqa: F401
+    import pacs_assets.nas.dicom_folder.source
+    import pacs_assets.pipeline.inventory  # noqa: F401
 
     before = me.memory_info().rss
     peak = {"tree": 0, "main": 0, "worker": 0}
@@ -359,8 +360,7 @@ def bench_rss(sizes: list[int], work: Path) -> dict:
         gen_seconds = _generate(root, size)
         index = work / f"rss-index-{size}.duckdb"
         _log(f"memory: inventory of {size} files in a fresh process")
-        proc = subprocess.run([sys.executable, os.path.abspath(__file__), "--rss-child", str(root), str(index)],
-                              capture_output=True, text=True, check=False)
+        proc = bench_module("bench_dicom_nas", "--rss-child", str(root), str(index))
         shutil.rmtree(root, ignore_errors=True)
         index.unlink(missing_ok=True)
         if proc.returncode != 0:
@@ -458,16 +458,18 @@ def render(report: dict) -> str:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--files", type=int, default=5000, help="files in the NAS for indexing and import (5000)")
-    ap.add_argument("--rss-sizes", default="10000,100000",
+    ap.add_argument("--quick", action="store_true",
+                    help="seconds, not minutes: " + ", ".join(f"--{k.replace('_', '-')} {v}" for k, v in QUICK.items()))
+    ap.add_argument("--files", type=int, help="files in the NAS for indexing and import (5000)")
+    ap.add_argument("--rss-sizes",
                     help="NAS sizes for the peak-RSS runs, comma-separated (default 10000,100000: writes ~1.2 GB, "
                          "deleted afterwards; 10000,30000 is ~2 min quicker); '' skips them")
     ap.add_argument("--json", type=Path, help="also write every figure (and each round's) to this file")
-    ap.add_argument("--rounds", type=int, default=3, help="indexing rounds (baseline and ours interleaved)")
-    ap.add_argument("--import-rounds", type=int, default=1, help="import rounds (each: storescu, ours, storescu)")
-    ap.add_argument("--journal-rounds", type=int, default=3,
-                    help="rounds of the upload with and without its journal, at the first concurrency (0 skips)")
-    ap.add_argument("--concurrency", default="4,2,6,8", help="import concurrencies to try (the first is the default)")
+    ap.add_argument("--rounds", type=int, help="indexing rounds (baseline and ours interleaved; 3)")
+    ap.add_argument("--import-rounds", type=int, help="import rounds (each: storescu, ours, storescu; 1)")
+    ap.add_argument("--journal-rounds", type=int,
+                    help="rounds of the upload with and without its journal, at the first concurrency (3; 0 skips)")
+    ap.add_argument("--concurrency", help="import concurrencies to try (the first is the default; 4,2,6,8)")
     ap.add_argument("--skip-indexing", action="store_true")
     ap.add_argument("--skip-import", action="store_true")
     ap.add_argument("--workdir", type=Path, help="where temp data goes (default: the system temp folder)")
@@ -476,6 +478,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.rss_child:
         rss_child(*args.rss_child)
         return 0
+    for key, value in (QUICK if args.quick else DEFAULTS).items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
 
     started = time.perf_counter()
     load_before = os.getloadavg()[0]

@@ -1,6 +1,6 @@
 """Speed of the Firebird + JPEG 2000 NAS path, as ratios against baselines on the same data in the same run.
 
-    python -m benchmarks.bench_firebird_nas [--images N] [--rounds R]
+    python -m benchmarks.bench_firebird_nas [--quick] [--images N] [--rounds R]
 
 wrap     baseline = a plain copy of each JP2 file's bytes to a new file (read + write);
          ours = FirebirdJpeg2000Source.dicom_bytes (J2K codestream wrapped as DICOM, no decode) + write.
@@ -29,11 +29,14 @@ from pacs_assets.sample.firebird_nas import make_bulk_firebird_nas
 PASSWORD = "bench-only"
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--images", type=int, default=3000)
-    ap.add_argument("--rounds", type=int, default=3)
-    args = ap.parse_args()
+    ap.add_argument("--quick", action="store_true", help="seconds: 30 images, 1 round")
+    ap.add_argument("--images", type=int, help="default 3000")
+    ap.add_argument("--rounds", type=int, help="default 3")
+    args = ap.parse_args(argv)
+    args.images = args.images or (30 if args.quick else 3000)
+    args.rounds = args.rounds or (1 if args.quick else 3)
     os.environ["FIREBIRD_PASSWORD"] = PASSWORD
     with tempfile.TemporaryDirectory(prefix="pacs-bench-fb-") as tmp:
         root, out = Path(tmp) / "nas", Path(tmp) / "out"

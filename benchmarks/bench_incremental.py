@@ -7,6 +7,9 @@ a) one new study (200 files, 512x512 16-bit CT) on NAS devices of --sizes files 
 b) the reconciliation job on the unchanged largest NAS with 10 years of daily partitions; baseline a plain
    ``os.walk`` + ``stat`` of every file. Prints the ratio (goal <= 5) and how many materialization events
    the run wrote for partitions (goal 0).
+   Also: the identity guard's share of that run (its seconds in the upload, from the run's metadata, plus the
+   identity checks' steps; goal <= 0.10) and, after b), one pass of identity detection over the whole index
+   against the reconciliation (goal <= 0.05).
 c) peak RSS of the reconciliation's whole-NAS walk (``pipeline.reconcile.reconcile``) on each NAS, in a fresh
    child process (VmHWM from /proc/<pid>/status: ru_maxrss would include what the parent held before the
    exec). Prints the ratio largest / smallest (goal <= 1.25).
@@ -14,7 +17,8 @@ c) peak RSS of the reconciliation's whole-NAS walk (``pipeline.reconcile.reconci
 The bulk NAS is indexed once with the real pipeline functions (timed, printed) and its ledger marked
 imported (uploading 200,000 bulk files would only measure Orthanc). Everything is deleted at the end.
 
-    python -m benchmarks.bench_incremental [--sizes 20000,200000] [--workdir DIR] [--skip-reconcile] [--skip-rss]
+    python -m benchmarks.bench_incremental [--quick] [--sizes 20000,200000] [--study-files 200] [--workdir DIR]
+        [--skip-reconcile] [--skip-rss]
 """
 
 from __future__ import annotations
@@ -24,7 +28,6 @@ import datetime as dt
 import json
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -34,7 +37,7 @@ import numpy as np
 import pydicom
 import yaml
 
-from benchmarks.common import run_storescu
+from benchmarks.common import bench_module, run_storescu, throwaway_orthanc
 
 STUDY_FILES = 200
 YEARS_DAYS = 3650
@@ -100,8 +103,9 @@ def vm_kb(field: str, pid: int | str = "self") -> int:
 
 def rss_child(config_path: Path) -> dict:
     """In a fresh process: the reconciliation's whole walk of the NAS, and that process's peak RSS."""
-    out = subprocess.run([sys.executable, "-m", "benchmarks.bench_incremental", "--rss-child", str(config_path)],
-                         check=True, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": os.getcwd()})
+    out = bench_module("bench_incremental", "--rss-child", str(config_path))
+    if out.returncode:
+        raise RuntimeError(f"RSS child failed:\n{out.stderr[-2000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -159,17 +163,31 @@ def step_seconds(instance, run_id: str) -> dict[str, float]:
     return out
 
 
+def identity_share(config: Path, reconcile_seconds: float) -> dict:
+    """What identity detection over the whole index costs (the identity checks' one pass over the person
+    records: ``pipeline.identity_guard.index_collisions``) against the reconciliation of the same NAS
+    (goal <= 0.05). The reconciliation itself only adds a NOT EXISTS on the small holds table."""
+    from pacs_assets.config import load_config
+    from pacs_assets.pipeline.identity_guard import guard_for, index_collisions
+
+    cfg = load_config(config)
+    t = time.perf_counter()
+    found = index_collisions(guard_for(cfg), cfg.index.path)
+    seconds = time.perf_counter() - t
+    return {"seconds": seconds, "collisions": len(found), "ratio": seconds / reconcile_seconds}
+
+
 def verdict(ratio: float, goal: float, higher_is_better: bool = False) -> str:
     return "met" if (ratio >= goal if higher_is_better else ratio <= goal) else "BELOW"
 
 
-def bench_size(n: int, work: Path, template_holder: dict, reconcile: bool, rss: bool) -> dict:
+def bench_size(n: int, work: Path, template_holder: dict, reconcile: bool, rss: bool,
+               study_files: int = STUDY_FILES) -> dict:
     from dagster import DagsterInstance
 
     from pacs_assets.config import load_config
     from pacs_assets.defs.definitions import build_definitions
     from pacs_assets.sample.bulk_dicom_nas import make_bulk_dicom_nas
-    from pacs_assets_tests.services.orthanc import OrthancServer
 
     today = dt.date.today()
     start = today - dt.timedelta(days=YEARS_DAYS - 1)
@@ -190,7 +208,7 @@ def bench_size(n: int, work: Path, template_holder: dict, reconcile: bool, rss: 
         _log(f"{n}: whole walk peak RSS {out['rss']['peak_kb'] / 1024:.0f} MB in {out['rss']['seconds']:.1f} s")
     home = site / "dagster_home"
     home.mkdir()
-    with OrthancServer(site / "orthanc") as server, DagsterInstance.local_temp(str(home)) as instance:
+    with throwaway_orthanc(site) as server, DagsterInstance.local_temp(str(home)) as instance:
         os.environ["ORTHANC_USERNAME"], os.environ["ORTHANC_PASSWORD"] = server.username, server.password
         raw = yaml.safe_load(config.read_text())
         raw["orthanc"]["url"] = server.url
@@ -208,9 +226,11 @@ def bench_size(n: int, work: Path, template_holder: dict, reconcile: bool, rss: 
                                 "steps": step_seconds(instance, result.run_id)}
             _log(f"{n}: reconciliation {seconds:.1f} s, os.walk+stat {walk:.2f} s, partition events {parts}, "
                  f"steps {out['reconcile']['steps']}")
+            out["reconcile"]["identity"] = identity_share(config, seconds)
         day = today - dt.timedelta(days=1)
         folder = root / "NEWPAT" / f"{day:%Y%m%d}_CT" / "S001"
-        files = write_ct_study(folder, template_holder.setdefault("t", next((root / "bulk").rglob("*.dcm")).read_bytes()), day)
+        template = template_holder.setdefault("t", next((root / "bulk").rglob("*.dcm")).read_bytes())
+        files = write_ct_study(folder, template, day, study_files)
         run_config = {"ops": {"ct__file_inventory": {"config": {"folders": [str(folder.relative_to(root))]}}}}
         t = time.perf_counter()
         result = defs.resolve_job_def("ct_job").execute_in_process(run_config=run_config, instance=instance,
@@ -218,16 +238,28 @@ def bench_size(n: int, work: Path, template_holder: dict, reconcile: bool, rss: 
         run_seconds = time.perf_counter() - t
         assert result.success
         baseline = storescu(files, work)
-        out["new_study"] = {"run_seconds": run_seconds, "storescu_seconds": baseline, "ratio": run_seconds / baseline,
-                            "steps": step_seconds(instance, result.run_id)}
-        _log(f"{n}: one-partition run {run_seconds:.1f} s, storescu {baseline:.1f} s, steps {out['new_study']['steps']}")
+        steps = step_seconds(instance, result.run_id)
+        # The identity guard's part of the run: its work inside the upload (the run's own metadata) and the two
+        # identity checks' steps, against the whole run (goal <= 0.10).
+        guard = sum(e.materialization.metadata["identity_guard_seconds"].value
+                    for e in result.get_asset_materialization_events()
+                    if "identity_guard_seconds" in e.materialization.metadata)
+        checks = sum(v for k, v in steps.items() if "patient_identity" in k or "no_held_files" in k)
+        out["new_study"] = {"files": len(files), "run_seconds": run_seconds, "storescu_seconds": baseline,
+                            "ratio": run_seconds / baseline, "steps": steps,
+                            "identity": {"guard_seconds": guard, "check_seconds": checks,
+                                         "ratio": (guard + checks) / run_seconds}}
+        _log(f"{n}: one-partition run {run_seconds:.1f} s, storescu {baseline:.1f} s, "
+             f"steps {out['new_study']['steps']}")
     shutil.rmtree(site, ignore_errors=True)
     return out
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--sizes", default="20000,200000")
+    ap.add_argument("--quick", action="store_true", help="seconds: NAS of 200 and 400 files, a 10-file study")
+    ap.add_argument("--sizes", default=None, help="bulk NAS sizes (default 20000,200000)")
+    ap.add_argument("--study-files", type=int, default=None, help=f"files of the new study (default {STUDY_FILES})")
     ap.add_argument("--workdir", default=None)
     ap.add_argument("--skip-reconcile", action="store_true")
     ap.add_argument("--skip-rss", action="store_true")
@@ -236,12 +268,13 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     if args.rss_child:
         return _rss_child_main(args.rss_child)
-    sizes = [int(s) for s in args.sizes.split(",")]
+    sizes = [int(s) for s in (args.sizes or ("200,400" if args.quick else "20000,200000")).split(",")]
+    study_files = args.study_files or (10 if args.quick else STUDY_FILES)
     work = Path(tempfile.mkdtemp(prefix="bench-incr-", dir=args.workdir))
     holder: dict = {}
     try:
         results = [bench_size(n, work, holder, reconcile=not args.skip_reconcile and n == max(sizes),
-                              rss=not args.skip_rss) for n in sizes]
+                              rss=not args.skip_rss, study_files=study_files) for n in sizes]
     finally:
         shutil.rmtree(work, ignore_errors=True)
     if args.json:
@@ -250,22 +283,33 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{'what':58} {'ours':>9} {'baseline':>9} {'ratio':>7} goal")
     for r in results:
         s = r["new_study"]
-        print(f"{'new 200-file CT study, one-partition run, NAS of ' + format(r['files'], ','):58} "
+        print(f"{'new ' + str(s['files']) + '-file CT study, one-partition run, NAS of ' + format(r['files'], ','):58} "
               f"{s['run_seconds']:8.1f}s {s['storescu_seconds']:8.1f}s {s['ratio']:7.2f} <= 8 {verdict(s['ratio'], 8)}")
+    for r in results:
+        i = r["new_study"]["identity"]
+        print(f"{'  identity guard + checks / that run, NAS of ' + format(r['files'], ','):58} "
+              f"{i['guard_seconds'] + i['check_seconds']:8.2f}s {r['new_study']['run_seconds']:8.1f}s "
+              f"{i['ratio']:7.3f} <= 0.10 {verdict(i['ratio'], 0.10)}")
     if len(results) > 1:
         growth = results[-1]["new_study"]["run_seconds"] / results[0]["new_study"]["run_seconds"]
-        print(f"{'growth of that run, smallest -> largest NAS':58} {'':>9} {'':>9} {growth:7.2f} <= 1.2 {verdict(growth, 1.2)}")
+        print(f"{'growth of that run, smallest -> largest NAS':58} {'':>9} {'':>9} {growth:7.2f} <= 1.2 "
+              f"{verdict(growth, 1.2)}")
     for r in results:
         if "reconcile" in r:
             c = r["reconcile"]
             print(f"{'reconciliation, unchanged NAS of ' + format(r['files'], ',') + ', 10 years':58} "
-                  f"{c['seconds']:8.1f}s {c['baseline_walk_seconds']:8.2f}s {c['ratio']:7.2f} <= 5 {verdict(c['ratio'], 5)}")
+                  f"{c['seconds']:8.1f}s {c['baseline_walk_seconds']:8.2f}s {c['ratio']:7.2f} <= 5 "
+                  f"{verdict(c['ratio'], 5)}")
             print(f"{'  materialization events for partitions / all':58} {c['partition_materializations']:>9} "
                   f"{c['materializations']:>9} {'':>7} 0 {verdict(c['partition_materializations'], 0)}")
             print(f"{'  steps (s)':58} " + ", ".join(f"{k} {v}" for k, v in c["steps"].items()))
+            i = c["identity"]
+            print(f"{'  identity detection over the whole index / reconciliation':58} {i['seconds']:8.2f}s "
+                  f"{c['seconds']:8.1f}s {i['ratio']:7.3f} <= 0.05 {verdict(i['ratio'], 0.05)}")
     if len(results) > 1 and all("rss" in r for r in results):
         small, large = results[0]["rss"]["peak_kb"] / 1024, results[-1]["rss"]["peak_kb"] / 1024
-        print(f"{'peak RSS of the whole walk, ' + format(results[0]['files'], ',') + ' -> ' + format(results[-1]['files'], ','):58} "
+        what = f"peak RSS of the whole walk, {results[0]['files']:,} -> {results[-1]['files']:,}"
+        print(f"{what:58} "
               f"{large:7.0f}MB {small:7.0f}MB {large / small:7.2f} <= 1.25 {verdict(large / small, 1.25)}")
     for r in results:
         print(f"(one-partition run's steps on {r['files']:,} files, s: "

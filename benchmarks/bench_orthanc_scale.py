@@ -27,15 +27,15 @@ import datetime as dt
 import json
 import os
 import shutil
+import signal
 import struct
-import subprocess
 import sys
 import tempfile
 import threading
 import time
 from pathlib import Path
 
-from benchmarks.common import median, storescu_folder
+from benchmarks.common import bench_module, median, storescu_folder, throwaway_orthanc
 
 NAS_ID = "bench"
 PARTITIONS_START = dt.date(2000, 1, 1)
@@ -47,8 +47,9 @@ CONCURRENCY = 4
 
 DEFAULTS = {"small": 2000, "large": 600, "rounds": 3, "big_frames": 2000, "rebuild": 10000,
             "cluster_small": 2000, "cluster_large": 600, "cluster_rounds": 2}
-QUICK = {"small": 600, "large": 200, "rounds": 2, "big_frames": 2000, "rebuild": 3000,
-         "cluster_small": 600, "cluster_large": 200, "cluster_rounds": 1}
+# A smoke run in well under a minute (the test suite runs it): every section, tiny sets.
+QUICK = {"small": 60, "large": 10, "rounds": 1, "big_frames": 20, "rebuild": 100,
+         "cluster_small": 60, "cluster_large": 10, "cluster_rounds": 1}
 
 
 def _log(msg: str) -> None:
@@ -217,10 +218,9 @@ def index_copy(pristine: Path | None, work: Path):
 
 def ours_fresh(root: Path, n: int, pristine: Path, work: Path) -> dict:
     from pacs_assets.orthanc.client import OrthancClient
-    from pacs_assets_tests.services.orthanc import OrthancServer
 
     with index_copy(pristine, work) as index:
-        with tempfile.TemporaryDirectory(dir=work, prefix="orthanc-") as wd, OrthancServer(Path(wd)) as server:
+        with throwaway_orthanc(work) as server:
             res = upload(root, index, OrthancClient(server.url, server.username, server.password))
             stored = count_instances(server.url, server.auth)
         facts = ledger_facts(index)
@@ -278,9 +278,7 @@ def rss_child(root: str, index: str) -> None:
 def rss_run(root: Path, index: Path, work: Path) -> dict:
     import psutil
 
-    from pacs_assets_tests.services.orthanc import OrthancServer
-
-    with tempfile.TemporaryDirectory(dir=work, prefix="orthanc-") as wd, OrthancServer(Path(wd)) as server:
+    with throwaway_orthanc(work) as server:
         orthanc_peak, done = [0], threading.Event()
         proc = psutil.Process(server.pid)
 
@@ -292,11 +290,10 @@ def rss_run(root: Path, index: Path, work: Path) -> dict:
 
         sampler = threading.Thread(target=sample, daemon=True)
         sampler.start()
-        env = {**os.environ, "BENCH_ORTHANC_URL": server.url, "BENCH_ORTHANC_USER": server.username,
+        env = {"BENCH_ORTHANC_URL": server.url, "BENCH_ORTHANC_USER": server.username,
                "BENCH_ORTHANC_PASSWORD": server.password}
         try:
-            child = subprocess.run([sys.executable, "-m", "benchmarks.bench_orthanc_scale", "--rss-child", str(root),
-                                    str(index)], env=env, capture_output=True, text=True)
+            child = bench_module("bench_orthanc_scale", "--rss-child", str(root), str(index), env=env)
         finally:
             done.set()
             sampler.join()
@@ -336,7 +333,7 @@ def bench_rss(large_root: Path, work: Path, frames: int, rounds: int) -> dict:
                      f"(before upload {res['before_kb'] / 1024:.1f} MB), {res['seconds']:.1f} s, "
                      f"Orthanc peak {res['orthanc_peak_mb']:.0f} MB")
         peak = {k: median([x["peak_kb"] / 1024 for x in v]) for k, v in rows.items()}
-        deltas = [w["peak_kb"] / 1024 - o["peak_kb"] / 1024 for w, o in zip(rows["with"], rows["without"])]
+        deltas = [w["peak_kb"] / 1024 - o["peak_kb"] / 1024 for w, o in zip(rows["with"], rows["without"], strict=True)]
         return {"files": n_without, "big_bytes": size, "peak_mb": peak, "delta_mb": median(deltas),
                 "deltas_all": deltas, "orthanc_peak_mb": {k: median([x["orthanc_peak_mb"] for x in v])
                                                            for k, v in rows.items()},
@@ -359,14 +356,13 @@ def lose_index(index: Path) -> None:
 
 def bench_rebuild(n: int, work: Path) -> dict:
     from pacs_assets.orthanc.client import OrthancClient
-    from pacs_assets_tests.services.orthanc import OrthancServer
 
     site = work / "rebuild"
     root, index = site / "nas", site / "index" / "index.duckdb"
     index.parent.mkdir(parents=True)
     make_small(root, n)
     warm(root)
-    with OrthancServer(site / "orthanc") as server:
+    with throwaway_orthanc(site) as server:
         client = OrthancClient(server.url, server.username, server.password)
         t = time.perf_counter()
         first_ix = index_nas(root, index)
@@ -401,17 +397,18 @@ def bench_rebuild(n: int, work: Path) -> dict:
 @contextlib.contextmanager
 def _target(kind: str, work: Path):
     """Yields (urls, auth, {name: pid}) of a fresh SQLite node or a fresh PostgreSQL cluster of 1 or 2 nodes."""
-    from pacs_assets_tests.services.orthanc import OrthancServer
     from pacs_assets_tests.services.orthanc_cluster import OrthancCluster
 
     base = Path(tempfile.mkdtemp(prefix=f"{kind}-", dir=work))
     os.chmod(base, 0o711)
     try:
         if kind == "sqlite":
-            with OrthancServer(base / "orthanc") as server:
+            with throwaway_orthanc(base) as server:
                 yield [server.url], server.auth, {"orthanc-0": server.pid}
         else:
             with OrthancCluster(base / "cluster", nodes=int(kind[-1])) as cluster:
+                for node in cluster.nodes:  # thrown away with the folder: no clean stop (~3 s each)
+                    node.stop_signal = signal.SIGKILL
                 yield cluster.urls, cluster.auth, cluster.pids()
     finally:
         shutil.rmtree(base, ignore_errors=True)
@@ -507,7 +504,8 @@ def render(report: dict) -> str:
             lines += [f"{'':8} PROBLEM: {p}" for p in b["problems"]]
     c = report.get("rebuild")
     if c:
-        lines.append(f"{'c) index':8} {'rerun after losing the index / first import, ' + format(c['files'], ',') + ' files':62} "
+        what = f"rerun after losing the index / first import, {c['files']:,} files"
+        lines.append(f"{'c) index':8} {what:62} "
                      f"{c['rerun_seconds']:9.1f} s {c['first_seconds']:9.1f} s {c['ratio']:7.2f} {'<=0.1':>7}  "
                      f"{_v(c['ratio'] <= REBUILD_GOAL)}")
         f, r = c["first"], c["rerun"]
@@ -534,7 +532,8 @@ def render(report: dict) -> str:
                 first = ""
                 lines.append(f"{'':8} {'    Orthanc + PG CPU ms/instance; instances per CPU-second':62} "
                              f"{y['server_ms_per_instance']:8.2f} ms {y['per_server_cpu_s']:7.0f}/s "
-                             f"(Orthanc {y['orthanc_cpu_s']:.1f} s, PG {y['pg_cpu_s']:.1f} s, client {y['client_cpu_s']:.1f} s; "
+                             f"(Orthanc {y['orthanc_cpu_s']:.1f} s, PG {y['pg_cpu_s']:.1f} s, "
+                             f"client {y['client_cpu_s']:.1f} s; "
                              f"{y['retried_rows']} retried, {y['failed_503']} failed 503)")
             lines.append(f"{'':8} {'  2 nodes PG / 1 node PG':62} {'':11} {'':11} {q['pg2/pg1']:7.2f}  (no goal on "
                          f"{m['cores']} cores)")
@@ -542,8 +541,8 @@ def render(report: dict) -> str:
             lines.append(f"{'':8} {'  2 nodes PG / 1 node SQLite':62} {'':11} {'':11} {q['pg2/sqlite']:7.2f}")
             lines += [f"{'':8} PROBLEM: {p}" for p in x["problems"]]
         if (m["cores"] or 1) <= 4:
-            lines.append(f"{'':8} On {m['cores']} cores the nodes share the CPU with PostgreSQL and the uploader: a second "
-                         "node cannot add throughput here. Size a deployment from the CPU ms/instance above.")
+            lines.append(f"{'':8} On {m['cores']} cores the nodes share the CPU with PostgreSQL and the uploader: "
+                         "a second node cannot add throughput here. Size a deployment from the CPU ms/instance above.")
     return "\n".join(lines)
 
 
@@ -555,7 +554,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help="smaller sets and fewer rounds (well under 10 min)")
     ap.add_argument("--only", default="a,b,c,d", help="sections to run, e.g. a,c")
     for key, value in DEFAULTS.items():
-        ap.add_argument(f"--{key.replace('_', '-')}", type=int, default=None, help=f"default {value}, quick {QUICK[key]}")
+        ap.add_argument(f"--{key.replace('_', '-')}", type=int, default=None,
+                        help=f"default {value}, quick {QUICK[key]}")
     ap.add_argument("--json", type=Path, help="also write every figure (and each round's) to this file")
     ap.add_argument("--workdir", type=Path, default=Path("/tmp"), help="under /tmp: PostgreSQL must traverse it")
     ap.add_argument("--rss-child", nargs=2, metavar=("ROOT", "INDEX"), help=argparse.SUPPRESS)

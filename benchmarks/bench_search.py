@@ -10,6 +10,7 @@ the real `pacs search` command (a new Python process each).
 
     .venv/bin/python -m benchmarks.bench_search               # builds a temp index (~30-60 s), then measures
     .venv/bin/python -m benchmarks.bench_search --index /tmp/bench.duckdb   # reuse (or create) this one
+    .venv/bin/python -m benchmarks.bench_search --quick       # seconds: 20,000 instances, 20 searches
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ import yaml
 from pacs_assets.cli import history as history_cli
 from pacs_assets.cli import status as status_cli
 from pacs_assets.config import load_config
-from pacs_assets.index import queries, store
+from pacs_assets.index import connection, ledger, queries
 
 LAST = ["Müller", "Schmidt", "Schneider", "Fischer", "Weber", "Meyer", "Wagner", "Becker", "Schulz", "Hoffmann",
         "Koch", "Bauer", "Richter", "Klein", "Wolf", "Schröder", "Neumann", "Schwarz", "Zimmermann", "Braun",
@@ -55,7 +56,7 @@ FIRST_DAY, DAYS = dt.date(2012, 1, 1), 5100
 
 def build_index(path: Path, patients: int = 10_000, studies: int = 30_000, instances: int = 1_000_000) -> None:
     """Write the generated index at ``path`` (schema from the package, rows from range())."""
-    store.connect(path).close()  # the schema, exactly as the pipeline creates it
+    connection.connect(path).close()  # the schema, exactly as the pipeline creates it
     con = duckdb.connect(str(path))
     con.execute("SET preserve_insertion_order = true")
     pick = "[1 + ({expr} % len(${lst}))::BIGINT]"  # hash() is unsigned: cast the index back to BIGINT
@@ -94,22 +95,23 @@ def build_index(path: Path, patients: int = 10_000, studies: int = 30_000, insta
         ORDER BY i""", {"ni": instances, "ns": studies})
     con.execute("""
         CREATE TEMP TABLE g_file AS
-        SELECT *, folder || '/S' || lpad(series_no::VARCHAR, 3, '0') || '/IM' || lpad(i::VARCHAR, 7, '0') || '.dcm'
-                  AS path, size || '-' || mtime AS token
+        SELECT *, folder || '/S' || lpad(series_no::VARCHAR, 3, '0') AS dir,
+               dir || '/IM' || lpad(i::VARCHAR, 7, '0') || '.dcm' AS path, size || '-' || mtime AS token
         FROM g_inst ORDER BY i""")
     con.execute("""
         INSERT INTO inventory
         SELECT nas, path, size, mtime, token, 'ok', NULL, fmt, '1.2.840.10008.1.2.1', NULL, pid, name, birth, sex,
                uid, strftime(day, '%Y%m%d'), 'Study', 'A' || s, series_uid, series_no, strftime(day, '%Y%m%d'),
-               modality, 'Series', sop_uid, '1.2.840.10008.5.1.4.1.1.2', i, 1, 512, 512, NULL, day, 'study_date', now()
+               modality, 'Series', sop_uid, '1.2.840.10008.5.1.4.1.1.2', i, 1, 512, 512, NULL, day, 'study_date', now(),
+               dir
         FROM g_file WHERE nas <> 'orthanc' ORDER BY i""")
     con.execute("""
         INSERT INTO inventory (nas_id, file_path, size, mtime_ns, change_token, status, reason, procedure_date,
-                               date_source, scanned_at)
+                               date_source, scanned_at, folder)
         SELECT $nas[1 + (k % 3)::BIGINT], 'junk/' || k || '.txt', 100, k, '100-' || k,
                CASE WHEN k % 4 = 0 THEN 'failed' ELSE 'skipped' END, 'not DICOM', $first_day + (k % $days)::INT,
-               'file_mtime', now()
-        FROM range(20000) t(k)""", {"nas": NAS_IDS, "first_day": FIRST_DAY, "days": DAYS})
+               'file_mtime', now(), 'junk'
+        FROM range($junk) t(k)""", {"nas": NAS_IDS, "first_day": FIRST_DAY, "days": DAYS, "junk": instances // 50})
     con.execute("""
         INSERT INTO instances
         SELECT nas, day, 'study_date', path, sop_uid, '1.2.840.10008.5.1.4.1.1.2', series_uid, uid, pid, i, 1, 512,
@@ -123,7 +125,7 @@ def build_index(path: Path, patients: int = 10_000, studies: int = 30_000, insta
     con.execute("""
         INSERT INTO studies
         SELECT nas, day, uid, any_value(pid), strftime(day, '%Y%m%d'), 'study_date', 'Study', 'A' || any_value(s),
-               any_value(modality), any_value(nseries), count(*), any_value(folder), any_value(fmt), now(), NULL
+               any_value(modality), any_value(nseries), count(*), any_value(folder), any_value(fmt), now()
         FROM g_inst GROUP BY nas, day, uid ORDER BY min(i)""")
     con.execute(f"""
         INSERT INTO patients
@@ -155,9 +157,9 @@ def build_index(path: Path, patients: int = 10_000, studies: int = 30_000, insta
     con.execute("CHECKPOINT")
     nas_ids = [r[0] for r in con.execute("SELECT DISTINCT nas_id FROM studies").fetchall()]
     con.close()
-    # studies.files_in_orthanc, maintained by the same code the import asset runs after each import.
+    # study_uploads.files_in_orthanc, maintained by the same code the import asset runs after each import.
     for nas in nas_ids:
-        store.refresh_orthanc_counts(path, nas, dt.date(1900, 1, 1), dt.date(2200, 1, 1))
+        ledger.refresh_orthanc_counts(path, nas, dt.date(1900, 1, 1), dt.date(2200, 1, 1))
 
 
 def _fold(text: str) -> str:
@@ -204,18 +206,26 @@ def line(label: str, seconds: list[float]) -> str:
             f"   max {max(ms):7.1f} ms   (n={len(ms)})")
 
 
-def main() -> int:
+SIZES = {"patients": 10_000, "studies": 30_000, "instances": 1_000_000}
+QUICK_SIZES = {"patients": 200, "studies": 600, "instances": 20_000}
+
+
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--index", type=Path, help="index to use; built there if it does not exist")
-    parser.add_argument("--searches", type=int, default=200)
-    parser.add_argument("--cli-runs", type=int, default=5, help="runs of the real `pacs search` process")
-    args = parser.parse_args()
+    parser.add_argument("--quick", action="store_true", help="a small index, 20 searches, 1 CLI run: seconds")
+    parser.add_argument("--searches", type=int, default=None, help="default 200 (quick 20)")
+    parser.add_argument("--cli-runs", type=int, default=None, help="runs of the real `pacs search` process (5)")
+    args = parser.parse_args(argv)
+    searches = args.searches or (20 if args.quick else 200)
+    cli_runs = args.cli_runs if args.cli_runs is not None else (1 if args.quick else 5)
+    repeats = 2 if args.quick else 10  # status and history calls
 
     tmp = tempfile.TemporaryDirectory(prefix="bench-search-")
     index = args.index or Path(tmp.name) / "index.duckdb"
     if not index.exists():
         started = time.perf_counter()
-        build_index(index)
+        build_index(index, **(QUICK_SIZES if args.quick else SIZES))
         print(f"built {index} ({index.stat().st_size / 2**20:.0f} MB) in {time.perf_counter() - started:.1f} s")
     config_path = Path(tmp.name) / "pacs.yaml"
     config_path.write_text(yaml.safe_dump({
@@ -223,7 +233,7 @@ def main() -> int:
         "orthanc": {"url": "http://127.0.0.1:9", "timeout_seconds": 2},  # nothing there: status says so
         "index": {"path": str(index)}}))
     config = load_config(config_path)
-    with store.session(index, read_only=True) as con:
+    with connection.session(index, read_only=True) as con:
         sizes = {t: con.execute(f"SELECT count(*) FROM {t}").fetchall()[0][0]
                  for t in ("patients", "studies", "instances", "inventory", "import_history")}
         threads = con.execute("SELECT current_setting('threads')").fetchall()[0][0]
@@ -231,16 +241,16 @@ def main() -> int:
     print(f"machine: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}, DuckDB {duckdb.__version__} "
           f"({threads} threads)")
 
-    mix = search_mix(args.searches)
+    mix = search_mix(searches)
     for _, q in mix[:5]:  # warm the page cache
-        with store.session(index, read_only=True) as con:
+        with connection.session(index, read_only=True) as con:
             queries.file_counts(con, [s["study_instance_uid"] for p in queries.find_patients(con, q)[0]
                                       for s in p["studies"]])
     find_t, count_t, query_t, e2e_t, connect_t, by_kind = [], [], [], [], [], {}
     found = []
     for kind, q in mix:
         t0 = time.perf_counter()
-        con = store.connect(index, read_only=True)
+        con = connection.connect(index, read_only=True)
         t1 = time.perf_counter()
         patients, total = queries.find_patients(con, q)
         t2 = time.perf_counter()
@@ -266,7 +276,7 @@ def main() -> int:
         print(line(f"query part: {kind}", values))
 
     status_t = []
-    for _ in range(5):
+    for _ in range(repeats):
         started = time.perf_counter()
         result = status_cli.status(config)
         status_t.append(time.perf_counter() - started)
@@ -277,7 +287,7 @@ def main() -> int:
               f"pending {r['pending']:,}, {r['rate_per_minute']}/min, ETA {r['eta_seconds']} s")
 
     hist_t = {"history page 1": [], "history page 500": [], "history --status failed": []}
-    for _ in range(10):
+    for _ in range(repeats):
         for label, kw in [("history page 1", {}), ("history page 500", {"page": 500}),
                           ("history --status failed", {"status": "failed"})]:
             started = time.perf_counter()
@@ -287,10 +297,10 @@ def main() -> int:
     for label, values in hist_t.items():
         print(line(label, values))
 
-    if args.cli_runs:
+    if cli_runs:
         cli_t = []
         env = {**os.environ, "PACS_CONFIG": str(config_path)}
-        for _ in range(args.cli_runs):
+        for _ in range(cli_runs):
             started = time.perf_counter()
             subprocess.run([sys.executable, "-m", "pacs_assets.cli.main", "search", "mueller"], env=env, check=True,
                            stdout=subprocess.DEVNULL)

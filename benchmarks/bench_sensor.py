@@ -1,6 +1,6 @@
 """The new-files sensor on an unchanged NAS, against a full walk + stat of the same tree in the same run.
 
-    python -m benchmarks.bench_sensor [--files 100000]
+    python -m benchmarks.bench_sensor [--quick] [--files 100000] [--rounds 5]
 
 tick     one sensor tick (NasWatch.tick) on an unchanged NAS, after its first look is complete;
          baseline = os.walk + os.stat of every file. Goal: tick / walk <= 0.1.
@@ -20,6 +20,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from benchmarks.common import throwaway_orthanc
 from pacs_assets.config import NasBase
 from pacs_assets.nas.watch import NasWatch
 from pacs_assets.sample.bulk_dicom_nas import make_bulk_dicom_nas
@@ -39,14 +40,15 @@ def walk_and_stat(root: Path) -> int:
 def one_partition_run_seconds(tmp: Path) -> float:
     """A new study on a small NAS: time of the one-partition run the sensor would request."""
     import yaml
+    from dagster import DagsterInstance
 
+    from pacs_assets.config import load_config
+    from pacs_assets.defs.definitions import build_definitions
     from pacs_assets.sample.dicom_nas import make_dicom_nas
-    from pacs_assets_tests.harness import materialize_nas
-    from pacs_assets_tests.services.orthanc import OrthancServer
 
     today = dt.date.today()
-    manifest = make_dicom_nas(tmp / "small", patients=4, start_date=today - dt.timedelta(days=3))
-    with OrthancServer(tmp / "orthanc") as orthanc:
+    manifest = make_dicom_nas(tmp / "small", patients=4, start_date=today - dt.timedelta(days=4), days=3)
+    with throwaway_orthanc(tmp) as orthanc:
         os.environ.update(ORTHANC_USERNAME=orthanc.username, ORTHANC_PASSWORD=orthanc.password)
         config = tmp / "pacs.yaml"
         config.write_text(yaml.safe_dump({
@@ -54,16 +56,20 @@ def one_partition_run_seconds(tmp: Path) -> float:
                      "partitions_start": (today - dt.timedelta(days=10)).isoformat()}],
             "orthanc": {"url": orthanc.url, "run_retries": 0}, "index": {"path": str(tmp / "index.duckdb")}}))
         day = max(manifest.procedure_dates).isoformat()
+        job = build_definitions(load_config(config)).resolve_job_def("ct_job")
         started = time.perf_counter()
-        assert materialize_nas(config, "ct", first=day, last=day).success
+        assert job.execute_in_process(instance=DagsterInstance.ephemeral(), partition_key=day).success
         return time.perf_counter() - started
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--files", type=int, default=100_000)
-    ap.add_argument("--rounds", type=int, default=5)
-    args = ap.parse_args()
+    ap.add_argument("--quick", action="store_true", help="seconds: 500 files, 2 rounds")
+    ap.add_argument("--files", type=int, help="default 100000")
+    ap.add_argument("--rounds", type=int, help="default 5")
+    args = ap.parse_args(argv)
+    args.files = args.files or (500 if args.quick else 100_000)
+    args.rounds = args.rounds or (2 if args.quick else 5)
     with tempfile.TemporaryDirectory(prefix="pacs-bench-sensor-") as tmp:
         tmp = Path(tmp)
         root = tmp / "nas"

@@ -79,10 +79,17 @@ class PrivacyConfig(_Strict):
     log_patient_data: bool = False
 
 
+class IdentityConfig(_Strict):
+    # Where `pacs identity decide` keeps its decisions (default: identity_decisions.jsonl beside the index).
+    # Not in the index, so a rebuild keeps them; a shared path serves NAS devices indexed on several machines.
+    decisions_path: Path | None = None
+
+
 class PacsConfig(_Strict):
     nas: list[NasConfig] = Field(min_length=1)
     orthanc: OrthancConfig = OrthancConfig()
     index: IndexConfig
+    identity: IdentityConfig = IdentityConfig()
     privacy: PrivacyConfig = PrivacyConfig()
     timezone: str = "UTC"
     source_file: Path | None = None
@@ -159,11 +166,14 @@ def load_config(path: str | os.PathLike | None = None) -> PacsConfig:
     index = config.index
     if not index.path.is_absolute():
         index = IndexConfig(path=base / index.path)
+    identity = config.identity
+    if identity.decisions_path is not None and not identity.decisions_path.is_absolute():
+        identity = IdentityConfig(decisions_path=base / identity.decisions_path)
     ids = [n.id for n in nas]
     duplicates = sorted({i for i in ids if ids.count(i) > 1})
     if duplicates:
         raise ConfigError(f"{path}: NAS id '{duplicates[0]}' is used twice; ids must be unique.")
-    return config.model_copy(update={"nas": nas, "index": index, "source_file": path})
+    return config.model_copy(update={"nas": nas, "index": index, "identity": identity, "source_file": path})
 
 
 __all__ = ["ConfigError", "DicomFolderNas", "FirebirdCatalog", "FirebirdJpeg2000Nas", "NasBase", "NasConfig",

@@ -131,3 +131,26 @@ def running_site(workdir: Path, nas: Sequence[tuple] = TWO_NAS) -> Iterator[tupl
         mp.setenv("ORTHANC_USERNAME", orthanc.username)
         mp.setenv("ORTHANC_PASSWORD", orthanc.password)
         yield build_site(workdir, orthanc.url, nas, dicom_port=orthanc.dicom_port), orthanc
+
+
+def people_mixed_in_orthanc(server: OrthancServer) -> dict[str, int]:
+    """{Orthanc patient ID: people} of every Orthanc patient whose studies carry different people (by the
+    identity model): what a doctor must never see. Read from each study's own copy of the patient tags."""
+    import requests
+
+    from pacs_assets.identity.model import DIFFERENT, PersonRecord, compare
+
+    studies = requests.post(f"{server.url}/tools/find", auth=server.auth, timeout=60,
+                            json={"Level": "Study", "Query": {}, "Expand": True}).json()
+    people: dict[str, set[PersonRecord]] = {}
+    for study in studies:
+        tags = study["PatientMainDicomTags"]
+        people.setdefault(study["ParentPatient"], set()).add(PersonRecord.of(
+            "orthanc", tags.get("PatientID"), tags.get("PatientName"), tags.get("PatientBirthDate"),
+            tags.get("PatientSex")))
+    mixed = {}
+    for patient, records in people.items():
+        records = sorted(records, key=repr)
+        if any(compare(a, b)[0] == DIFFERENT for i, a in enumerate(records) for b in records[i + 1:]):
+            mixed[patient] = len(records)
+    return mixed

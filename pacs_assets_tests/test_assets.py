@@ -12,8 +12,10 @@ import pydicom.data
 import pytest
 import requests
 
+from pacs_assets.identity.collisions import KINDS
 from pacs_assets.sample.dicom_nas import make_dicom_nas
 from pacs_assets_tests.harness import (
+    people_mixed_in_orthanc,
     NAS,
     SAMPLE_START,
     materialize_nas,
@@ -149,7 +151,12 @@ def test_pydicom_corpus_completes_with_one_status_per_file(tmp_path, orthanc_env
     rows = query(tmp_path / "index.duckdb", "SELECT file_path, status, reason FROM file_status")
     assert sorted(r[0] for r in rows) == sorted(files)
     counts = Counter(r[1] for r in rows)
-    assert set(counts) <= {"imported", "duplicate", "uid_conflict", "failed", "skipped"}
+    assert set(counts) <= {"imported", "duplicate", "uid_conflict", "failed", "skipped", "held"}
+    # pydicom's files reuse a few PatientIDs (and the empty one) for different people: those are held, each
+    # with the kind of collision as its reason, and no Orthanc patient ends up holding two people.
+    assert counts["held"] > 0
+    assert all(reason.split(":")[0] in KINDS for _, st, reason in rows if st == "held")
+    assert people_mixed_in_orthanc(orthanc_env) == {}
     assert counts["imported"] > 50 and counts["skipped"] > 0 and counts["failed"] > 0
     assert all(reason for _, st, reason in rows if st in ("failed", "skipped"))
     assert query(tmp_path / "index.duckdb", "SELECT status FROM file_status WHERE file_path = 'MR_truncated.dcm'") == [("failed",)]

@@ -23,8 +23,10 @@ def test_checks_pass_then_catch_planted_inconsistencies(tmp_path, orthanc_env):
     make_dicom_nas(tmp_path / "nas", patients=4, start_date=SAMPLE_START)
     config = write_config(tmp_path / "pacs.yaml", NAS, orthanc_url=orthanc_env.url)
     first = materialize_nas(config, "ct")
-    assert check_results(first) == {"every_file_accounted_for": True, "no_sop_instance_conflicts": True,
-                                    "no_uid_conflicts": True, "indexed_instances_in_orthanc": True}
+    assert check_results(first) == {"every_folder_read": True, "every_file_accounted_for": True,
+                                    "no_sop_instance_conflicts": True, "no_uid_conflicts": True,
+                                    "indexed_instances_in_orthanc": True, "one_person_per_patient_id": True,
+                                    "no_patient_name_variants": True, "no_held_files": True}
 
     # Plant: an instance vanishes from Orthanc behind our back.
     with duckdb.connect(str(tmp_path / "index.duckdb"), read_only=True) as con:

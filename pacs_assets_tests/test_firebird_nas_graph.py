@@ -29,7 +29,7 @@ def test_firebird_nas_is_imported_losslessly_rendered_and_not_twice(tmp_path, or
 
     assert result.success
     checks = check_results(result)
-    assert checks == {"every_file_accounted_for": True, "no_sop_instance_conflicts": True, "no_uid_conflicts": True,
+    assert checks == {"every_folder_read": True, "every_file_accounted_for": True, "no_sop_instance_conflicts": True, "no_uid_conflicts": True,
                       "indexed_instances_in_orthanc": True, "lossless_in_orthanc": True}
     index = tmp_path / "index.duckdb"
     with duckdb.connect(str(index), read_only=True) as con:

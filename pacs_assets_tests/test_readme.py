@@ -76,7 +76,10 @@ def sample_site(tmp_path_factory):
         raw = yaml.safe_load(config.read_text(encoding="utf-8"))
         raw["orthanc"].update(dicom_port=orthanc.dicom_port, run_retries=0)
         config.write_text(yaml.safe_dump(raw, sort_keys=False), encoding="utf-8")
-        assert materialize_nas(config, "ct_nas").success  # so search, status and history have something to show
+        # So search, status and history have something to show; archive_nas after ct_nas, so that its patient
+        # ID collisions are held and `pacs identity` has them to show (README, Patient identity).
+        assert materialize_nas(config, "ct_nas").success
+        assert materialize_nas(config, "archive_nas").success
         # The README's examples name dates of a real site; the sample's partitions start 60 days ago.
         raw["nas"][0]["partitions_start"] = min(re.findall(r"\d{4}-\d{2}-\d{2}", " ".join(RUNNABLE)))
         config.write_text(yaml.safe_dump(raw, sort_keys=False), encoding="utf-8")

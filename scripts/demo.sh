@@ -24,10 +24,15 @@ export PACS_CONFIG=$DEMO/pacs.yaml
 export DAGSTER_HOME=$DEMO/dagster_home
 mkdir -p "$DAGSTER_HOME"
 cp dagster.yaml "$DAGSTER_HOME/dagster.yaml"
+# For a second terminal (`source var/demo/demo.env`, then `pacs identity`, `pacs search`, ...): owner only.
+( umask 077; { echo "export PACS_CONFIG=$PACS_CONFIG DAGSTER_HOME=$DAGSTER_HOME";
+  echo "export ORTHANC_USERNAME=$ORTHANC_USERNAME ORTHANC_PASSWORD=$ORTHANC_PASSWORD";
+  [[ -n ${FIREBIRD_PASSWORD:-} ]] && echo "export FIREBIRD_PASSWORD=$FIREBIRD_PASSWORD";
+  echo "export PATH=$ROOT/.venv/bin:\$PATH"; } > "$DEMO/demo.env" )
 
 echo "Orthanc: http://127.0.0.1:${ORTHANC_HTTP_PORT:-8042} (user $ORTHANC_USERNAME, password in $DEMO/orthanc/orthanc.env)"
 echo "Dagster: http://127.0.0.1:${DAGSTER_PORT:-3000}  (Ctrl-C stops everything)"
-# Without --default-signal a backgrounded `dagster dev` ignores SIGINT/SIGTERM (FIELD_NOTES). It runs in
+# Without --default-signal a backgrounded `dagster dev` ignores SIGINT/SIGTERM (measured). It runs in
 # its own process group; INT/TERM to this script are forwarded to it, and whatever of its children
 # (code server, webserver, daemon) outlives it is stopped with the group.
 setsid env --default-signal=INT,TERM dagster dev -w workspace.yaml -h 127.0.0.1 -p "${DAGSTER_PORT:-3000}" &

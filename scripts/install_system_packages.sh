@@ -11,6 +11,7 @@ PACKAGES=(
   orthanc-postgresql                          # the PostgreSQL index plugin (several Orthanc nodes, one index)
   dicom3tools                                 # dciodvfy: the tests check the JPEG 2000 wraps against PS3.3
   python3-venv
+  fuse3                                       # tests: a slow, flaky pass-through file system (mfusepy)
 )
 
 missing=()
@@ -36,6 +37,6 @@ export DEBIAN_FRONTEND=noninteractive
 "${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive apt-get update
 # Package scripts (firebird3.0-server, postgresql, orthanc) may try to start their services; without
 # an init system that is refused, which is fine: the harness starts private instances itself
-# (pacs_assets/local_services).
+# (pacs_assets_tests/services).
 "${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "${missing[@]}"
 echo "install_system_packages: done."

@@ -19,6 +19,7 @@ from zoneinfo import ZoneInfo
 
 from pacs_assets.cli.search import iso_date, positive_int, print_json, write_output
 from pacs_assets.config import PacsConfig, load_config
+from pacs_assets.nas.names import shown
 
 STATUSES = ("imported", "duplicate", "uid_conflict", "failed", "skipped")
 
@@ -96,7 +97,7 @@ def print_result(result: dict) -> None:
         head = ["attempt", "finished", "NAS", "status", "HTTP", "file", "message"]
         cells = [[r["stage"] if r["attempt_id"] is None else str(r["attempt_id"]),
                   (r["finished_at"] or "")[:19].replace("T", " "), r["nas_id"], r["status"],
-                  str(r["http_status"] or ""), r["file_path"], _message(r)] for r in rows]
+                  str(r["http_status"] or ""), shown(r["file_path"]), _message(r)] for r in rows]
         widths = [max(len(c[i]) for c in [head] + cells) for i in range(len(head) - 1)]
         for line in [head] + cells:
             print("  ".join([line[0].rjust(widths[0])] + [c.ljust(w) for c, w in zip(line[1:-1], widths[1:])]

@@ -15,7 +15,8 @@ def _cmd_sample(args: argparse.Namespace) -> int:
     from pacs_assets.cli.sample import make_sample_site
 
     path = make_sample_site(Path(args.out), orthanc_url=args.orthanc_url, patients=args.patients,
-                            seed=args.seed, firebird=not args.no_firebird)
+                            seed=args.seed, firebird=not args.no_firebird,
+                            identity_cases=not args.no_identity_cases)
     print(f"Sample NAS devices and configuration written; use: export PACS_CONFIG={path.resolve()}")
     return 0
 
@@ -55,7 +56,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--patients", type=int, default=6)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--orthanc-url", default="http://127.0.0.1:8042")
-    p.add_argument("--no-firebird", action="store_true", help="only the plain-DICOM NAS")
+    p.add_argument("--no-firebird", action="store_true", help="no Firebird/JPEG 2000 NAS")
+    p.add_argument("--no-identity-cases", action="store_true",
+                   help="no archive_nas (an old archive whose patient IDs collide with ct_nas's)")
     p.set_defaults(func=_cmd_sample)
 
     p = sub.add_parser("check", help="check the configuration, the NAS roots and Orthanc")
@@ -63,9 +66,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_check)
 
     # The index and Orthanc, read-only: each command's arguments and logic live in its own module.
-    from pacs_assets.cli import echo, history, search, status
+    from pacs_assets.cli import echo, history, identity, search, status
 
-    for command in (search, status, history, echo):
+    for command in (search, status, history, identity, echo):
         command.add_parser(sub)
     return parser
 

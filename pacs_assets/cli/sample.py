@@ -8,18 +8,29 @@ from pathlib import Path
 import yaml
 
 from pacs_assets.sample.dicom_nas import make_dicom_nas
+from pacs_assets.sample.identity_cases import make_archive_nas
+
+
+def sample_start() -> dt.date:
+    """The first procedure date of the sample's studies."""
+    return dt.date.today() - dt.timedelta(days=14)
 
 
 def make_sample_site(out: Path, *, orthanc_url: str, patients: int = 6, seed: int = 0,
-                     firebird: bool = True, firebird_password_env: str = "FIREBIRD_PASSWORD") -> Path:
+                     firebird: bool = True, firebird_password_env: str = "FIREBIRD_PASSWORD",
+                     identity_cases: bool = True) -> Path:
     """Create sample NAS devices under ``out`` and ``out/pacs.yaml`` naming them. Returns the config path."""
     out.mkdir(parents=True, exist_ok=True)
     # Recent procedure dates, and partitions from a few weeks back: the demo's first "materialize all"
     # stays small, and today's partition (what the sensor and schedules work on) is right there.
-    start = dt.date.today() - dt.timedelta(days=14)
+    start = sample_start()
     partitions_start = (dt.date.today() - dt.timedelta(days=60)).isoformat()
-    make_dicom_nas(out / "ct_nas", patients=patients, seed=seed, start_date=start)
+    ct = make_dicom_nas(out / "ct_nas", patients=patients, seed=seed, start_date=start)
     nas = [{"id": "ct_nas", "kind": "dicom_folder", "root": "ct_nas", "partitions_start": partitions_start}]
+    if identity_cases:  # an old archive from another vendor whose patient IDs meet ct_nas's (sample/identity_cases.py)
+        make_archive_nas(out / "archive_nas", ct, start_date=start, seed=seed)
+        nas.append({"id": "archive_nas", "kind": "dicom_folder", "root": "archive_nas",
+                    "partitions_start": partitions_start})
     if firebird:
         try:
             from pacs_assets.sample.firebird_nas import make_firebird_nas

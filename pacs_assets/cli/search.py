@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 from pacs_assets.config import PacsConfig, load_config
+from pacs_assets.nas.names import shown as shown_path
 
 # The index modules (duckdb, and pandas through store) load when a command runs, not when `pacs` builds its parser.
 
@@ -99,14 +100,49 @@ def search(config: PacsConfig, query) -> dict:
         patients, total = queries.find_patients(con, query)
         counts = queries.file_counts(con, [s["study_instance_uid"] for p in patients for s in p["studies"]])
     roots = {nas.id: Path(nas.root) for nas in config.nas}
+    people = [person for p in patients for person in split_people(p)]
     return {
         "query": {"name": query.name, "patient_id": query.patient_id, "modality": query.modality,
                   "from": query.date_from, "to": query.date_to, "limit": query.limit},
-        "patients_found": total,
-        "patients_shown": len(patients),
+        "patients_found": total - len(patients) + len(people),
+        "patients_shown": len(people),
         "seconds": round(time.perf_counter() - started, 4),
-        "patients": [_patient(p, counts, roots) for p in patients],
+        "patients": [_patient(p, counts, roots) for p in people],
     }
+
+
+def split_people(patient: dict) -> list[dict]:
+    """One patient ID's records as the people they are (identity/model.py): records that are the same person
+    or a variant go together, different people apart. Each person gets only the studies its records carry,
+    and only the people the query matched are returned; ``other_people`` says how many more share the ID."""
+    from pacs_assets.identity.model import DIFFERENT, SAME, PersonRecord, compare
+
+    records = patient.get("records") or []
+    if not records:
+        return [patient]
+    people: list[list[dict]] = []
+    for rec in records:
+        rec["person"] = PersonRecord.of("", patient["patient_id"], rec["name"], rec["birth_date"], rec["sex"])
+        for group in people:
+            if all(compare(rec["person"], other["person"])[0] != DIFFERENT for other in group):
+                group.append(rec)
+                break
+        else:
+            people.append([rec])
+    out = []
+    for group in people:
+        if not any(r["matched"] for r in group):
+            continue
+        keys = {(r["nas_id"], r["name"], r["birth_date"], r["sex"]) for r in group}
+        studies = [st for st in patient["studies"]
+                   if (st["nas_id"], st["patient_name"], st["patient_birth_date"], st["patient_sex"]) in keys]
+        first = group[0]
+        out.append({"patient_id": patient["patient_id"], "names": sorted({r["name"] for r in group} - {None}),
+                    "birth_date": next((r["birth_date"] for r in group if r["birth_date"]), None),
+                    "sex": next((r["sex"] for r in group if r["sex"]), None), "studies": studies,
+                    "other_people_with_this_id": len(people) - 1,
+                    "name_variants": any(compare(first["person"], r["person"])[0] != SAME for r in group[1:])})
+    return out
 
 
 def _patient(p: dict, counts: dict, roots: dict[str, Path]) -> dict:
@@ -128,11 +164,12 @@ def _patient(p: dict, counts: dict, roots: dict[str, Path]) -> dict:
             "path": str(root / s["folder"]) if root is not None and s["folder"] is not None else None,
             "file_formats": sorted(set((s["file_formats"] or "").split(",")) - {""}),
             "series": s["series_count"], "files": files, "files_in_orthanc": in_orthanc})
-    return {"patient_id": p["patient_id"], "names": p["names"], "birth_date": _dicom_date(p["birth_date"]),
-            "sex": p["sex"], "studies": list(studies.values())}
+    return {"patient_id": p["patient_id"], "names": p["names"], "birth_date": dicom_date(p["birth_date"]),
+            "sex": p["sex"], "other_people_with_this_id": p.get("other_people_with_this_id", 0),
+            "name_variants": p.get("name_variants", False), "studies": list(studies.values())}
 
 
-def _dicom_date(value: str | None) -> str | None:
+def dicom_date(value: str | None) -> str | None:
     """'19840702' -> '1984-07-02'; anything else as it is."""
     if value and len(value) == 8 and value.isdigit():
         return f"{value[:4]}-{value[4:6]}-{value[6:]}"
@@ -149,6 +186,12 @@ def print_result(result: dict) -> None:
         if p["sex"]:
             facts.append(p["sex"])
         out.write(f"{names}   {'   '.join(facts)}\n")
+        if p["other_people_with_this_id"]:
+            n = p["other_people_with_this_id"]
+            out.write(f"  ! ID COLLISION: this patient ID also names {n} other person{'s' if n > 1 else ''} "
+                      "(not shown here; see `pacs identity`)\n")
+        if p["name_variants"]:
+            out.write("  ~ name variants: the records differ in spelling or miss a value (see `pacs identity`)\n")
         for s in p["studies"]:
             date = str(s["date"])
             if s["date_source"] and s["date_source"] != "study_date":
@@ -157,7 +200,7 @@ def print_result(result: dict) -> None:
             acc = f"  acc. {s['accession_number']}" if s["accession_number"] else ""
             out.write(f"  {date}  {what}{acc}  study {s['study_instance_uid']}\n")
             for loc in s["locations"]:
-                where = loc["path"] or loc["folder"] or "(no folder)"
+                where = shown_path(loc["path"] or loc["folder"] or "") or "(no folder)"  # odd names escaped
                 formats = ",".join(loc["file_formats"]) or "?"
                 files = f"{loc['files']} file{'s' if loc['files'] != 1 else ''}"
                 out.write(f"      {loc['nas_id']}: {where}  [{formats}]  {files}, "

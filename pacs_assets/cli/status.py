@@ -2,22 +2,30 @@
 
 Per NAS: files found by the walk, files indexed (DICOM instances), and each file's current status
 (imported, duplicate = already in Orthanc, uid_conflict = Orthanc holds a different file with the same
-UIDs and kept that one, failed, skipped = not an image, pending = still to import);
+UIDs and kept that one, failed, held = its patient identity collides (`pacs identity`), skipped = not an
+image, pending = still to import);
 the import rate is the attempts finished in the last 10 minutes per minute (over the minutes they
 span, at least one), and the ETA is the pending files at that rate.
+
+With DAGSTER_HOME set, also the runs that hold or wait for a Dagster pool slot (nas_walk: one walk at a time,
+orthanc_upload: one upload at a time): why an upload waits. Each run's process is alive, dead (the next run that
+waits for the pool marks it failed and frees its slot), elsewhere (another machine or container: judged only
+there) or unknown (not recorded).
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime as dt
+import os
 import sys
 
 from pacs_assets.cli.search import print_json, write_output
 from pacs_assets.config import ConfigError, PacsConfig, load_config
 
 RATE_WINDOW = dt.timedelta(minutes=10)
-COLUMNS = ["found", "indexed", "imported", "duplicate", "uid_conflict", "failed", "skipped", "pending"]
+_EPOCH = dt.datetime.fromtimestamp(0, dt.timezone.utc)
+COLUMNS = ["found", "indexed", "imported", "duplicate", "uid_conflict", "failed", "held", "skipped", "pending"]
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -56,7 +64,50 @@ def status(config: PacsConfig, nas_id: str | None = None) -> dict:
     order = [n for n in known if nas_id in (None, n)] + sorted(set(by_nas) - set(known))
     rows = [_nas_row(n, by_nas.get(n, {}), now) for n in order]
     return {"generated_at": now.isoformat(timespec="seconds") + "Z", "index": str(config.index.path),
-            "nas": rows, "orthanc": orthanc_statistics(config)}
+            "nas": rows, "orthanc": orthanc_statistics(config), "pool_slots": pool_slots(config)}
+
+
+def pool_slots(config: PacsConfig) -> dict:
+    """{'instance', 'runs': [...]} from the Dagster instance of $DAGSTER_HOME, or {'error'} with one sentence.
+    Per pool, the runs holding a slot first, then those waiting, oldest first."""
+    home = os.environ.get("DAGSTER_HOME")
+    if not home:
+        return {"error": "Pool slots: not shown, DAGSTER_HOME is not set."}
+    from dagster import DagsterInstance  # only here: importing Dagster costs a second
+
+    from pacs_assets.process_identity import DEAD, HOST_TAG, PID_TAG, process_state
+
+    known, runs = {n.id for n in config.nas}, []
+    try:
+        instance = DagsterInstance.get()
+    except Exception as exc:  # noqa: BLE001 - any reason the instance cannot be opened, said in one sentence
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        return {"error": f"Pool slots: the Dagster instance in {home} could not be opened ({first})."}
+    with instance:
+        storage = instance.event_log_storage
+        pools = sorted(storage.get_concurrency_keys()) if storage.supports_global_concurrency_limits else []
+        for pool in pools:
+            info = storage.get_concurrency_info(pool)
+            held = {(s.run_id, s.step_key) for s in info.claimed_slots}
+            # A step's queue entry stays while it holds its slot: assigned_timestamp is when it got the slot.
+            queued = {(p.run_id, p.step_key): p for p in info.pending_steps}
+            since = {k: (p.assigned_timestamp if k in held else p.enqueued_timestamp) for k, p in queued.items()}
+            for key in sorted(held | set(queued), key=lambda k: (k not in held, since.get(k) or _EPOCH)):
+                run_id, step = key
+                run = instance.get_run_by_id(run_id)
+                tags = run.tags if run else {}
+                nas = step.split("__")[0]  # an asset step's key starts with its NAS id
+                runs.append({
+                    "pool": pool, "nas_id": nas if nas in known else None, "run_id": run_id, "step": step,
+                    "holds": key in held, "since": _iso(since.get(key)),
+                    "run_status": run.status.value if run else None,
+                    "process": process_state(tags) if run else DEAD,
+                    "pid": tags.get(PID_TAG), "host": tags.get(HOST_TAG)})
+        return {"instance": home, "runs": runs}
+
+
+def _iso(when: dt.datetime | None) -> str | None:
+    return when.isoformat(timespec="seconds").replace("+00:00", "Z") if when else None
 
 
 def _nas_row(nas_id: str, s: dict, now: dt.datetime) -> dict:
@@ -142,6 +193,7 @@ def print_result(result: dict) -> None:
         print(fmt(line))
     if not lines:
         print("(no NAS has been indexed yet)")
+    print_pool_slots(result["pool_slots"])
     o = result["orthanc"]
     if "error" in o:
         print(o["error"])  # one sentence, naming Orthanc's address
@@ -149,3 +201,20 @@ def print_result(result: dict) -> None:
         size = f", {_size(o['disk_size_bytes'])} stored" if o.get("disk_size_bytes") is not None else ""
         print(f"Orthanc {o['version']} at {o['url']}: {o['patients']} patients, {o['studies']} studies, "
               f"{o['series']} series, {o['instances']} instances{size}")
+
+
+def print_pool_slots(slots: dict) -> None:
+    if "error" in slots:
+        print(slots["error"])
+        return
+    if not slots["runs"]:
+        print("Pool slots: none held, no step waiting.")
+        return
+    head = ["POOL", "NAS", "RUN", "SLOT", "SINCE", "RUN STATUS", "PROCESS"]
+    lines = [[r["pool"], r["nas_id"] or "-", r["run_id"], "held" if r["holds"] else "waiting", r["since"] or "?",
+              r["run_status"] or "deleted", r["process"] + (f" (PID {r['pid']} on {r['host']})" if r["pid"] else "")]
+             for r in slots["runs"]]
+    widths = [max(len(x[i]) for x in [head] + lines) for i in range(len(head))]
+    print("Pool slots:")
+    for cells in [head] + lines:
+        print("  ".join(c.ljust(w) for c, w in zip(cells, widths, strict=True)).rstrip())

@@ -29,12 +29,15 @@ from dagster import (
 )
 
 from pacs_assets.config import ConfigError, NasConfig, PacsConfig
+from pacs_assets.defs.checks import folders_read_result, folders_read_spec
 from pacs_assets.defs.partitions import nas_partitions
 from pacs_assets.defs.resources import IndexResource, OrthancResource, nas_resource_key
 from pacs_assets.defs.sensors import watch_state_path
-from pacs_assets.nas.watch import read_folder_list
+from pacs_assets.nas.folder_lists import read_folder_list
+from pacs_assets.nas.names import shown
 from pacs_assets.orthanc.client import OrthancRefused, OrthancUnavailable
 from pacs_assets.pipeline.hierarchy import build_hierarchy
+from pacs_assets.pipeline.identity_guard import guard_for
 from pacs_assets.pipeline.inventory import NasOutage, take_inventory
 from pacs_assets.pipeline.upload import upload_window
 
@@ -113,18 +116,25 @@ def _status_table(counts: dict[str, int]) -> MetadataValue:
     return MetadataValue.md(f"| status | files |\n|---|---|\n{rows}")
 
 
+def _held_table(held) -> MetadataValue:
+    rows = "\n".join(f"| {kind} | {n} |" for kind, n in sorted(held.items()))
+    return MetadataValue.md(f"| collision | files held |\n|---|---|\n{rows}" if rows else "none held")
+
+
 @_accepting_beta_backfill_policy
 def build_nas_assets(nas: NasConfig, config: PacsConfig) -> list:
     prefix = nas.id
     partitions = nas_partitions(nas, config.timezone)
     source_key = nas_resource_key(nas.id)
     tz = ZoneInfo(config.timezone)
+    log_names = config.privacy.log_patient_data  # the asset's own ``config`` is its run config
     watch_dir = watch_state_path(config, nas.id).parent
     common = dict(group_name=nas.id, partitions_def=partitions, backfill_policy=BackfillPolicy.single_run(),
                   owners=OWNERS)
 
     @asset(key=AssetKey([prefix, "file_inventory"]), kinds={"duckdb", "python"},
            required_resource_keys={source_key, "index"}, pool=WALK_POOL,
+           check_specs=[folders_read_spec(AssetKey([prefix, "file_inventory"]))],
            description=f"Every file under NAS '{nas.id}' ({nas.kind}), walked read-only: size, mtime, change "
                        "token, what it is and, for the skipped and failed, why. Partitioned by procedure date.",
            **common)
@@ -142,6 +152,10 @@ def build_nas_assets(nas: NasConfig, config: PacsConfig) -> list:
         except NasOutage as exc:
             raise Failure(description=str(exc)) from None
         counts = result.counts
+        named = {}
+        if result.unread and log_names:  # folder names often name the patient
+            rows = "\n".join(f"| {shown(p) or '(root)'} | {scope} |" for p, scope in result.unread[:200])
+            named["not_read"] = MetadataValue.md(f"| folder or file | scope |\n|---|---|\n{rows}")
         return MaterializeResult(metadata={
             "folders_walked": len(folders) if folders is not None and source.scans_folders else "all",
             "files_walked": result.walked,
@@ -150,7 +164,9 @@ def build_nas_assets(nas: NasConfig, config: PacsConfig) -> list:
             "walk_seconds": round(result.seconds, 2),
             "files_per_second": round(result.walked / max(result.seconds, 1e-9), 1),
             "by_status": _status_table(counts),
-        })
+            "folders_not_read": result.not_read,  # their known rows kept, not deleted (check every_folder_read)
+            **named,
+        }, check_results=[folders_read_result(result.not_read, result.kept)])
 
     @asset(key=AssetKey([prefix, "dicom_index"]), deps=[file_inventory], kinds={"duckdb"},
            description=f"Patients, studies, series and instances found on NAS '{nas.id}', in the DuckDB index; "
@@ -180,7 +196,8 @@ def build_nas_assets(nas: NasConfig, config: PacsConfig) -> list:
                                  on_staged=lambda n: setattr(progress, "total", n),
                                  progress=lambda s: progress.tick(s.done),
                                  with_paths=config.privacy.log_patient_data,
-                                 outage_wait_seconds=config.orthanc.outage_wait_seconds)
+                                 outage_wait_seconds=config.orthanc.outage_wait_seconds,
+                                 identity=guard_for(config))
         except OrthancRefused as exc:  # a wrong password does not get better by waiting: fail now, no retry
             raise Failure(description=str(exc), allow_retries=False) from None
         except OrthancUnavailable as exc:
@@ -188,7 +205,7 @@ def build_nas_assets(nas: NasConfig, config: PacsConfig) -> list:
         summary, totals = done.summary, done.totals
         named = {}
         if config.privacy.log_patient_data:  # file paths often name the patient: only where the site allows it
-            rows = "\n".join(f"| {p} | {r} |" for p, r in done.failed_files)
+            rows = "\n".join(f"| {shown(p)} | {r} |" for p, r in done.failed_files)
             named["failed_files"] = MetadataValue.md(f"| file | reason |\n|---|---|\n{rows}")
         # Messages can quote file paths: without the site's consent, only their categories (file unreadable...).
         reasons = summary.failures_by_reason if config.privacy.log_patient_data else summary.failures_by_category
@@ -203,6 +220,11 @@ def build_nas_assets(nas: NasConfig, config: PacsConfig) -> list:
             "by_status": _status_table(totals),
             "failures_by_reason": MetadataValue.md(f"| reason | files |\n|---|---|\n{failures}" if failures
                                                    else "no failures"),
+            # Held: their PatientID would meet a different person in Orthanc (`pacs identity` names them).
+            "files_held_this_run": sum(done.held.values()),
+            "held_by_kind": _held_table(done.held),
+            "name_variants_met": done.variants,
+            "identity_guard_seconds": round(done.identity_seconds, 3),
             **named,
         })
 

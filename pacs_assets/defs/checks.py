@@ -14,6 +14,15 @@
 - ``indexed_instances_in_orthanc`` (on orthanc_instances): every file of the run's procedure dates that the
   ledger says is in Orthanc really is, in batched ``/tools/find`` queries. The whole-NAS sweep is the
   reconciliation's check (defs/reconciliation.py).
+- ``one_person_per_patient_id`` (on dicom_index, **error**) and ``no_patient_name_variants`` (**warning**): a
+  PatientID (as Orthanc would receive it) or a Study Instance UID of this NAS shared with a different person,
+  or with a differently spelled record (pipeline/identity_guard.py). Not blocking: the upload's guard holds exactly
+  the colliding files and everything else flows on.
+- ``no_held_files`` (on orthanc_instances, **error**): files held back by the guard, by kind of collision
+  (including what Orthanc already holds under the ID), until someone decides (`pacs identity`).
+- ``every_folder_read`` (on file_inventory and the reconciliation, reported by the walk itself): no folder's
+  listing (or file's stat) kept failing or was refused. Such a folder's known rows are kept as they were,
+  never read as deleted; the check fails so that someone looks (permissions, a flaky share).
 - the kind's own checks (``NasKind.checks``), e.g. ``lossless_in_orthanc`` for Firebird/JPEG 2000.
 Metadata carries counts and NAS ids only, never UIDs or patient data.
 """
@@ -22,8 +31,10 @@ from dagster import (
     AssetCheckExecutionContext,
     AssetCheckResult,
     AssetCheckSeverity,
+    AssetCheckSpec,
     AssetKey,
     asset_check,
+    multi_asset_check,
 )
 
 from pacs_assets.config import NasConfig, PacsConfig
@@ -31,6 +42,21 @@ from pacs_assets.defs.partitions import run_window
 from pacs_assets.nas.base import KindCheck
 from pacs_assets.nas.registry import kind_of
 from pacs_assets.pipeline import checks as work
+from pacs_assets.pipeline.identity_guard import guard_for
+
+FOLDERS_READ = "every_folder_read"
+
+
+def folders_read_spec(key: AssetKey) -> AssetCheckSpec:
+    return AssetCheckSpec(FOLDERS_READ, asset=key,
+                          description="The walk read every folder: none kept failing (EIO, ESTALE...) or was refused; "
+                                      "the rows of a folder not read are kept as they were, never deleted.")
+
+
+def folders_read_result(not_read: int, kept: int) -> AssetCheckResult:
+    """The walk's own verdict (counts only: folder names often name patients)."""
+    return AssetCheckResult(check_name=FOLDERS_READ, passed=not_read == 0,
+                            metadata={"folders_not_read": not_read, "rows_kept_unread": kept})
 
 
 def build_nas_checks(nas: NasConfig, config: PacsConfig) -> list:
@@ -65,7 +91,35 @@ def build_nas_checks(nas: NasConfig, config: PacsConfig) -> list:
                                                             context.resources.orthanc.client(), start, end)
         return AssetCheckResult(passed=passed, metadata=metadata)
 
-    checks = [every_file_accounted_for, no_sop_instance_conflicts, no_uid_conflicts, indexed_instances_in_orthanc]
+    @multi_asset_check(specs=[
+        AssetCheckSpec("one_person_per_patient_id", asset=index_key,
+                       description="No PatientID (as Orthanc would receive it) or Study Instance UID of this NAS is "
+                                   "shared with a different person, here or on another NAS. Their files are held: "
+                                   "see `pacs identity`."),
+        AssetCheckSpec("no_patient_name_variants", asset=index_key,
+                       description="No PatientID of this NAS is shared by records that may be one person spelled "
+                                   "differently (umlaut, typo, missing birth date). Listed by `pacs identity`, not "
+                                   "held."),
+    ], required_resource_keys={"index"}, name=f"{nas.id}_patient_identity")
+    def patient_identity(context: AssetCheckExecutionContext):
+        # One pass over the index's person records answers both (ERROR: different people, WARN: variants).
+        different, variants = work.patient_identity(context.resources.index.path, nas.id, guard_for(config))
+        yield AssetCheckResult(check_name="one_person_per_patient_id", asset_key=index_key,
+                               passed=not different["collisions"], severity=AssetCheckSeverity.ERROR,
+                               metadata=different)
+        yield AssetCheckResult(check_name="no_patient_name_variants", asset_key=index_key,
+                               passed=not variants["collisions"], severity=AssetCheckSeverity.WARN,
+                               metadata=variants)
+
+    @asset_check(asset=orthanc_key, name="no_held_files", required_resource_keys={"index"},
+                 description="No file of this NAS is held back from Orthanc because its patient identity "
+                             "collides (counts by kind; `pacs identity` lists them and records decisions).")
+    def no_held_files(context: AssetCheckExecutionContext) -> AssetCheckResult:
+        passed, metadata = work.held_files(context.resources.index.path, nas.id)
+        return AssetCheckResult(passed=passed, severity=AssetCheckSeverity.ERROR, metadata=metadata)
+
+    checks = [every_file_accounted_for, no_sop_instance_conflicts, no_uid_conflicts, indexed_instances_in_orthanc,
+              patient_identity, no_held_files]
     return checks + [_kind_check(nas, spec) for spec in kind_of(nas).checks]
 
 

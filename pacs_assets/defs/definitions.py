@@ -3,20 +3,23 @@ schedules and its new-files sensor."""
 
 from __future__ import annotations
 
-from dagster import AssetSelection, Definitions, define_asset_job, in_process_executor
+from dagster import AssetSelection, Definitions, define_asset_job
 
 from pacs_assets.config import PacsConfig
 from pacs_assets.defs.arrivals import build_orthanc_arrivals
 from pacs_assets.defs.assets import build_nas_assets
 from pacs_assets.defs.checks import build_nas_checks
+from pacs_assets.defs.executor import pacs_in_process_executor
 from pacs_assets.defs.reconciliation import build_reconciliation, reconciliation_keys
 from pacs_assets.defs.resources import build_resources
+from pacs_assets.defs.identity_release import build_identity_sensor
 from pacs_assets.defs.schedules import build_schedules
 from pacs_assets.defs.sensors import build_new_files_sensor
 
 
 def build_definitions(config: PacsConfig) -> Definitions:
     assets, checks, jobs, schedules, sensors = [], [], [], [], []
+    reconciliation_jobs = {}
     for nas in config.nas:
         assets += build_nas_assets(nas, config)
         checks += build_nas_checks(nas, config)
@@ -26,12 +29,16 @@ def build_definitions(config: PacsConfig) -> Definitions:
                                selection=AssetSelection.groups(nas.id) - AssetSelection.assets(*reconciliation_keys(nas.id)),
                                description=f"Inventory, index and import NAS '{nas.id}'.")
         jobs += [job, rec_job]
+        reconciliation_jobs[nas.id] = rec_job
         schedules += build_schedules(nas, config, job, rec_job)
         sensors.append(build_new_files_sensor(nas, config, [job, rec_job]))
+    sensors.append(build_identity_sensor(config, reconciliation_jobs))  # uploads what a decision released
     arrivals = build_orthanc_arrivals(config)  # orthanc/arrivals, its job and the /changes sensor
     assets, jobs, sensors = assets + arrivals.assets, jobs + arrivals.jobs, sensors + arrivals.sensors
     # Every run in one process (jobs, UI launches and `dagster asset materialize` alike): a one-partition run
     # is seconds of work, while one process per step (3 assets + their checks) cost ~20 s more, and the
-    # multiprocess executor's parent spins a core while a retry waits. Pools and retry policies hold in process.
+    # multiprocess executor's parent spins a core while a retry waits. Pools and retry policies hold in process. The
+    # project's in-process executor also sleeps while a step waits for a pool slot, answers SIGINT/SIGTERM there,
+    # and frees the slots of dead runs (defs/executor.py).
     return Definitions(assets=assets, asset_checks=checks, jobs=jobs, schedules=schedules, sensors=sensors,
-                       resources=build_resources(config), executor=in_process_executor)
+                       resources=build_resources(config), executor=pacs_in_process_executor)

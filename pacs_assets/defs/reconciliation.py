@@ -37,9 +37,11 @@ from dagster import (
 
 from pacs_assets.config import ConfigError, NasConfig, PacsConfig
 from pacs_assets.defs.assets import OWNERS, UPLOAD_POOL, WALK_POOL, _Progress
+from pacs_assets.defs.checks import folders_read_result, folders_read_spec
 from pacs_assets.defs.resources import IndexResource, OrthancResource, nas_resource_key
 from pacs_assets.orthanc.client import OrthancRefused, OrthancUnavailable
 from pacs_assets.pipeline import checks as work
+from pacs_assets.pipeline.identity_guard import guard_for
 from pacs_assets.pipeline.inventory import NasOutage
 from pacs_assets.pipeline.reconcile import catch_up, reconcile
 
@@ -70,7 +72,7 @@ def build_reconciliation(nas: NasConfig, config: PacsConfig) -> tuple[list, list
                                                                              "orthanc_instances"))
 
     @asset(key=walk_key, group_name=group, kinds={"duckdb", "python"}, owners=OWNERS, pool=WALK_POOL,
-           required_resource_keys={source_key, "index"},
+           required_resource_keys={source_key, "index"}, check_specs=[folders_read_spec(walk_key)],
            description=f"The reconciliation of NAS '{nas.id}': one walk of everything; materializes "
                        "file_inventory only for the procedure dates whose files changed.")
     def reconciliation(context: AssetExecutionContext) -> MaterializeResult:
@@ -95,7 +97,8 @@ def build_reconciliation(nas: NasConfig, config: PacsConfig) -> tuple[list, list
             "partitions_changed": len(found.changes),
             "walk_seconds": round(found.seconds, 2),
             "changed_dates": _dates_table(found.changes),
-        })
+            "folders_not_read": found.not_read,  # their known rows kept, not deleted (check every_folder_read)
+        }, check_results=[folders_read_result(found.not_read, found.kept)])
 
     @asset(key=catch_up_key, deps=[reconciliation], group_name=group, kinds={"duckdb", "python"}, owners=OWNERS,
            pool=UPLOAD_POOL, required_resource_keys={source_key, "index", "orthanc"},
@@ -117,7 +120,8 @@ def build_reconciliation(nas: NasConfig, config: PacsConfig) -> tuple[list, list
         try:
             done = catch_up(source, orthanc.client(), index.path, nas.id, on_rebuilt=rebuilt,
                             concurrency=orthanc.concurrency, run_id=context.run.run_id,
-                            outage_wait_seconds=config.orthanc.outage_wait_seconds)
+                            outage_wait_seconds=config.orthanc.outage_wait_seconds,
+                            identity=guard_for(config))
         except OrthancRefused as exc:
             raise Failure(description=str(exc), allow_retries=False) from None
         except OrthancUnavailable as exc:
@@ -127,7 +131,7 @@ def build_reconciliation(nas: NasConfig, config: PacsConfig) -> tuple[list, list
                                                    metadata={"by": "reconciliation"}))
         return MaterializeResult(metadata={
             "partitions_reindexed": len(done.rebuilt), "partitions_uploaded": len(done.uploaded),
-            "uploaded_this_run": done.summary.done,
+            "uploaded_this_run": done.summary.done, "files_held_this_run": sum(done.held.values()),
             **{f"this_run_{k}": v for k, v in done.summary.counts.items()},
         })
 

@@ -30,13 +30,9 @@ from dagster import (
 
 from pacs_assets.config import NasConfig, PacsConfig
 from pacs_assets.defs.partitions import range_tags
+from pacs_assets.nas.folder_lists import write_folder_list
 from pacs_assets.nas.registry import kind_of
-from pacs_assets.nas.watch import (
-    NasUnavailable,
-    NasWatch,
-    TickResult,
-    write_folder_list,
-)
+from pacs_assets.nas.watch import NasUnavailable, NasWatch, TickResult
 
 TICK_BUDGET_SECONDS = 20.0
 MAX_RUNS_PER_TICK = 8
@@ -135,11 +131,14 @@ def build_new_files_sensor(nas: NasConfig, config: PacsConfig, jobs: list):
         except NasUnavailable as exc:
             return SkipReason(str(exc))
         cursor = json.dumps({"statted": result.folders_statted, "listed": result.folders_listed,
-                             "queued": result.queued, "pending": result.pending})
+                             "queued": result.queued, "pending": result.pending, "not_read": result.not_read,
+                             "sweep": f"{result.sweep_checked}/{result.sweep_total}"})
+        unread = f", {result.not_read} folders not read (kept as they were)" if result.not_read else ""
+        sweep = f"; sweep {result.sweep_checked}/{result.sweep_total} folders" if result.sweep_total else ""
         if not requests:
             return SensorResult(skip_reason=SkipReason(
-                f"no settled change ({result.folders_statted} folders checked, {result.queued} still to list)"),
-                cursor=cursor)
+                f"no settled change ({result.folders_statted} folders checked, {result.queued} still to list"
+                f"{unread}{sweep})"), cursor=cursor)
         return SensorResult(run_requests=requests, cursor=cursor)
 
     return new_files_sensor

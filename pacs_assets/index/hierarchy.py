@@ -12,8 +12,11 @@ from pacs_assets.index.connection import transaction
 from pacs_assets.index.queries import name_key_sql
 
 HIERARCHY_TABLES = ("patients", "studies", "series", "instances")
+# One row per person record, not per patient ID: a reused ID keeps each person's demographics and studies
+# apart (identity/collisions.py reads them; `pacs search` shows each person with only their own studies).
+PERSON = "patient_id, patient_name, patient_birth_date, patient_sex"
 
-# Orthanc's deterministic instance ID (FIELD_NOTES): SHA-1 of the four identifiers, 5 groups of 8 hex digits.
+# Orthanc's deterministic instance ID (measured on 1.10.1): SHA-1 of the four identifiers, 5 groups of 8 hex digits.
 ORTHANC_ID_SQL = """
     regexp_replace(sha1(coalesce(patient_id, '') || '|' || study_instance_uid || '|' ||
                         series_instance_uid || '|' || sop_instance_uid),
@@ -45,19 +48,20 @@ def rebuild_hierarchy(index_path: str | os.PathLike, nas_id: str, start: dt.date
         con.execute(f"""
             INSERT INTO studies (nas_id, partition_date, study_instance_uid, patient_id, study_date, date_source,
                                  study_description, accession_number, modalities, series_count, instance_count,
-                                 folder, file_formats, last_updated)
-            SELECT nas_id, procedure_date, study_instance_uid, any_value(patient_id), min(study_date),
+                                 folder, file_formats, last_updated, patient_name, patient_birth_date, patient_sex)
+            SELECT nas_id, procedure_date, study_instance_uid, patient_id, min(study_date),
                    min(date_source), any_value(study_description), any_value(accession_number),
                    string_agg(DISTINCT modality, ',' ORDER BY modality), count(DISTINCT series_instance_uid),
                    count(*), min(regexp_replace(file_path, '/[^/]*/[^/]*$', '')),
-                   string_agg(DISTINCT file_format, ',' ORDER BY file_format), now()
-            {src} GROUP BY nas_id, procedure_date, study_instance_uid""", window)
+                   string_agg(DISTINCT file_format, ',' ORDER BY file_format), now(),
+                   patient_name, patient_birth_date, patient_sex
+            {src} GROUP BY nas_id, procedure_date, study_instance_uid, {PERSON}""", window)
         con.execute(f"""
             INSERT INTO patients
-            SELECT nas_id, procedure_date, patient_id, any_value(patient_name), any_value(patient_birth_date),
-                   any_value(patient_sex), count(DISTINCT study_instance_uid), count(*), now(),
-                   {name_key_sql("any_value(patient_name)")}
-            {src} GROUP BY nas_id, procedure_date, patient_id""", window)
+            SELECT nas_id, procedure_date, patient_id, patient_name, patient_birth_date,
+                   patient_sex, count(DISTINCT study_instance_uid), count(*), now(),
+                   {name_key_sql("patient_name")}
+            {src} GROUP BY nas_id, procedure_date, {PERSON}""", window)
         counts = {table: con.execute(f"SELECT count(*) FROM {table} WHERE {where}", window).fetchall()[0][0]
                   for table in HIERARCHY_TABLES}
     return counts

@@ -14,6 +14,7 @@ import os
 from collections.abc import Callable, Iterator, Mapping, Sequence
 
 from pacs_assets.index.staging import Staging
+from pacs_assets.nas import names
 from pacs_assets.nas.base import FileRecord, ScanCache
 from pacs_assets.nas.dates import assign_procedure_date
 
@@ -157,12 +158,35 @@ def carry_over_links(staging: Staging, root: str | os.PathLike) -> int:
     on the order of a whole walk, so only a whole walk (the reconciliation) decides those. Returns how many."""
     missing = [r[0] for r in staging.con.execute(
         "SELECT file_path FROM cache WHERE file_path NOT IN (SELECT file_path FROM inventory)").fetchall()]
-    links = [p for p in missing if os.path.islink(os.path.join(root, p))]
+    links = [p for p in missing if os.path.islink(names.join(root, p))]
     for i in range(0, len(links), FOLDER_CHUNK):
         part = links[i:i + FOLDER_CHUNK]
         staging.con.execute(f"INSERT INTO inventory SELECT * FROM cache WHERE file_path IN ({', '.join('?' * len(part))})",
                             part)
     return len(links)
+
+
+def carry_over_unread(staging: Staging, unread: Sequence[tuple[str, str]]) -> int:
+    """Rows the cache has for what the walk could not read (``NasSource.unread``) stay as they were: a folder
+    whose listing failed is not a folder without files. Only a folder that was read and lacks a file deletes
+    it. Returns how many rows were kept."""
+    if not unread:
+        return 0
+    import pandas as pd
+
+    con = staging.con
+    con.register("_unread", pd.DataFrame(list(unread), columns=["rel", "scope"]))
+    try:
+        con.execute("CREATE OR REPLACE TEMP TABLE _kept AS SELECT c.* FROM cache c WHERE EXISTS (SELECT 1 FROM _unread u "
+                    "WHERE (u.scope = 'folder' AND c.folder = u.rel) "
+                    "OR (u.scope = 'tree' AND (u.rel = '' OR c.file_path = u.rel OR c.folder = u.rel "
+                    "OR starts_with(c.folder, u.rel || '/'))))")
+    finally:
+        con.unregister("_unread")
+    con.execute("DELETE FROM inventory WHERE file_path IN (SELECT file_path FROM _kept)")  # one row per file
+    kept = con.execute("INSERT INTO inventory SELECT * FROM _kept").fetchall()[0][0]
+    con.execute("DROP TABLE _kept")
+    return kept
 
 
 class StagingCache(ScanCache):

@@ -26,7 +26,7 @@ LEDGER_COLUMNS = ["nas_id", "file_path", "change_token", "file_hash", "partition
                   "error_message", "retryable", "attempts", "http_status", "started_at", "finished_at", "run_id",
                   "attempt_key", "orthanc_node"]
 LEDGER_STATUSES = ("imported", "duplicate", "uid_conflict", "failed")
-FILE_STATUSES = LEDGER_STATUSES + ("skipped", "pending")  # the file_status view's vocabulary
+FILE_STATUSES = LEDGER_STATUSES + ("held", "skipped", "pending")  # the file_status view's vocabulary
 SETTLED = "('imported', 'duplicate', 'uid_conflict')"  # SQL: a file version that no run uploads again
 
 

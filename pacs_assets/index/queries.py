@@ -78,7 +78,7 @@ class SearchQuery:
 
 _STUDY_COLUMNS = ["nas_id", "partition_date", "study_instance_uid", "patient_id", "study_date", "date_source",
                   "study_description", "accession_number", "modalities", "series_count", "instance_count", "folder",
-                  "file_formats"]
+                  "file_formats", "patient_name", "patient_birth_date", "patient_sex"]
 
 
 def find_patients(con: duckdb.DuckDBPyConnection, q: SearchQuery) -> tuple[list[dict], int]:
@@ -96,6 +96,9 @@ def find_patients(con: duckdb.DuckDBPyConnection, q: SearchQuery) -> tuple[list[
         for v, variant in enumerate(_word_variants(word)):
             params[f"w{n}_{v}"] = variant
             alternatives.append(f"contains(k, {name_key_sql(f'$w{n}_{v}')})")
+        if any(c.isdigit() for c in word):  # it looks like an ID: patient IDs match too (exact or beginning)
+            params[f"w{n}_id"] = word.lower()
+            alternatives.append(f"starts_with(lower(patient_id), $w{n}_id)")
         patient_where.append("(" + " OR ".join(alternatives) + ")")
     if q.patient_id:
         params["pid"] = q.patient_id.lower()
@@ -125,8 +128,17 @@ def find_patients(con: duckdb.DuckDBPyConnection, q: SearchQuery) -> tuple[list[
                           "limit": q.limit}).fetchall()
     if not found:
         return [], 0
-    # Step 2: their studies.
+    # Step 2: every person record of those IDs, and which of them the name/ID words matched: one ID may
+    # name several people (identity/), and a search shows each with only their own studies.
     ids = [row[0] for row in found]
+    matched = " AND ".join(w for w in patient_where if not w.startswith("patient_id IN (SELECT")) or "true"
+    records = con.execute(f"""
+        SELECT nas_id, patient_id, patient_name, patient_birth_date, patient_sex, bool_or({matched})
+        FROM (SELECT *, name_key AS k FROM patients)
+        WHERE patient_id IN (SELECT unnest($ids::VARCHAR[])) OR ($no_id AND patient_id IS NULL)
+        GROUP BY ALL ORDER BY ALL""", {**params, "ids": [i for i in ids if i is not None],
+                                       "no_id": None in ids}).fetchall()
+    # Step 3: their studies.
     rows = con.execute(f"""
         SELECT {", ".join(_STUDY_COLUMNS)} FROM studies
         WHERE (patient_id IN (SELECT unnest($ids::VARCHAR[])) OR ($no_id AND patient_id IS NULL))
@@ -137,8 +149,11 @@ def find_patients(con: duckdb.DuckDBPyConnection, q: SearchQuery) -> tuple[list[
     for row in rows:
         study = dict(zip(_STUDY_COLUMNS, row))
         studies[study["patient_id"]].append(study)
+    by_id: dict = {pid: [] for pid in ids}
+    for nas_id, pid, name, birth, sex, hit in records:
+        by_id[pid].append({"nas_id": nas_id, "name": name, "birth_date": birth, "sex": sex, "matched": hit})
     patients = [{"patient_id": pid, "names": sorted({low, high} - {None}), "birth_date": birth, "sex": sex,
-                 "studies": studies[pid]} for pid, _, low, high, birth, sex in found]
+                 "studies": studies[pid], "records": by_id[pid]} for pid, _, low, high, birth, sex in found]
     return patients, found[0][1]
 
 

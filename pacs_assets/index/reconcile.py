@@ -91,13 +91,20 @@ def dates_to_rebuild(index_path: str | os.PathLike, nas_id: str) -> list[dt.date
             WHERE i.file_path IS NULL OR f.file_path IS NULL ORDER BY 1""", {"nas": nas_id}).fetchall()]
 
 
-def dates_to_upload(index_path: str | os.PathLike, nas_id: str) -> list[dt.date]:
-    """Dates with indexed instances not yet in Orthanc (the same rule as ledger.stage_pending_uploads)."""
+def dates_to_upload(index_path: str | os.PathLike, nas_id: str,
+                    decided_since: dt.datetime | None = None) -> list[dt.date]:
+    """Dates with indexed instances not yet in Orthanc (the same rule as ledger.stage_pending_uploads), leaving
+    out files the identity guard holds unless a decision was made since they were held (``decided_since``:
+    the latest decision's time): an undecided collision does not make its dates run again every night."""
     with session(index_path) as con:
         return [r[0] for r in con.execute("""
             SELECT DISTINCT i.partition_date FROM instances i
-            WHERE i.nas_id = ? AND NOT EXISTS (
+            WHERE i.nas_id = $nas AND NOT EXISTS (
                 SELECT 1 FROM import_history h
                 WHERE h.nas_id = i.nas_id AND h.file_path = i.file_path AND h.change_token = i.change_token
                   AND (h.status IN ('imported', 'duplicate') OR NOT h.retryable))
-            ORDER BY 1""", [nas_id]).fetchall()]
+              AND NOT EXISTS (
+                SELECT 1 FROM identity_holds d
+                WHERE d.nas_id = i.nas_id AND d.file_path = i.file_path AND d.change_token = i.change_token
+                  AND ($since IS NULL OR d.held_at >= $since))
+            ORDER BY 1""", {"nas": nas_id, "since": decided_since}).fetchall()]

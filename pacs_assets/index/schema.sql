@@ -30,8 +30,13 @@ CREATE TABLE IF NOT EXISTS studies (
     nas_id VARCHAR NOT NULL, partition_date DATE NOT NULL, study_instance_uid VARCHAR NOT NULL,
     patient_id VARCHAR, study_date VARCHAR, date_source VARCHAR, study_description VARCHAR,
     accession_number VARCHAR, modalities VARCHAR, series_count INTEGER, instance_count BIGINT,
-    folder VARCHAR, file_formats VARCHAR, last_updated TIMESTAMP
+    folder VARCHAR, file_formats VARCHAR, last_updated TIMESTAMP,
+    -- the person the study's files name: one row per study and person (a study UID reused for two people is two)
+    patient_name VARCHAR, patient_birth_date VARCHAR, patient_sex VARCHAR
 );
+ALTER TABLE studies ADD COLUMN IF NOT EXISTS patient_name VARCHAR;
+ALTER TABLE studies ADD COLUMN IF NOT EXISTS patient_birth_date VARCHAR;
+ALTER TABLE studies ADD COLUMN IF NOT EXISTS patient_sex VARCHAR;
 
 -- Per study: how many of its files are in Orthanc. Owned by the upload (ledger.refresh_orthanc_counts), so
 -- a search reads this small table, never the big instances and import_history tables.
@@ -98,6 +103,16 @@ CREATE TABLE IF NOT EXISTS interrupted_uploads (
     started_at TIMESTAMP, run_id VARCHAR
 );
 
+-- Files the upload holds back because their patient identity collides (identity/collisions.py): not sent to
+-- Orthanc until an operator decides (`pacs identity`). Written only by the upload, a window at a time: each
+-- upload re-decides every pending file of its window, so a released file loses its row when it is sent.
+CREATE TABLE IF NOT EXISTS identity_holds (
+    nas_id VARCHAR NOT NULL, file_path VARCHAR NOT NULL, change_token VARCHAR, partition_date DATE,
+    collision_id VARCHAR, kind VARCHAR, reason VARCHAR, held_at TIMESTAMP,
+    person_key VARCHAR  -- the held record (identity/model.py PersonRecord.key): what a decision releases
+);
+ALTER TABLE identity_holds ADD COLUMN IF NOT EXISTS person_key VARCHAR;
+
 -- One current status per file found under a NAS root: imported, duplicate, uid_conflict, failed, skipped
 -- (or pending, between indexing and import). reason: why skipped/failed, or which file Orthanc kept instead.
 CREATE OR REPLACE VIEW file_status AS
@@ -106,12 +121,18 @@ WITH last_attempt AS (
     QUALIFY row_number() OVER (PARTITION BY nas_id, file_path, change_token ORDER BY attempt_id DESC) = 1
 )
 SELECT f.nas_id, f.file_path, f.procedure_date AS partition_date,
-       CASE WHEN f.status <> 'ok' THEN f.status ELSE coalesce(a.status, 'pending') END AS status,
-       CASE WHEN f.status <> 'ok' THEN f.reason ELSE a.error_message END AS reason,
+       CASE WHEN f.status <> 'ok' THEN f.status
+            WHEN h.file_path IS NOT NULL AND (a.status IS NULL OR a.status = 'failed') THEN 'held'
+            ELSE coalesce(a.status, 'pending') END AS status,
+       CASE WHEN f.status <> 'ok' THEN f.reason
+            WHEN h.file_path IS NOT NULL AND (a.status IS NULL OR a.status = 'failed') THEN h.reason
+            ELSE a.error_message END AS reason,
        a.orthanc_instance_id, f.change_token, a.finished_at AS imported_at
 FROM inventory f
 LEFT JOIN last_attempt a
-  ON a.nas_id = f.nas_id AND a.file_path = f.file_path AND a.change_token = f.change_token;
+  ON a.nas_id = f.nas_id AND a.file_path = f.file_path AND a.change_token = f.change_token
+LEFT JOIN identity_holds h
+  ON h.nas_id = f.nas_id AND h.file_path = f.file_path AND h.change_token = f.change_token;
 
 -- What Orthanc received, as its /changes feed reports it (NewInstance): instances sent straight to Orthanc by a
 -- modality (C-STORE) and, flagged from_nas, those our NAS imports uploaded. One row per Orthanc instance

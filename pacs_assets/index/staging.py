@@ -78,6 +78,16 @@ class Staging:
     def __exit__(self, *exc) -> None:
         self.close()
 
+    def drop_files(self, file_paths: list[str]) -> None:
+        """Take these files out of the staged ``inventory`` (the upload leaves held files behind)."""
+        import pandas as pd
+
+        self.con.register("_drop", pd.DataFrame({"file_path": file_paths}))
+        try:
+            self.con.execute("DELETE FROM inventory WHERE file_path IN (SELECT file_path FROM _drop)")
+        finally:
+            self.con.unregister("_drop")
+
     def count(self, table: str) -> int:
         return self.con.execute(f"SELECT count(*) FROM {table}").fetchall()[0][0]
 

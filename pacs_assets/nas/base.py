@@ -66,6 +66,24 @@ class FileRecord:
         return [f.name for f in dataclasses.fields(cls)]
 
 
+@dataclasses.dataclass(frozen=True)
+class SendAs:
+    """The patient identity an upload writes into the DICOM it streams to Orthanc (never into the NAS file):
+    the PatientID Orthanc keys the patient by, the Issuer of Patient ID (0010,0021), and the NAS's own ID in
+    Other Patient IDs Sequence (0010,1002), so the original stays readable in the PACS."""
+
+    patient_id: str
+    issuer: str
+    original_id: str
+    original_issuer: str
+
+    def attributes(self) -> dict[str, object]:
+        """DICOM keyword -> value, the sequence as a list of item dicts."""
+        return {"PatientID": self.patient_id, "IssuerOfPatientID": self.issuer,
+                "OtherPatientIDsSequence": [{"PatientID": self.original_id, "IssuerOfPatientID": self.original_issuer,
+                                             "TypeOfPatientID": "TEXT"}]}
+
+
 class ScanCache(ABC):
     """What earlier runs already read: lets a source skip re-parsing files whose change token is unchanged."""
 
@@ -101,6 +119,9 @@ class NasSource(ABC):
     def __init__(self, nas_id: str, root: Path):
         self.nas_id = nas_id
         self.root = Path(root)
+        # After a scan: (stored path, scope) of what could not be read (a listing or stat that kept failing, a
+        # folder refused); scope is "tree" or "folder" (nas/walk.py). Its known rows stay as they were (not deleted).
+        self.unread: list[tuple[str, str]] = []
 
     @abstractmethod
     def check_available(self) -> None:
@@ -121,13 +142,14 @@ class NasSource(ABC):
         """
 
     @abstractmethod
-    def upload_body(self, record: FileRecord) -> UploadBody:
+    def upload_body(self, record: FileRecord, send_as: SendAs | None = None) -> UploadBody:
         """What to send to Orthanc for this record: a DICOM Part 10 file as a streamed body (nas/body.py),
-        built without reading the file's content into memory (never modifies the NAS)."""
+        built without reading the file's content into memory (never modifies the NAS). With ``send_as``, the
+        DICOM carries that patient identity instead of the file's own (its ID domain, or a decision)."""
 
-    def dicom_bytes(self, record: FileRecord) -> bytes:
+    def dicom_bytes(self, record: FileRecord, send_as: SendAs | None = None) -> bytes:
         """The same, in memory: for checks and tests on small files."""
-        return self.upload_body(record).read_all()
+        return self.upload_body(record, send_as).read_all()
 
 
 # -- settings every NAS has (its block in pacs.yaml) --------------------------------------------------------
@@ -137,6 +159,14 @@ NAS_ID_PATTERN = r"^[a-z][a-z0-9_]{0,39}$"
 
 class StrictModel(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class IdDomain(StrictModel):
+    """A NAS whose PatientIDs are its own numbering (another vendor, an old archive): Orthanc receives
+    ``prefix + ID`` with Issuer of Patient ID ``issuer``, and the NAS's ID in Other Patient IDs Sequence."""
+
+    issuer: str = Field(min_length=1, max_length=64, pattern=r"^[^\\\x00-\x1f]*$")
+    prefix: str = Field(default="", max_length=16, pattern=r"^[^\\\x00-\x1f]*$")
 
 
 class NasBase(StrictModel):
@@ -150,6 +180,8 @@ class NasBase(StrictModel):
     sensor_interval_seconds: int = Field(default=60, ge=5)
     incremental_cron: str = "*/15 * * * *"
     reconciliation_cron: str = "0 2 * * *"
+    # The NAS's patient ID domain: who issued its IDs, and how they appear in the PACS (identity/ README).
+    id_domain: IdDomain | None = None
 
 
 # -- the kind registry entry ----------------------------------------------------------------------------

@@ -13,8 +13,17 @@ import os
 from collections.abc import Iterator
 
 from pacs_assets.errors import UploadBodyError
+from pacs_assets.nas.names import open_nas, stat_nas
 
 CHUNK_SIZE = 1 << 20  # the most one upload thread holds of a file at a time
+
+
+def _read(fh, size: int) -> bytes:
+    """A read from the NAS; its failure (EIO on a flaky share) is the file's, never Orthanc's connection's."""
+    try:
+        return fh.read(size)
+    except OSError as exc:
+        raise UploadBodyError(f"cannot read the file for upload: {exc.strerror or exc}") from None
 
 
 class UploadBody:
@@ -37,7 +46,7 @@ class UploadBody:
 
     @classmethod
     def of_file(cls, path: str | os.PathLike) -> UploadBody:
-        return cls([(path, 0, os.stat(path).st_size)])
+        return cls([(path, 0, stat_nas(path).st_size)])
 
     def __len__(self) -> int:
         return self.length
@@ -64,7 +73,7 @@ class UploadBody:
                 continue
             path, offset, length = part
             try:
-                fh = open(path, "rb", buffering=0)
+                fh = open_nas(path, buffering=0)  # whole chunks: a buffer would only copy them
             except OSError as exc:
                 raise UploadBodyError(f"cannot read the file for upload: {exc.strerror}") from None
             with fh:
@@ -72,9 +81,9 @@ class UploadBody:
                 left = length
                 while left:
                     want = min(left, size - filled)
-                    data = fh.read(want)
+                    data = _read(fh, want)
                     while data is not None and len(data) < want:  # unbuffered reads are short only at EOF
-                        more = fh.read(want - len(data))
+                        more = _read(fh, want - len(data))
                         if not more:
                             raise UploadBodyError(f"the file ended at byte {offset + length - left + len(data)}, "
                                                   f"the upload needs {offset + length} (changed since indexing)")

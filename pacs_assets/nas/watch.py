@@ -9,6 +9,13 @@ sensor cursor, which stays small, and not in DuckDB, whose lock the runs need.
 A tick has a time budget: the first look at a big NAS spans several ticks, resuming from a queue of
 folders still to list, so no file is missed or reported twice. A file rewritten in place (same folder,
 no rename) does not change its folder's mtime: the nightly reconciliation run catches those.
+
+On a huge, slow share (300,000 folders at ~1 ms a stat over SMB is 5 minutes) a tick cannot stat every
+folder. Each tick stats the *recent* folders (modified in the last RECENT_SECONDS: where new studies land)
+and a slice of the others, least recently checked first (``sweep_slice``), both within half the tick's
+budget; a sweep round ends when every folder has been checked since it began. So a change in a recent folder
+is seen at the next tick (while the recent folders fit the budget), a change anywhere else within one sweep
+(folders / sweep_slice ticks), and the nightly reconciliation sees all.
 """
 
 from __future__ import annotations
@@ -23,11 +30,13 @@ from collections.abc import Callable
 from pathlib import Path
 
 from pacs_assets.errors import ConfigError
+from pacs_assets.nas import names
 from pacs_assets.nas.dates import assign_procedure_date
-from pacs_assets.nas.walk import check_root
+from pacs_assets.nas.walk import check_root, retrying
 
 SCHEMA = """
-CREATE TABLE IF NOT EXISTS dirs (path TEXT PRIMARY KEY, mtime_ns INTEGER);
+-- checked: the tick that last statted the folder (the sweep takes the least recently checked first).
+CREATE TABLE IF NOT EXISTS dirs (path TEXT PRIMARY KEY, mtime_ns INTEGER, checked INTEGER DEFAULT 0);
 -- stable: 0 until size and mtime held still from tick seen_tick to a later one; then 1.
 CREATE TABLE IF NOT EXISTS files (path TEXT PRIMARY KEY, dir TEXT, size INTEGER, mtime_ns INTEGER,
                                   stable INTEGER, partition TEXT, seen_tick INTEGER);
@@ -36,7 +45,14 @@ CREATE INDEX IF NOT EXISTS files_unstable ON files(stable) WHERE stable = 0;
 CREATE TABLE IF NOT EXISTS queue (path TEXT PRIMARY KEY);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER);
 INSERT OR IGNORE INTO meta VALUES ('tick', 0);
+INSERT OR IGNORE INTO meta VALUES ('sweep_start', 0);
 """
+INDEXES = """
+CREATE INDEX IF NOT EXISTS dirs_mtime ON dirs(mtime_ns);
+CREATE INDEX IF NOT EXISTS dirs_checked ON dirs(checked);
+"""
+RECENT_SECONDS = 2 * 86400  # folders modified this recently are statted every tick
+SWEEP_SLICE = 5000  # other folders statted per tick (~5 s at 1 ms a stat; the tick budget caps it too)
 
 
 class NasUnavailable(RuntimeError):
@@ -51,6 +67,9 @@ class TickResult:
     folders_listed: int
     queued: int  # folders still to list on a later tick (first look at a big NAS)
     pending: int  # files seen but not yet stable
+    not_read: int = 0  # folders whose stat or listing kept failing this tick: what they held stays as it was
+    sweep_checked: int = 0  # folders checked in the current sweep round (of sweep_total)
+    sweep_total: int = 0
     # True until the watch has once seen the whole NAS settle: its changes are then "everything", which one
     # whole walk (the reconciliation) handles better than runs of named folders.
     first_look: bool = False
@@ -64,45 +83,10 @@ class TickResult:
         return sorted({path.rpartition("/")[0] for path, _ in self.changes.get(day, [])})
 
 
-# -- the folder lists the sensor hands its runs ----------------------------------------------------------
-# Folder names often name the patient, so a run's config carries only a reference to its list: a 0600 file
-# in a 0700 folder beside the watch state. Lists older than a week are removed when a new one is written.
-FOLDER_LIST_DAYS = 7
-
-
-def write_folder_list(state_dir: Path, folders: list[str]) -> str:
-    """Store a folder list; returns its reference (a digest of its content)."""
-    import hashlib
-    import json
-
-    body = json.dumps(sorted(folders)).encode()
-    ref = hashlib.sha1(body).hexdigest()[:20]
-    base = Path(state_dir) / "folder_lists"
-    base.mkdir(mode=0o700, parents=True, exist_ok=True)
-    cutoff = time.time() - FOLDER_LIST_DAYS * 86400
-    for old in base.glob("*.json"):
-        if old.stat().st_mtime < cutoff:
-            old.unlink(missing_ok=True)
-    target = base / f"{ref}.json"
-    if not target.exists():
-        tmp = base / f".{ref}.{os.getpid()}.tmp"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "wb") as f:
-            f.write(body)
-        os.replace(tmp, target)
-    return ref
-
-
-def read_folder_list(state_dir: Path, ref: str) -> list[str] | None:
-    """The folder list behind a reference, or None if it is gone (the run then walks the whole NAS)."""
-    import json
-
-    if not ref.isalnum():
-        return None
-    try:
-        return json.loads((Path(state_dir) / "folder_lists" / f"{ref}.json").read_text())
-    except FileNotFoundError:
-        return None
+def _below(rel: str) -> tuple[str, str]:
+    """[low, high): the range of stored paths strictly below folder ``rel`` ('' is the root). Byte order: every
+    path starting with 'a/' sorts from 'a/' up to, not including, 'a0' ('0' follows '/')."""
+    return (f"{rel}/", f"{rel}0") if rel else ("", "\U0010ffff")
 
 
 class NasWatch:
@@ -112,7 +96,9 @@ class NasWatch:
     """
 
     def __init__(self, state_path: Path, root: Path, *, partitions_start: dt.date, settle_seconds: float = 0.0,
-                 read_dates: Callable[[str, str, int, int], tuple[str | None, str | None]] | None = None):
+                 read_dates: Callable[[str, str, int, int], tuple[str | None, str | None]] | None = None,
+                 sweep_slice: int = SWEEP_SLICE, recent_seconds: float = RECENT_SECONDS):
+        self.sweep_slice, self.recent_ns = sweep_slice, int(recent_seconds * 1e9)
         self.root = Path(root)
         self.read_dates = read_dates
         self.start = partitions_start
@@ -120,12 +106,15 @@ class NasWatch:
         state_path.parent.mkdir(parents=True, exist_ok=True)
         self.db = sqlite3.connect(state_path, timeout=30)
         self.db.executescript(SCHEMA)
+        if "checked" not in {r[1] for r in self.db.execute("PRAGMA table_info(dirs)")}:  # state from before
+            self.db.execute("ALTER TABLE dirs ADD COLUMN checked INTEGER DEFAULT 0")
+        self.db.executescript(INDEXES)
 
     def close(self) -> None:
         self.db.close()
 
     def _join(self, rel: str) -> str:
-        return os.path.join(self.root, rel) if rel else str(self.root)
+        return names.join(self.root, rel)  # paths are kept in the index's stored form (nas/names.py)
 
     def tick(self, budget_seconds: float, today: dt.date) -> TickResult:
         deadline = time.monotonic() + budget_seconds
@@ -139,12 +128,12 @@ class NasWatch:
                     self.db.execute("INSERT OR IGNORE INTO meta VALUES ('settled_once', 1)")
             raise NasUnavailable(f"NAS root {self.root} is missing, unreadable or empty while {known_files} files "
                                  "were known: treated as an outage, nothing reported.") from None
-        statted = listed = 0
+        statted = listed = self.not_read = 0
         with self.db:
             self.db.execute("UPDATE meta SET value = value + 1 WHERE key = 'tick'")
             self.tick_no = self.db.execute("SELECT value FROM meta WHERE key = 'tick'").fetchone()[0]
             if not self.db.execute("SELECT 1 FROM queue LIMIT 1").fetchone():
-                statted = self._queue_changed_dirs(changes)
+                statted = self._queue_changed_dirs(deadline - budget_seconds / 2)
             while listed == 0 or time.monotonic() < deadline:  # at least one folder per tick
                 row = self.db.execute("SELECT path FROM queue ORDER BY path LIMIT 1").fetchone()
                 if row is None:
@@ -159,73 +148,135 @@ class NasWatch:
         if first_look and queued == 0 and pending == 0:
             with self.db:
                 self.db.execute("INSERT OR IGNORE INTO meta VALUES ('settled_once', 1)")
-        return TickResult({d: sorted(v) for d, v in changes.items()}, statted, listed, queued, pending, first_look)
+        checked, total = self._sweep_progress()
+        return TickResult({d: sorted(v) for d, v in changes.items()}, statted, listed, queued, pending,
+                          self.not_read, checked, total, first_look)
 
-    def _queue_changed_dirs(self, changes) -> int:
+    def _queue_changed_dirs(self, slice_deadline: float) -> int:
+        """Stat the recent folders and a slice of the others; queue those whose mtime changed. Returns how many."""
         if not self.db.execute("SELECT 1 FROM dirs LIMIT 1").fetchone():
             self.db.execute("INSERT OR IGNORE INTO queue VALUES ('')")
             return 0
+        cutoff = time.time_ns() - self.recent_ns
+        # Both least recently checked first, each at least one per tick: what the budget leaves waits a tick.
+        recent = self.db.execute("SELECT path, mtime_ns FROM dirs WHERE mtime_ns >= ? ORDER BY checked, path",
+                                 (cutoff,)).fetchall()
+        older = self.db.execute("SELECT path, mtime_ns FROM dirs WHERE mtime_ns < ? ORDER BY checked, path LIMIT ?",
+                                (cutoff, self.sweep_slice)).fetchall()
         n = 0
-        for rel, mtime in self.db.execute("SELECT path, mtime_ns FROM dirs").fetchall():
-            n += 1
-            try:
-                now = os.stat(self._join(rel)).st_mtime_ns
-            except FileNotFoundError:
-                self._forget_dir(rel, changes)
-                continue
-            if now != mtime:
-                self.db.execute("INSERT OR IGNORE INTO queue VALUES (?)", (rel,))
+        for batch in (recent, older):
+            for i, (rel, mtime) in enumerate(batch):
+                if i and time.monotonic() > slice_deadline:
+                    break
+                n += 1
+                self._check_dir(rel, mtime)
         return n
 
+    def _check_dir(self, rel: str, mtime: int) -> None:
+        """Stat one known folder; queue it for listing if its mtime changed."""
+        self.db.execute("UPDATE dirs SET checked = ? WHERE path = ?", (self.tick_no, rel))
+        try:
+            now = retrying(lambda: names.stat_nas(self._join(rel)).st_mtime_ns)
+        except FileNotFoundError:
+            # Gone, or so the share says now: only a listing of its parent that lacks it forgets it.
+            self.db.execute("INSERT OR IGNORE INTO queue VALUES (?)", (rel.rpartition("/")[0],))
+            return
+        except OSError:
+            self.not_read += 1
+            return
+        if now != mtime:
+            self.db.execute("INSERT OR IGNORE INTO queue VALUES (?)", (rel,))
+
+    def _sweep_progress(self) -> tuple[int, int]:
+        """(folders checked since the sweep round began, folders known); a finished round starts the next."""
+        start = self.db.execute("SELECT value FROM meta WHERE key = 'sweep_start'").fetchone()[0]
+        total = self.db.execute("SELECT count(*) FROM dirs").fetchone()[0]
+        checked = self.db.execute("SELECT count(*) FROM dirs WHERE checked >= ?", (start,)).fetchone()[0]
+        if total and checked >= total:
+            with self.db:
+                self.db.execute("UPDATE meta SET value = ? WHERE key = 'sweep_start'", (self.tick_no + 1,))
+        return checked, total
+
     def _forget_dir(self, rel: str, changes) -> None:
-        like = f"{rel}/%" if rel else "%"
+        # A range of the index, not LIKE: '%' and '_' are ordinary characters in file names.
+        under = "(dir = ? OR (dir >= ? AND dir < ?))"
+        args = (rel, *_below(rel))
         for path, size, mtime, part in self.db.execute(
-                "SELECT path, size, mtime_ns, partition FROM files WHERE dir = ? OR dir LIKE ?", (rel, like)).fetchall():
+                f"SELECT path, size, mtime_ns, partition FROM files WHERE {under}", args).fetchall():
             if part:
                 changes[dt.date.fromisoformat(part)].add((path, f"deleted-{size}-{mtime}"))
-        self.db.execute("DELETE FROM files WHERE dir = ? OR dir LIKE ?", (rel, like))
-        self.db.execute("DELETE FROM dirs WHERE path = ? OR path LIKE ?", (rel, like))
+        self.db.execute(f"DELETE FROM files WHERE {under}", args)
+        self.db.execute(f"DELETE FROM dirs WHERE {under.replace('dir', 'path')}", args)
+
+    def _subdirs(self, rel: str) -> set[str]:
+        """The known folders directly in ``rel``."""
+        low, high = _below(rel)
+        return {p for (p,) in self.db.execute("SELECT path FROM dirs WHERE path > ? AND path < ?", (low, high))
+                if "/" not in p[len(low):]}
 
     def _list_dir(self, rel: str, changes) -> None:
         path = self._join(rel)
+
+        def listing():
+            mtime = names.stat_nas(path).st_mtime_ns  # before the listing: a change while listing shows next tick
+            fd = names.open_dir(path)  # a descriptor: folders deeper than PATH_MAX list too
+            try:
+                with os.scandir(fd) as it:
+                    return mtime, fd, list(it)
+            except BaseException:
+                os.close(fd)
+                raise
+
         try:
-            dir_mtime = os.stat(path).st_mtime_ns
-            with os.scandir(path) as it:
-                entries = list(it)
+            dir_mtime, fd, entries = retrying(listing)
         except FileNotFoundError:
-            self._forget_dir(rel, changes)
+            if rel:  # its parent's listing decides whether it is gone
+                self.db.execute("INSERT OR IGNORE INTO queue VALUES (?)", (rel.rpartition("/")[0],))
             return
         except OSError:
-            return  # unreadable: the inventory records it with its reason
+            self.not_read += 1  # unreadable now: what it held stays; the inventory records it with its reason
+            return
         known = {p: (s, m) for p, s, m in self.db.execute(
             "SELECT path, size, mtime_ns FROM files WHERE dir = ?", (rel,)).fetchall()}
+        known_dirs = self._subdirs(rel)
         seen = set()
-        for entry in entries:
-            child = f"{rel}/{entry.name}" if rel else entry.name
-            try:
-                if entry.is_symlink():
-                    continue  # links are followed (or refused) by the inventory walk, not watched
-                if entry.is_dir():
-                    if not self.db.execute("SELECT 1 FROM dirs WHERE path = ?", (child,)).fetchone():
-                        self.db.execute("INSERT OR IGNORE INTO queue VALUES (?)", (child,))
+        try:
+            for entry in entries:
+                name = names.stored(entry.name)
+                child = f"{rel}/{name}" if rel else name
+                try:
+                    if retrying(entry.is_symlink):
+                        continue  # links are followed (or refused) by the inventory walk, not watched
+                    if retrying(entry.is_dir):
+                        known_dirs.discard(child)
+                        if not self.db.execute("SELECT 1 FROM dirs WHERE path = ?", (child,)).fetchone():
+                            self.db.execute("INSERT OR IGNORE INTO queue VALUES (?)", (child,))
+                        continue
+                    st = retrying(entry.stat)
+                except OSError:
+                    seen.add(child)  # listed but not statted: kept as it was, never read as deleted
+                    known_dirs.discard(child)
+                    self.not_read += 1
                     continue
-                st = entry.stat()
-            except OSError:
-                continue
-            seen.add(child)
-            if known.get(child) != (st.st_size, st.st_mtime_ns):
-                # A changed file keeps the partition it was reported in: if it settles in another one (its
-                # StudyDate was rewritten), the old partition is reported too, so its rows are replaced.
-                self.db.execute("INSERT INTO files VALUES (?, ?, ?, ?, 0, NULL, ?) ON CONFLICT (path) DO UPDATE SET "
-                                "size = excluded.size, mtime_ns = excluded.mtime_ns, stable = 0, "
-                                "seen_tick = excluded.seen_tick", (child, rel, st.st_size, st.st_mtime_ns, self.tick_no))
+                seen.add(child)
+                if known.get(child) != (st.st_size, st.st_mtime_ns):
+                    # A changed file keeps the partition it was reported in: if it settles in another one (its
+                    # StudyDate was rewritten), the old partition is reported too, so its rows are replaced.
+                    self.db.execute("INSERT INTO files VALUES (?, ?, ?, ?, 0, NULL, ?) ON CONFLICT (path) DO UPDATE SET "
+                                    "size = excluded.size, mtime_ns = excluded.mtime_ns, stable = 0, "
+                                    "seen_tick = excluded.seen_tick", (child, rel, st.st_size, st.st_mtime_ns, self.tick_no))
+        finally:
+            os.close(fd)
         for gone in set(known) - seen:
             size, mtime = known[gone]
             part = self.db.execute("SELECT partition FROM files WHERE path = ?", (gone,)).fetchone()[0]
             if part:
                 changes[dt.date.fromisoformat(part)].add((gone, f"deleted-{size}-{mtime}"))
             self.db.execute("DELETE FROM files WHERE path = ?", (gone,))
-        self.db.execute("INSERT OR REPLACE INTO dirs VALUES (?, ?)", (rel, dir_mtime))
+        for gone_dir in known_dirs:  # read, and the folder is not in it: gone with everything below it
+            self._forget_dir(gone_dir, changes)
+        self.db.execute("INSERT INTO dirs VALUES (?, ?, ?) ON CONFLICT (path) DO UPDATE SET mtime_ns = excluded.mtime_ns, "
+                        "checked = excluded.checked", (rel, dir_mtime, self.tick_no))
 
     def _settle(self, changes, today: dt.date, deadline: float) -> None:
         """Pending files seen on an earlier tick: unchanged since (and old enough) means stable."""
@@ -236,11 +287,10 @@ class NasWatch:
             if time.monotonic() > deadline + 5:  # reading headers: leave the rest for the next tick
                 break
             try:
-                st = os.stat(self._join(path))
-            except FileNotFoundError:
-                self.db.execute("DELETE FROM files WHERE path = ?", (path,))
-                if old_part:  # changed, then deleted before it settled: the index still has it
-                    changes[dt.date.fromisoformat(old_part)].add((path, f"deleted-{size}-{mtime}"))
+                st = retrying(lambda: names.stat_nas(self._join(path)))
+            except OSError:
+                # Gone or unreadable now: its folder's listing decides (a deletion changed the folder's mtime).
+                self.db.execute("INSERT OR IGNORE INTO queue VALUES (?)", (path.rpartition("/")[0],))
                 continue
             if (st.st_size, st.st_mtime_ns) != (size, mtime):
                 self.db.execute("UPDATE files SET size = ?, mtime_ns = ?, seen_tick = ? WHERE path = ?",

@@ -1,7 +1,7 @@
 """The Orthanc REST client: uploads with persistent sessions, timeouts and retries that only retry what can succeed.
 
 Retried: connection errors, timeouts, 5xx, and 409 (a concurrent identical upload). Never retried: 4xx,
-which Orthanc uses for a file it cannot parse — retrying junk wastes hours (FIELD_NOTES).
+which Orthanc uses for a file it cannot parse — retrying junk wastes hours (seen in a public importer).
 
 ``AlreadyStored`` means Orthanc holds an instance with the same four identifiers, not the same bytes: the
 client asks for the MD5 Orthanc keeps with its copy (one small request, only then) and answers
@@ -105,14 +105,15 @@ class OrthancClient:
         time.sleep(self.backoff * (2 ** (attempt - 1)) * (0.5 + random.random()))
 
     def _request(self, method: str, path: str, what: str, *, params: dict | None = None,
-                 json: dict | None = None, missing_ok: bool = False) -> requests.Response | None:
+                 json: dict | None = None, missing_ok: bool = False,
+                 data: bytes | None = None) -> requests.Response | None:
         """One REST call, retried on what can succeed later (no answer, 5xx, 429); every failure is one
         sentence naming the address and the endpoint."""
         attempt = 0
         while True:
             attempt += 1
             try:
-                resp = self.session.request(method, f"{self.url}{path}", params=params, json=json,
+                resp = self.session.request(method, f"{self.url}{path}", params=params, json=json, data=data,
                                             timeout=self.timeout)
             except (requests.ConnectionError, requests.Timeout) as exc:
                 kind = "did not answer in time" if isinstance(exc, requests.Timeout) else "is unreachable"
@@ -165,6 +166,43 @@ class OrthancClient:
         found = self._request("POST", "/tools/find", "/tools/find", json={
             "Level": "Instance", "Expand": True, "Query": {"SOPInstanceUID": "\\".join(sop_instance_uids)}}).json()
         return {item["ID"]: int(item.get("FileSize") or -1) for item in found}
+
+    def find_patient_studies(self, patient_ids: list[str]) -> list[dict]:
+        """The studies Orthanc holds under these PatientIDs (one ``/tools/find``, list matching), each as
+        {'ID', 'PatientID', 'PatientName', 'PatientBirthDate', 'PatientSex', 'StudyInstanceUID', 'Patient'}.
+        Orthanc keeps each study's own copy of the patient tags, so two people merged under one ID show as
+        two. A '*' or '?' in an ID is a wildcard to Orthanc: only exact matches are returned."""
+        if not patient_ids:
+            return []
+        found = self._request("POST", "/tools/find", "/tools/find", json={
+            "Level": "Study", "Expand": True, "Query": {"PatientID": "\\".join(patient_ids)}}).json()
+        wanted, out = set(patient_ids), []
+        for study in found:
+            tags = study.get("PatientMainDicomTags") or {}
+            if tags.get("PatientID") in wanted:
+                out.append({**{k: tags.get(k, "") for k in ("PatientID", "PatientName", "PatientBirthDate",
+                                                             "PatientSex")},
+                            "ID": study["ID"], "Patient": study.get("ParentPatient"),
+                            "StudyInstanceUID": (study.get("MainDicomTags") or {}).get("StudyInstanceUID")})
+        return out
+
+    def study_instance_ids(self, study_id: str) -> list[str]:
+        return [i["ID"] for i in self.get_json(f"/studies/{study_id}/instances", "/studies/{id}/instances")]
+
+    def copy_instance_as(self, instance_id: str, replace: dict) -> str:
+        """Store a copy of an instance with ``replace`` applied and its UIDs kept; returns the copy's ID.
+
+        Orthanc 1.10.1 refuses to change PatientID by ``/studies/{id}/modify`` ("the parent PatientID cannot be
+        manually modified"), but ``/instances/{id}/modify`` returns the modified file without storing it: it
+        is posted back, one instance in memory at a time. The original stays until ``delete_study``."""
+        data = self._request("POST", f"/instances/{instance_id}/modify", "/instances/{id}/modify", json={
+            "Replace": replace, "Keep": ["StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID"],
+            "Force": True}).content
+        answer = self._request("POST", "/instances", "/instances", data=data).json()
+        return answer["ID"]
+
+    def delete_study(self, study_id: str) -> None:
+        self._request("DELETE", f"/studies/{study_id}", "DELETE /studies/{id}", missing_ok=True)
 
     def find_instance_ids(self, sop_instance_uids: list[str]) -> set[str]:
         """Orthanc IDs of the instances with these SOP Instance UIDs. Keep lists to ~100: 100 UIDs take ~60 ms,

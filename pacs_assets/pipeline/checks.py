@@ -5,9 +5,14 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+from collections import Counter
 
+from pacs_assets.identity.model import DIFFERENT, VARIANT
 from pacs_assets.index import consistency
+from pacs_assets.index.connection import session
+from pacs_assets.index.patient_records import held_counts
 from pacs_assets.orthanc.client import OrthancClient, OrthancUnavailable
+from pacs_assets.pipeline.identity_guard import IdentityGuard, index_collisions
 from pacs_assets.pipeline.reconcile import orthanc_sweep
 
 
@@ -45,3 +50,26 @@ def indexed_instances_in_orthanc(index_path: str | os.PathLike, nas_id: str, cli
     except OrthancUnavailable as exc:
         return False, {"error": str(exc)}
     return counts["missing_in_orthanc"] == 0, counts
+
+
+def patient_identity(index_path: str | os.PathLike, nas_id: str, guard: IdentityGuard) -> tuple[dict, dict]:
+    """(different people, variants) involving this NAS, as check metadata: counts per kind, no names or IDs.
+    'passed' is no collision of that verdict; the held files of each are counted by ``held_files``."""
+    found = [c for c in index_collisions(guard, index_path) if any(m.record.source == nas_id for m in c.members)]
+    out = []
+    for verdict in (DIFFERENT, VARIANT):
+        mine = [c for c in found if c.verdict == verdict]
+        kinds = Counter(c.kind for c in mine)
+        table = "\n".join(f"| {kind} | {n} |" for kind, n in sorted(kinds.items()))
+        by_kind = f"| kind | collisions |\n|---|---|\n{table}" if mine else "none"
+        out.append({"collisions": len(mine), "by_kind": by_kind, "see": "pacs identity"})
+    return out[0], out[1]
+
+
+def held_files(index_path: str | os.PathLike, nas_id: str) -> tuple[bool, dict]:
+    """Files of this NAS held now (their patient identity collides), by kind of collision."""
+    with session(index_path, read_only=True) as con:
+        counts = held_counts(con, nas_id)
+    table = "\n".join(f"| {kind} | {n} |" for kind, n in sorted(counts.items()))
+    return not counts, {"files_held": sum(counts.values()),
+                        "held_by_kind": f"| kind | files held |\n|---|---|\n{table}" if counts else "none"}

@@ -17,6 +17,7 @@ from pacs_assets.index.inventory import (
     StagingCache,
     add_records,
     carry_over_links,
+    carry_over_unread,
     load_cache,
     merge_inventory,
     stage_unchanged,
@@ -35,11 +36,23 @@ class NasOutage(RuntimeError):
 
 
 @dataclasses.dataclass
+class Walked:
+    files: int  # files the walk met (read now, or unchanged and taken from the scan cache)
+    known: int  # files the scan cache knew there before
+    not_read: int = 0  # folders (and files) whose listing or stat kept failing or was refused
+    kept: int = 0  # known rows kept as they were because their folder (or file) could not be read
+    unread: list[tuple[str, str]] = dataclasses.field(default_factory=list)  # (stored path, scope)
+
+
+@dataclasses.dataclass
 class InventoryResult:
     walked: int
     known_before: int
     counts: dict[str, int]  # status -> files, in the window
     seconds: float
+    not_read: int = 0  # what could not be read (see Walked); its known rows were kept
+    kept: int = 0
+    unread: list[tuple[str, str]] = dataclasses.field(default_factory=list)
 
 
 def take_inventory(source: NasSource, nas: NasBase, index_path: str | os.PathLike, start: dt.date, end: dt.date,
@@ -54,16 +67,17 @@ def take_inventory(source: NasSource, nas: NasBase, index_path: str | os.PathLik
         folders = None  # a catalog-backed kind: every scan is whole
     started = time.monotonic()
     with Staging(index_path) as staging:
-        walked, known = walk_into(staging, source, nas, today=today, folders=folders, progress=progress)
+        seen = walk_into(staging, source, nas, today=today, folders=folders, progress=progress)
         counts = merge_inventory(staging, nas.id, start, end, folders)
-    return InventoryResult(walked, known, counts, time.monotonic() - started)
+    return InventoryResult(seen.files, seen.known, counts, time.monotonic() - started, seen.not_read, seen.kept,
+                           seen.unread)
 
 
 def walk_into(staging: Staging, source: NasSource, nas: NasBase, *, today: dt.date,
               folders: Sequence[str] | None = None,
-              progress: Callable[[int, int], None] | None = None) -> tuple[int, int]:
+              progress: Callable[[int, int], None] | None = None) -> Walked:
     """Stream a walk (whole, or of ``folders``) into staging with procedure dates assigned; refuse an outage.
-    Returns (files walked, files the scan cache knew there)."""
+    What could not be read keeps its known rows (never read as deleted)."""
     source.check_available()
     scanned_at = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
     walked = 0
@@ -83,10 +97,11 @@ def walk_into(staging: Staging, source: NasSource, nas: NasBase, *, today: dt.da
         walked += stage_unchanged(staging, scanned_at, nas.partitions_start, today)
     if folders is not None:
         carry_over_links(staging, source.root)
+    kept = carry_over_unread(staging, source.unread)
     # Once more after the walk: a share unmounted while we walked must not read as deleted folders.
     check_root(nas.id, source.root)
     if folders is None and known and walked < known * OUTAGE_SHARE:
         raise NasOutage(
             f"NAS '{nas.id}' at {nas.root} shows {walked} files where the index knew {known}: "
             "treating it as an outage (unmounted or partly offline NAS), not as deletions; index unchanged.")
-    return walked, known
+    return Walked(walked, known, len(source.unread), kept, list(source.unread))

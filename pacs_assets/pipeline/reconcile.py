@@ -39,6 +39,8 @@ class Reconciled:
     known_before: int
     changes: dict[dt.date, dict[str, int]]  # procedure date -> {'added'|'changed'|'deleted': files}
     seconds: float
+    not_read: int = 0  # folders/files that could not be read: their known rows were kept (pipeline/inventory.py)
+    kept: int = 0
 
     def totals(self) -> Counter:
         out: Counter = Counter()
@@ -52,9 +54,9 @@ def reconcile(source: NasSource, nas: NasBase, index_path: str | os.PathLike, *,
     """Walk everything; merge the dates that changed in one transaction. Raises ConfigError / NasOutage."""
     started = time.monotonic()
     with Staging(index_path) as staging:
-        walked, known = walk_into(staging, source, nas, today=today, progress=progress)
+        seen = walk_into(staging, source, nas, today=today, progress=progress)
         changes = reconcile_inventory(staging, nas.id)
-    return Reconciled(walked, known, changes, time.monotonic() - started)
+    return Reconciled(seen.files, seen.known, changes, time.monotonic() - started, seen.not_read, seen.kept)
 
 
 @dataclasses.dataclass
@@ -62,6 +64,7 @@ class CaughtUp:
     rebuilt: list[dt.date] = dataclasses.field(default_factory=list)  # dicom_index dates rewritten
     uploaded: list[dt.date] = dataclasses.field(default_factory=list)  # orthanc_instances dates with uploads
     summary: ImportSummary = dataclasses.field(default_factory=ImportSummary)
+    held: Counter = dataclasses.field(default_factory=Counter)  # collision kind -> files held
 
 
 def catch_up(source: NasSource, client: OrthancClient, index_path: str | os.PathLike, nas_id: str, *,
@@ -77,10 +80,12 @@ def catch_up(source: NasSource, client: OrthancClient, index_path: str | os.Path
         rebuild_hierarchy(index_path, nas_id, start, end)
     if on_rebuilt:
         on_rebuilt(done.rebuilt)
-    pending = dates_to_upload(index_path, nas_id)
+    identity = upload_options.get("identity")
+    pending = dates_to_upload(index_path, nas_id, identity.book.last_made_at if identity else None)
     for start, end in date_ranges(pending):
         window = upload_window(source, client, index_path, nas_id, start, end, **upload_options)
         done.summary.add(window.summary)
+        done.held.update(window.held)
     done.uploaded = pending
     return done
 

@@ -24,9 +24,10 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from pacs_assets.index import ledger
 from pacs_assets.index.journal import Journal, Reclaims, merge_journals
 from pacs_assets.index.staging import Staging
-from pacs_assets.nas.base import FileRecord, NasSource
+from pacs_assets.nas.base import FileRecord, NasSource, SendAs
 from pacs_assets.pipeline.failures import UNREADABLE, failure_category
 from pacs_assets.pipeline.already_stored import record_already_stored
+from pacs_assets.pipeline.identity_guard import IdentityGuard, Plan, hold_files
 from pacs_assets.orthanc.client import (
     CONFIRMED,
     OrthancClient,
@@ -77,8 +78,9 @@ def _now() -> dt.datetime:
 
 
 def _upload_one(source: NasSource, client: OrthancClient, record: FileRecord, run_id: str | None,
-                journal: Journal | None, reclaims: Reclaims) -> tuple[dict, int]:
-    expected = orthanc_instance_id(record.patient_id, record.study_instance_uid, record.series_instance_uid,
+                journal: Journal | None, reclaims: Reclaims, send_as: SendAs | None = None) -> tuple[dict, int]:
+    sent_id = send_as.patient_id if send_as else record.patient_id  # what Orthanc keys the patient by
+    expected = orthanc_instance_id(sent_id, record.study_instance_uid, record.series_instance_uid,
                                    record.sop_instance_uid)
     key = journal.new_key() if journal else None
     with reclaims.guard(expected):
@@ -86,7 +88,7 @@ def _upload_one(source: NasSource, client: OrthancClient, record: FileRecord, ru
         if journal:
             journal.started(key, record.nas_id, record.file_path, record.change_token, expected, started, run_id)
         try:
-            body = source.upload_body(record)
+            body = source.upload_body(record, send_as)
         except Exception as exc:  # noqa: BLE001 - a file that vanished or broke since indexing is a failed attempt
             body = None
             result = UploadResult("failed", error_message=f"{UNREADABLE}: {str(exc)[:200]}",
@@ -124,10 +126,11 @@ def import_records(
     progress: Callable[[ImportSummary], None] | None = None,
     journal: Journal | None = None,
     reclaims: Reclaims = NO_RECLAIMS,
+    send_as: Callable[[FileRecord], SendAs | None] = lambda record: None,
 ) -> ImportSummary:
     """Upload ``records``; ``write_ledger`` gets the attempts in batches. With a ``journal`` each attempt is
     also journaled before and after its POST (index/journal.py), and ``reclaims`` applies its
-    interrupted-upload rule."""
+    interrupted-upload rule. ``send_as`` gives the patient identity each file is sent under (None: its own)."""
     summary = ImportSummary()
     pending_rows: list[dict] = []
     abort: str | None = None
@@ -159,7 +162,8 @@ def import_records(
         for record in records:
             if abort:
                 break
-            in_flight.add(pool.submit(_upload_one, source, client, record, run_id, journal, reclaims))
+            in_flight.add(pool.submit(_upload_one, source, client, record, run_id, journal, reclaims,
+                                      send_as(record)))
             if len(in_flight) >= concurrency * 4:
                 done, in_flight = wait(in_flight, return_when=FIRST_COMPLETED)
                 collect(done)
@@ -266,22 +270,35 @@ class WindowUpload:
     totals: dict[str, int]  # file_status -> files, in the window, after the upload
     failed_files: list[tuple[str, str]]  # (path, reason); only when the caller may see paths
     already_stored: int = 0  # staged files Orthanc already held: recorded without sending
+    held: Counter = dataclasses.field(default_factory=Counter)  # collision kind -> files held by this upload
+    variants: int = 0  # name variants met (listed by `pacs identity`, not held)
+    identity_seconds: float = 0.0  # what the identity guard cost this upload (benchmarks/bench_incremental.py)
 
 
 def upload_window(source: NasSource, client: OrthancClient, index_path: str | os.PathLike, nas_id: str,
                   start: dt.date, end: dt.date, *, concurrency: int = 4, run_id: str | None = None,
                   on_staged: Callable[[int], None] | None = None,
                   progress: Callable[[ImportSummary], None] | None = None,
-                  with_paths: bool = False, outage_wait_seconds: float = 0.0) -> WindowUpload:
-    """Upload the window's indexed instances that are not in Orthanc yet. Raises OrthancUnavailable (one
-    sentence) when Orthanc cannot be reached or refuses us; what finished is recorded either way."""
+                  with_paths: bool = False, outage_wait_seconds: float = 0.0,
+                  identity: IdentityGuard | None = None) -> WindowUpload:
+    """Upload the window's indexed instances that are not in Orthanc yet, except the files the identity guard
+    holds (pipeline/identity_guard.py; without ``identity``: no ID domains, the decisions beside the index). Raises
+    OrthancUnavailable (one sentence) when Orthanc cannot be reached or refuses us; what finished is recorded
+    either way."""
     wait_for_orthanc(client, outage_wait_seconds)
     merge_journals(index_path)  # what killed runs left, before deciding what is still pending
     reclaims = Reclaims.load(index_path, nas_id)
+    identity = identity or IdentityGuard.load({}, index_path)
     with Staging(index_path) as staging:
         staged = ledger.stage_pending_uploads(staging, nas_id, start, end)
+        guard_started = time.monotonic()
+        plan = Plan(identity, nas_id, [])
+        if staged:  # before anything is sent: who would meet whom under one PatientID in Orthanc
+            plan = identity.plan(staging, index_path, nas_id, client, (start, end))
+        held = hold_files(plan, staging, index_path, nas_id, start, end) if staged else Counter()
+        guard_seconds = time.monotonic() - guard_started
         found = record_already_stored(source, client, staging, index_path, run_id=run_id,
-                                      skip=reclaims.instance_ids) if staged else 0
+                                      skip=reclaims.instance_ids, send_as=plan.send_as) if staged else 0
         if on_staged:
             on_staged(staged - found)
         writer = _KeptFileNamer(index_path)
@@ -289,7 +306,7 @@ def upload_window(source: NasSource, client: OrthancClient, index_path: str | os
         try:
             summary = import_records(source, client, ledger.iter_staged(staging), writer,
                                      concurrency=concurrency, run_id=run_id, progress=progress,
-                                     journal=journal, reclaims=reclaims)
+                                     journal=journal, reclaims=reclaims, send_as=plan.send_as)
         finally:
             try:
                 writer.close()  # first: its rows name the kept file of each uid_conflict
@@ -302,4 +319,4 @@ def upload_window(source: NasSource, client: OrthancClient, index_path: str | os
         summary.counts.update(imported=-writer.demoted, duplicate=writer.demoted)
     totals = ledger.status_counts(index_path, nas_id, start, end)
     failed = ledger.failed_files(index_path, nas_id, start, end) if with_paths else []
-    return WindowUpload(summary, staged, totals, failed, found)
+    return WindowUpload(summary, staged, totals, failed, found, held, plan.variant_count, guard_seconds)

@@ -7,7 +7,7 @@
     SERIES   (SER_ID, STU_ID, SER_UID, SER_NO, SER_MODALITY, SER_DESC)
     IMAGES   (IMG_ID, SER_ID, IMG_UID, IMG_NO, IMG_PATH, IMG_VERSION)
 
-(the shape ``firebird_catalog.DEFAULT_MAPPING`` reads) and lossless JP2 files written by glymur under
+(the shape ``catalog.DEFAULT_MAPPING`` reads) and lossless JP2 files written by glymur under
 ``root/IMAGES/<yyyy>/<mm>/<dd>/<patient>/<study>/<series>/``, plus the awkward cases: a row whose file is
 missing, a JP2 no row names, a truncated and a junk ``.jp2``, a lossy (9/7) JP2, a raw ``.j2k``
 codestream, an RGB image, a Windows-style path, two rows naming one file, rows escaping the root

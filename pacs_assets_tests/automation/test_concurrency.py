@@ -1,7 +1,7 @@
 """Runs, a sensor and searches at the same moment against one DuckDB index, each in its own process.
 
 DuckDB lets one process at a time open the index, and while it does nobody else can open it, not even
-read-only (FIELD_NOTES). Production has exactly this mix of processes: runs launched by the daemon, sensors
+read-only (measured). Production has exactly this mix of processes: runs launched by the daemon, sensors
 ticking in the daemon, an operator's `pacs search`. The design (pacs_assets/index/connection.py) is that no
 process keeps the index open for long: a run streams into a private staging DuckDB and merges in one short
 transaction, and ``connection.connect`` waits with backoff while another process holds the lock. This test
@@ -272,7 +272,7 @@ print("RESULT " + json.dumps(keys))
 def test_the_sensor_never_needs_the_index(tmp_path):
     """While another process holds the index read-write (nobody else can open it, not even read-only),
     the new-files sensor still ticks and requests its runs: it never touches the index."""
-    manifest = make_dicom_nas(tmp_path / "nas_ct", patients=4, seed=0, start_date=SAMPLE_START)
+    make_dicom_nas(tmp_path / "nas_ct", patients=4, seed=0, start_date=SAMPLE_START)
     config = write_config(tmp_path / "pacs.yaml", [nas("ct")], orthanc_url="http://127.0.0.1:9")
     index = tmp_path / "index.duckdb"
     holder = duckdb.connect(str(index))  # this process holds the index's lock for the whole test

@@ -23,9 +23,9 @@ import requests
 from dagster import DagsterInstance, DagsterRunStatus, RunsFilter
 
 from pacs_assets.sample.bulk_dicom_nas import make_bulk_dicom_nas
-from pacs_assets_tests.automation.test_end_to_end import BIN, REPO, ProcessTree
+from pacs_assets_tests.automation.test_end_to_end import BIN, REPO
 from pacs_assets_tests.harness import write_config
-from pacs_assets_tests.services.process import log_tail, spawn, stop_pid, wait_until
+from pacs_assets_tests.services.process import ProcessTree, log_tail, spawn, stop_pid, wait_until
 
 TODAY = dt.date.today()
 FILES = 1500  # at ~200 uploads/s the kill at a fifth leaves seconds of upload: far more than it takes

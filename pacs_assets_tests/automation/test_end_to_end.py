@@ -4,9 +4,10 @@ on the NAS; minutes later (here: seconds) the images are in Orthanc. Nobody laun
 Real components only: a private Orthanc, `dagster-daemon run -w workspace.yaml` (which starts its own code
 server and launches each run as a subprocess through the default run launcher), `dagster sensor start`,
 and a NAS folder on disk. The daemon is started in its own session with default signal handling
-(`env --default-signal=INT,TERM`, FIELD_NOTES), stopped by PID with SIGINT, and every process it ever had
-(polled while the test runs) must be gone afterwards, as must any process carrying this test's
-DAGSTER_HOME in its environment.
+(`env --default-signal=INT,TERM`: a Dagster process started in the background of a non-interactive shell
+ignores SIGINT and SIGTERM without it), stopped by PID with SIGINT, and every process it ever had (polled
+while the test runs) must be gone afterwards, as must any process carrying this test's DAGSTER_HOME in its
+environment.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from dagster import DagsterInstance, DagsterRunStatus, RunsFilter
 from pacs_assets.sample.dicom_nas import make_dicom_nas
 from pacs_assets_tests.harness import write_config
 from pacs_assets_tests.services.process import (
+    ProcessTree,
     log_tail,
     pid_alive,
     spawn,
@@ -40,37 +42,6 @@ BIN = Path(sys.executable).parent
 TODAY = dt.date.today()
 ARRIVAL_TIMEOUT = 180.0
 LOCK_ERRORS = ("Could not set lock", "Conflicting lock", "stayed locked by another process")
-
-
-class ProcessTree:
-    """Remembers every descendant a process ever had (pid + start time), to prove they are all gone."""
-
-    def __init__(self, pid: int):
-        self.pid = pid
-        self.seen: dict[int, tuple[float, str]] = {}
-
-    def snapshot(self) -> None:
-        try:
-            root = psutil.Process(self.pid)
-            procs = [root] + root.children(recursive=True)
-        except psutil.Error:
-            return
-        for proc in procs:
-            try:
-                self.seen.setdefault(proc.pid, (proc.create_time(), " ".join(proc.cmdline())[:120]))
-            except psutil.Error:
-                continue
-
-    def alive(self) -> list[str]:
-        left = []
-        for pid, (created, cmd) in self.seen.items():
-            try:
-                proc = psutil.Process(pid)
-                if proc.create_time() == created and proc.status() != psutil.STATUS_ZOMBIE:
-                    left.append(f"{pid} {cmd}")
-            except psutil.Error:
-                continue
-        return left
 
 
 def processes_with_env(key: str, value: str) -> list[str]:
@@ -115,7 +86,8 @@ def test_a_new_study_reaches_orthanc_through_the_daemon(tmp_path, orthanc):
         instance.get_runs(), instance.all_instigator_state()
 
     started = subprocess.run([str(BIN / "dagster"), "sensor", "start", "ct_new_files_sensor", "-w", "workspace.yaml"],
-                             cwd=REPO, env={**os.environ, **env}, check=False, capture_output=True, text=True, timeout=120)
+                             cwd=REPO, env={**os.environ, **env}, check=False, capture_output=True, text=True,
+                             timeout=120)
     assert started.returncode == 0 and "Started sensor ct_new_files_sensor" in started.stdout, started.stderr[-2000:]
 
     daemon_log = tmp_path / "daemon.log"

@@ -1,4 +1,5 @@
-"""`pacs sample`: the demo's three NAS devices, and all of them import into a real Orthanc."""
+"""`pacs sample`: the demo's four NAS devices, and all of them import into a real Orthanc (but for the files
+the identity guard holds: archive_nas shares patient IDs with ct_nas, sample/identity_cases.py)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from pacs_assets.defs.definitions import build_definitions
 from pacs_assets_tests.harness import materialize_nas
 
 
-def test_sample_site_has_three_nas_graphs_that_all_import(tmp_path, orthanc_env, monkeypatch):
+def test_sample_site_has_four_nas_graphs_that_all_import(tmp_path, orthanc_env, monkeypatch):
     monkeypatch.delenv("FIREBIRD_PASSWORD", raising=False)
     out = tmp_path / "site"
     proc = subprocess.run([sys.executable, "-m", "pacs_assets.cli.main", "sample", "--out", str(out),
@@ -29,14 +30,17 @@ def test_sample_site_has_three_nas_graphs_that_all_import(tmp_path, orthanc_env,
 
     defs = build_definitions(load_config(config_path))
     groups = {node.group_name for node in defs.resolve_asset_graph().asset_nodes}
-    assert groups == {"ct_nas", "endo_nas", "derm_nas", "orthanc",
-                      "ct_nas_reconciliation", "endo_nas_reconciliation", "derm_nas_reconciliation"}
+    assert groups == {"ct_nas", "endo_nas", "derm_nas", "archive_nas", "orthanc", "ct_nas_reconciliation",
+                      "endo_nas_reconciliation", "derm_nas_reconciliation", "archive_nas_reconciliation"}
 
-    for nas_id in ("ct_nas", "endo_nas", "derm_nas"):
+    for nas_id in ("ct_nas", "endo_nas", "derm_nas", "archive_nas"):
         assert materialize_nas(config_path, nas_id).success, nas_id
     with duckdb.connect(str(out / "index.duckdb"), read_only=True) as con:
         by_nas = dict(con.execute("SELECT nas_id, count(*) FROM file_status WHERE status IN ('imported', 'duplicate') "
                                   "GROUP BY nas_id").fetchall())
         pending = con.execute("SELECT count(*) FROM file_status WHERE status = 'pending'").fetchall()[0][0]
-    assert set(by_nas) == {"ct_nas", "endo_nas", "derm_nas"} and all(n > 5 for n in by_nas.values())
+        held = dict(con.execute("SELECT nas_id, count(*) FROM file_status WHERE status = 'held' GROUP BY ALL").fetchall())
+    assert set(by_nas) == {"ct_nas", "endo_nas", "derm_nas", "archive_nas"}
+    assert all(n > 5 for nas, n in by_nas.items() if nas != "archive_nas")
     assert pending == 0
+    assert set(held) == {"archive_nas"}  # ct_nas went first: its patient was in Orthanc before the archive came

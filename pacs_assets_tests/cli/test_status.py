@@ -30,7 +30,7 @@ def test_counts_equal_file_status_and_orthanc_statistics(tmp_path, orthanc_env, 
     for nas, row in rows.items():
         assert row["found"] == site.query("SELECT count(*) FROM inventory WHERE nas_id = ?", [nas])[0][0]
         assert row["indexed"] == site.query("SELECT count(*) FROM instances WHERE nas_id = ?", [nas])[0][0]
-        assert row["found"] == sum(row[s] for s in ("imported", "duplicate", "uid_conflict", "failed", "skipped",
+        assert row["found"] == sum(row[s] for s in ("imported", "duplicate", "uid_conflict", "failed", "held", "skipped",
                                                     "pending"))
         assert row["pending"] == 0 and row["eta_seconds"] is None
         assert row["rate_per_minute"] > 0  # the imports just finished
@@ -41,10 +41,10 @@ def test_counts_equal_file_status_and_orthanc_statistics(tmp_path, orthanc_env, 
     assert [r["nas_id"] for r in status_json(site.config, capsys, "--nas", "mr")["nas"]] == ["mr"]
     assert main(["--config", str(site.config), "status"]) == 0
     out = capsys.readouterr().out.splitlines()
-    columns = ["found", "indexed", "imported", "duplicate", "uid_conflict", "failed", "skipped", "pending"]
+    columns = ["found", "indexed", "imported", "duplicate", "uid_conflict", "failed", "held", "skipped", "pending"]
     assert out[1].split() == ["NAS", *columns, "rate/min", "ETA"]
     ct = rows["ct"]
-    assert out[2].split()[:9] == ["ct"] + [str(ct[c]) for c in columns]
+    assert out[2].split()[:10] == ["ct"] + [str(ct[c]) for c in columns]
     assert out[-1].startswith(f"Orthanc 1.10.1 at {orthanc_env.url}: ") and f"{stats['CountInstances']} instances" in out[-1]
 
 
@@ -58,7 +58,7 @@ def test_orthanc_down_is_one_line_and_pending_files_have_no_eta(tmp_path, monkey
     assert main(["--config", str(site.config), "status"]) == 0
     out = capsys.readouterr().out.splitlines()
     pending = site.query("SELECT count(*) FROM file_status WHERE status = 'pending'")[0][0]
-    assert pending > 0 and out[2].split()[8] == str(pending)
+    assert pending > 0 and out[2].split()[9] == str(pending)
     assert out[2].endswith("-  no imports in the last 10 min")
     assert out[-1] == f"Orthanc at {url} is unreachable (connection refused or no route)."
     doc = status_json(site.config, capsys)

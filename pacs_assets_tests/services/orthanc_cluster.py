@@ -14,7 +14,7 @@ caches stay private to each node; patients/studies/series/instances, /statistics
 /changes come from the shared index.
 
 Orthanc 1.10.1 listens on all interfaces: `RemoteAccessAllowed: false` refuses only non-local HTTP; the
-DICOM port stays reachable (see orthanc_server.py).
+DICOM port stays reachable (see orthanc.py).
 """
 from __future__ import annotations
 
@@ -139,7 +139,7 @@ class OrthancCluster:
         return [p for p in self.storage_dir.rglob("*") if p.is_file()]
 
     # -- lifecycle ---------------------------------------------------------------------------
-    def start(self, timeout: float = 60.0) -> "OrthancCluster":
+    def start(self, timeout: float = 60.0) -> OrthancCluster:
         index_plugin()
         self.base_dir.mkdir(parents=True, exist_ok=True)
         if os.geteuid() == 0:
@@ -211,7 +211,7 @@ class OrthancCluster:
                 node.kill()
             self.stop()
 
-    def __enter__(self) -> "OrthancCluster":
+    def __enter__(self) -> OrthancCluster:
         return self.start()
 
     def __exit__(self, *exc) -> None:

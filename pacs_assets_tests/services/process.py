@@ -1,4 +1,5 @@
-"""Process helpers shared by the local services: free ports, readiness waits, stop by PID."""
+"""Process helpers shared by the local services, the tests and the benchmarks: free ports, readiness waits, stop
+by PID, and a record of every process a tree ever had."""
 from __future__ import annotations
 
 import contextlib
@@ -8,8 +9,8 @@ import signal
 import socket
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import psutil
 
@@ -137,6 +138,37 @@ def pid_alive(pid: int | None) -> bool:
         return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
     except psutil.NoSuchProcess:
         return False
+
+
+class ProcessTree:
+    """Remembers every descendant a process ever had (pid + start time), to prove they are all gone."""
+
+    def __init__(self, pid: int):
+        self.pid = pid
+        self.seen: dict[int, tuple[float, str]] = {}
+
+    def snapshot(self) -> None:
+        try:
+            root = psutil.Process(self.pid)
+            procs = [root] + root.children(recursive=True)
+        except psutil.Error:
+            return
+        for proc in procs:
+            try:
+                self.seen.setdefault(proc.pid, (proc.create_time(), " ".join(proc.cmdline())[:120]))
+            except psutil.Error:
+                continue
+
+    def alive(self) -> list[str]:
+        left = []
+        for pid, (created, cmd) in self.seen.items():
+            try:
+                proc = psutil.Process(pid)
+                if proc.create_time() == created and proc.status() != psutil.STATUS_ZOMBIE:
+                    left.append(f"{pid} {cmd}")
+            except psutil.Error:
+                continue
+        return left
 
 
 def as_user(user: str | None) -> dict:

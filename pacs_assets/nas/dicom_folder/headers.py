@@ -6,7 +6,6 @@ Runs in worker processes (see dicom_folder.py), so it only takes and returns pla
 from __future__ import annotations
 
 import logging
-import os
 import re
 import struct
 import warnings
@@ -19,8 +18,13 @@ from pydicom.errors import InvalidDicomError
 from pydicom.uid import UID
 
 from pacs_assets.nas.base import FAILED, SKIPPED, FileRecord
+from pacs_assets.nas.names import join, open_nas
+from pacs_assets.nas.walk import is_transient, retrying
 
 _PYDICOM_LOG = logging.getLogger("pydicom")
+# Appended to the change token of a file the share would not read (EIO...): no later walk finds its token in
+# the scan cache, so the file is read again instead of staying failed until it changes.
+UNREAD_TOKEN = "-unread"
 PIXEL_DATA_TAG = (0x7FE0, 0x0010)
 # VRs whose explicit-VR element header has 2 reserved bytes and a 4-byte length.
 LONG_VRS = {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"UC", b"UN", b"UR", b"UT"}
@@ -180,17 +184,38 @@ def _encapsulated_problem(fp, pos: int, file_size: int, endian: str) -> str | No
 
 def read_dicom_file(nas_id: str, root: str, rel_path: str, size: int, mtime_ns: int) -> FileRecord:
     """Classify and read one file. Never raises for a bad file: the reason goes into the record."""
-    # pydicom warns (and logs) about every odd value; the record's reason is where problems go.
+    return read_dicom_files(nas_id, root, [(rel_path, size, mtime_ns)])[0]
+
+
+def read_dicom_files(nas_id: str, root: str, items: list[tuple[str, int, int]], threads: int = 1) -> list[FileRecord]:
+    """``read_dicom_file`` of each (rel_path, size, mtime_ns), in order, ``threads`` at a time. On a network
+    share each file costs a few round trips (open, reads): overlapping them hides that latency (README,
+    Speed); the threads wait in the kernel, not on the GIL."""
+    # pydicom warns (and logs) about every odd value; the record's reason is where problems go. Warning filters
+    # are process-wide, so they are set once here, never per thread.
     if _PYDICOM_LOG.level != logging.ERROR:
         _PYDICOM_LOG.setLevel(logging.ERROR)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        try:
-            return _read(nas_id, root, rel_path, size, mtime_ns)
-        except Exception as exc:  # noqa: BLE001 - an awkward file must never stop the run
-            return FileRecord(nas_id=nas_id, file_path=rel_path, size=size, mtime_ns=mtime_ns,
-                              change_token=f"{size}-{mtime_ns}", status=FAILED,
-                              reason=f"unreadable DICOM header: {type(exc).__name__}: {str(exc)[:200]}")
+        if threads < 2 or len(items) < 2:
+            return [_read_one(nas_id, root, *item) for item in items]
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(min(threads, len(items))) as pool:
+            return list(pool.map(lambda item: _read_one(nas_id, root, *item), items))
+
+
+def _read_one(nas_id: str, root: str, rel_path: str, size: int, mtime_ns: int) -> FileRecord:
+    try:
+        return retrying(lambda: _read(nas_id, root, rel_path, size, mtime_ns))
+    except OSError as exc:  # a network share kept failing: say so, and read it again on the next walk
+        return FileRecord(nas_id=nas_id, file_path=rel_path, size=size, mtime_ns=mtime_ns,
+                          change_token=f"{size}-{mtime_ns}{UNREAD_TOKEN}", status=FAILED,
+                          reason=f"cannot read the file: {exc.strerror or exc} (the share kept failing)")
+    except Exception as exc:  # noqa: BLE001 - an awkward file must never stop the run
+        return FileRecord(nas_id=nas_id, file_path=rel_path, size=size, mtime_ns=mtime_ns,
+                          change_token=f"{size}-{mtime_ns}", status=FAILED,
+                          reason=f"unreadable DICOM header: {type(exc).__name__}: {str(exc)[:200]}")
 
 
 def _read(nas_id: str, root: str, rel_path: str, size: int, mtime_ns: int) -> FileRecord:
@@ -199,9 +224,8 @@ def _read(nas_id: str, root: str, rel_path: str, size: int, mtime_ns: int) -> Fi
     if size == 0:
         rec.status, rec.reason = SKIPPED, "empty file (0 bytes)"
         return rec
-    path = os.path.join(root, rel_path)
     try:
-        with open(path, "rb") as fp:
+        with open_nas(join(root, rel_path)) as fp:
             head = fp.read(132)
             has_preamble = head[128:132] == b"DICM"
             if not has_preamble and not head.startswith(HEADERLESS_STARTS):
@@ -251,5 +275,7 @@ def _read(nas_id: str, root: str, rel_path: str, size: int, mtime_ns: int) -> Fi
     except PermissionError:
         rec.status, rec.reason = FAILED, "permission denied: cannot read the file"
     except OSError as exc:
+        if is_transient(exc):
+            raise  # read_dicom_file retries it
         rec.status, rec.reason = FAILED, f"cannot read the file: {exc.strerror or exc}"
     return rec

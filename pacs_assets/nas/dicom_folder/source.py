@@ -15,38 +15,52 @@ from pathlib import Path
 
 from pydicom.dataset import FileMetaDataset
 
-from pacs_assets.nas.base import FileRecord, NasSource, ScanCache
+from pacs_assets.nas.base import FileRecord, NasSource, ScanCache, SendAs
 from pacs_assets.nas.body import UploadBody
-from pacs_assets.nas.dicom_folder.headers import read_dicom_file
+from pacs_assets.nas.dicom_folder.headers import read_dicom_files
+from pacs_assets.nas.dicom_folder.send_as import body_with_identity
+from pacs_assets.nas.names import join, stat_nas
 from pacs_assets.nas.walk import check_root, walk
 
 # Below this many files to parse, a process pool costs more than it saves.
 POOL_THRESHOLD = 256
 # Walked files offered to a bulk cache at once (one DataFrame insert each).
 OFFER_BATCH = 20_000
+# Header reads in flight per process: on a network share each file is a few round trips of ~1 ms, which
+# overlapping reads hide (benchmarks/bench_slow_share.py); on local disk they cost nothing.
+IO_THREADS = 8
 
 
-def _parse_chunk(args: tuple[str, str, list[tuple[str, int, int]]]) -> list[FileRecord]:
-    nas_id, root, items = args
-    return [read_dicom_file(nas_id, root, rel, size, mtime) for rel, size, mtime in items]
+def _parse_chunk(args: tuple[str, str, list[tuple[str, int, int]], int]) -> list[FileRecord]:
+    nas_id, root, items, threads = args
+    return read_dicom_files(nas_id, root, items, threads)
 
 
 class DicomFolderSource(NasSource):
     kind = "dicom_folder"
     scans_folders = True
 
-    def __init__(self, nas_id: str, root: Path, *, settle_seconds: float = 0.0, workers: int | None = None):
+    def __init__(self, nas_id: str, root: Path, *, settle_seconds: float = 0.0, workers: int | None = None,
+                 io_threads: int = IO_THREADS):
         super().__init__(nas_id, root)
         self.settle_seconds = settle_seconds
         self.workers = workers or min(os.cpu_count() or 1, 8)
+        self.io_threads = io_threads
 
     def check_available(self) -> None:
         check_root(self.nas_id, self.root)
 
     def walk(self, folders: Sequence[str] | None = None) -> Iterator[tuple[str, int, int] | FileRecord]:
-        """Yield (rel_path, size, mtime_ns) for each regular file, or a finished record for what is not one."""
+        """Yield (rel_path, size, mtime_ns) for each regular file, or a finished record for what is not one.
+        What could not be read is also listed in ``self.unread`` (its known rows are kept, not deleted)."""
+        self.unread = []
         for entry in walk(self.root, follow_links=True, settle_seconds=self.settle_seconds, folders=folders,
                           recursive=folders is None):
+            if entry.unread:
+                # No row of its own (a folder is not a file, and its parent's merge would later read the row's
+                # end as a deletion): the run's metadata and its every_folder_read check report it.
+                self.unread.append((entry.rel if entry.rel != "." else "", entry.unread))
+                continue
             if entry.status is None:
                 yield (entry.rel, entry.size, entry.mtime_ns)
             else:
@@ -121,11 +135,11 @@ class DicomFolderSource(NasSource):
         root = str(self.root)
         if pool is not None and len(todo) >= POOL_THRESHOLD:
             step = max(16, len(todo) // (self.workers * 4))
-            chunks = [(self.nas_id, root, todo[i:i + step]) for i in range(0, len(todo), step)]
+            chunks = [(self.nas_id, root, todo[i:i + step], self.io_threads) for i in range(0, len(todo), step)]
             for records in pool.map(_parse_chunk, chunks):
                 parsed.update((r.file_path, r) for r in records)
         else:
-            parsed.update((r.file_path, r) for r in _parse_chunk((self.nas_id, root, todo)))
+            parsed.update((r.file_path, r) for r in _parse_chunk((self.nas_id, root, todo, self.io_threads)))
         return parsed
 
     def _resolve(self, batch: list, cache: ScanCache, pool: ProcessPoolExecutor | None) -> list[FileRecord]:
@@ -141,14 +155,16 @@ class DicomFolderSource(NasSource):
         return out
 
     # -- import ---------------------------------------------------------------------------------------
-    def upload_body(self, record: FileRecord) -> UploadBody:
-        path = self.root / record.file_path
+    def upload_body(self, record: FileRecord, send_as: SendAs | None = None) -> UploadBody:
+        path = join(self.root, record.file_path)  # the stored path back to the file's exact bytes
+        if send_as is not None:
+            return body_with_identity(path, record, send_as)
         if record.file_format != "DICOM-headerless":
             return UploadBody.of_file(path)
         # Orthanc would store a headerless file as is, without file meta: send a preamble and File Meta group
         # first, then the file's bytes unchanged (they are already in the transfer syntax the meta names).
         meta = file_meta_bytes(record.transfer_syntax_uid, record.sop_class_uid, record.sop_instance_uid)
-        return UploadBody([meta, (path, 0, os.stat(path).st_size)])
+        return UploadBody([meta, (path, 0, stat_nas(path).st_size)])
 
 
 def file_meta_bytes(transfer_syntax_uid: str, sop_class_uid: str, sop_instance_uid: str) -> bytes:

@@ -32,6 +32,9 @@ def _element(tag: int, vr: str, value: object) -> bytes:
         raw = struct.pack(f"<{len(values)}{_BINARY[vr]}", *values)
     elif vr == "OB":
         raw = bytes(value)
+    elif vr == "SQ":  # a list of item dicts, each item of defined length
+        raw = b"".join(struct.pack("<HHI", 0xFFFE, 0xE000, len(item)) + item
+                       for item in (_elements(item) for item in value))
     elif vr in _LONG_VRS:
         raise ValueError(f"DICOM attribute {tag:08X} has VR {vr}, which wrap_as_dicom does not write.")
     else:  # text VRs, all UTF-8 under Specific Character Set ISO_IR 192

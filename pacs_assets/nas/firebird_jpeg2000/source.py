@@ -2,7 +2,7 @@
 
 A scan has two phases, both streamed in batches:
 
-1. **Catalog rows** (see ``firebird_catalog`` for the mapping). Each row gets one record keyed by the file
+1. **Catalog rows** (see ``catalog`` for the mapping). Each row gets one record keyed by the file
    it points to: 'ok' with the JP2 header facts (headers only, never a decode), or 'failed' when the file
    is missing, corrupt, or outside the root ('../', absolute, a symlink out of the root: refused before
    any open). A row with no usable path, or pointing to a file another row already claimed, is keyed
@@ -33,7 +33,7 @@ from pathlib import Path
 from pydicom.uid import RE_VALID_UID
 
 from pacs_assets.errors import ConfigError
-from pacs_assets.nas.base import FAILED, OK, SKIPPED, FileRecord, NasSource, ScanCache
+from pacs_assets.nas.base import FAILED, OK, SKIPPED, FileRecord, NasSource, ScanCache, SendAs
 from pacs_assets.nas.body import UploadBody
 from pacs_assets.nas.dates import parse_da
 from pacs_assets.nas.firebird_jpeg2000.catalog import CatalogReader
@@ -276,7 +276,7 @@ class FirebirdJpeg2000Source(NasSource):
                              change_token=f"{entry.size}-{entry.mtime_ns}", status=status, reason=reason)
 
     # -- import ---------------------------------------------------------------------------------------
-    def upload_body(self, record: FileRecord) -> UploadBody:
+    def upload_body(self, record: FileRecord, send_as: SendAs | None = None) -> UploadBody:
         if record.status != OK:
             raise ValueError(f"{record.file_path} is {record.status}, not importable: {record.reason}")
         rel, real, refusal = self._locate(record.file_path, fresh=True)
@@ -288,6 +288,8 @@ class FirebirdJpeg2000Source(NasSource):
             value = getattr(record, field)
             if parse_da(value):  # a malformed catalog date is left out of the DICOM, kept in the index
                 attributes[kw] = value.replace(".", "")
+        if send_as is not None:  # the PACS's patient identity: its ID domain, or an operator's decision
+            attributes.update(send_as.attributes())
         head, tail = dicom_around_codestream(info, attributes)
         # The codestream goes from the NAS file to Orthanc in chunks, between the DICOM head and tail.
         return UploadBody([head, (real, info.codestream_offset, info.codestream_length), tail])

@@ -1,0 +1,116 @@
+"""The index's side of patient identity: the person records behind patient IDs, the studies that carry more
+than one person, and the files the upload holds back (``identity_holds``, written only by the upload).
+
+Everything here is sized by what is asked for (the patient IDs and study UIDs of a run's staged files), or by
+the small ``patients`` and ``studies`` tables, never by the inventory.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+from collections.abc import Iterable, Sequence
+
+import duckdb
+
+from pacs_assets.index.connection import session, transaction
+from pacs_assets.index.staging import Staging
+
+# One person record: (nas_id, patient_id, name, birth date, sex, studies, files, first date, last date).
+RECORD_SQL = """
+    SELECT nas_id, patient_id, patient_name, patient_birth_date, patient_sex, sum(study_count)::BIGINT,
+           sum(instance_count)::BIGINT, min(partition_date), max(partition_date)
+    FROM patients WHERE {where}
+    GROUP BY nas_id, patient_id, patient_name, patient_birth_date, patient_sex
+    ORDER BY nas_id, patient_id, patient_name, patient_birth_date, patient_sex"""
+
+
+def staged_people(staging: Staging) -> tuple[list[tuple], list[str]]:
+    """The distinct (patient_id, name, birth date, sex) of the staged files, and their study UIDs."""
+    people = staging.con.execute("""
+        SELECT DISTINCT patient_id, patient_name, patient_birth_date, patient_sex FROM inventory""").fetchall()
+    studies = [r[0] for r in staging.con.execute(
+        "SELECT DISTINCT study_instance_uid FROM inventory WHERE study_instance_uid IS NOT NULL").fetchall()]
+    return people, studies
+
+
+def records_for_ids(con: duckdb.DuckDBPyConnection, patient_ids: Iterable[str]) -> list[tuple]:
+    """Every person record, on any NAS, of these patient IDs (see ``RECORD_SQL``)."""
+    ids = sorted({i for i in patient_ids if i is not None})
+    if not ids:
+        return []
+    return con.execute(RECORD_SQL.format(where="patient_id IN (SELECT unnest($ids::VARCHAR[]))"),
+                       {"ids": ids}).fetchall()
+
+
+def shared_ids(con: duckdb.DuckDBPyConnection) -> list[tuple]:
+    """Every person record of the patient IDs that more than one record shares (the candidates for a
+    collision or a variant), over the whole index: one pass over the small ``patients`` table."""
+    return con.execute(RECORD_SQL.format(where="""patient_id IN (
+        SELECT patient_id FROM patients GROUP BY patient_id
+        HAVING count(DISTINCT (nas_id, patient_name, patient_birth_date, patient_sex)) > 1)""")).fetchall()
+
+
+def studies_with_several_people(con: duckdb.DuckDBPyConnection,
+                                study_uids: Sequence[str] | None = None) -> list[tuple]:
+    """(study UID, nas_id, patient_id, name, birth date, sex) of the studies whose UID carries more than one
+    person record; only of ``study_uids`` when given."""
+    only = "AND study_instance_uid IN (SELECT unnest($uids::VARCHAR[]))" if study_uids is not None else ""
+    return con.execute(f"""
+        WITH several AS (
+            SELECT study_instance_uid FROM studies WHERE true {only} GROUP BY study_instance_uid
+            HAVING count(DISTINCT (patient_id, patient_name, patient_birth_date, patient_sex)) > 1)
+        SELECT DISTINCT study_instance_uid, nas_id, patient_id, patient_name, patient_birth_date, patient_sex
+        FROM studies WHERE study_instance_uid IN (SELECT study_instance_uid FROM several)
+        ORDER BY ALL""", {"uids": list(study_uids)} if study_uids is not None else {}).fetchall()
+
+
+def replace_holds(index_path: str | os.PathLike, nas_id: str, start: dt.date, end: dt.date,
+                  rows: Sequence[dict]) -> None:
+    """The window's held files are exactly ``rows`` (nas_id, file_path, change_token, partition_date,
+    collision_id, kind, reason, person_key): one transaction. Files no longer held lose their row."""
+    import pandas as pd
+
+    with transaction(index_path) as con:
+        con.execute("DELETE FROM identity_holds WHERE nas_id = ? AND partition_date >= ? AND partition_date < ?",
+                    [nas_id, start, end])
+        if rows:
+            frame = pd.DataFrame(rows, columns=["nas_id", "file_path", "change_token", "partition_date",
+                                                "collision_id", "kind", "reason", "person_key"])
+            frame["partition_date"] = frame["partition_date"].astype("string")
+            con.register("_holds", frame)
+            try:
+                # held_at in naive UTC, like the decisions' made_at it is compared with (index/reconcile.py)
+                now = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
+                con.execute("INSERT INTO identity_holds SELECT nas_id, file_path, change_token, "
+                            "partition_date::DATE, collision_id, kind, reason, ?, person_key FROM _holds", [now])
+            finally:
+                con.unregister("_holds")
+
+
+def holds_in_window(con: duckdb.DuckDBPyConnection, nas_id: str, start: dt.date, end: dt.date) -> bool:
+    """Whether the window has holds to replace (most uploads have none: then nothing is written)."""
+    return bool(con.execute("SELECT 1 FROM identity_holds WHERE nas_id = ? AND partition_date >= ? "
+                            "AND partition_date < ? LIMIT 1", [nas_id, start, end]).fetchall())
+
+
+def held_counts(con: duckdb.DuckDBPyConnection, nas_id: str | None = None) -> dict[str, int]:
+    """{kind: files} of the files held now (a hold whose file was since sent or changed does not count)."""
+    return dict(con.execute("""
+        SELECT kind, count(*) FROM identity_holds h
+        WHERE ($nas IS NULL OR h.nas_id = $nas)
+          AND EXISTS (SELECT 1 FROM file_status s WHERE s.nas_id = h.nas_id AND s.file_path = h.file_path
+                        AND s.change_token = h.change_token AND s.status = 'held')
+        GROUP BY kind ORDER BY kind""", {"nas": nas_id}).fetchall())
+
+
+def held_by_person(con: duckdb.DuckDBPyConnection) -> dict[str, int]:
+    """{person record key: files held now}."""
+    return dict(con.execute("""
+        SELECT person_key, count(*) FROM file_status s JOIN identity_holds h USING (nas_id, file_path, change_token)
+        WHERE s.status = 'held' GROUP BY person_key""").fetchall())
+
+
+def read_records(index_path: str | os.PathLike, patient_ids: Iterable[str]) -> list[tuple]:
+    with session(index_path, read_only=True) as con:
+        return records_for_ids(con, patient_ids)
