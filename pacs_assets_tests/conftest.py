@@ -15,8 +15,8 @@ from pacs_assets_tests.services.process import pid_alive
 
 @pytest.fixture
 def orthanc(tmp_path_factory) -> OrthancServer:
-    """A fresh, private Orthanc per test (it starts in ~0.2 s), stopped by PID afterwards."""
-    with OrthancServer(tmp_path_factory.mktemp("orthanc")) as server:
+    """A fresh, private Orthanc per test (it starts in ~0.2 s), killed by PID afterwards (its data is thrown away)."""
+    with OrthancServer(tmp_path_factory.mktemp("orthanc")).throwaway() as server:
         yield server
 
 
@@ -42,7 +42,7 @@ def cluster_dir():
 def orthanc_cluster(cluster_dir):
     c = OrthancCluster(cluster_dir / "cluster", nodes=2)
     started = []
-    with c:
+    with c.throwaway():
         started = list(c.pids().values())
         yield c
     assert started and not any(pid_alive(pid) for pid in started), "a process outlived cluster.stop()"

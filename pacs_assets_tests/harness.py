@@ -62,7 +62,10 @@ def check_results(result) -> dict[str, bool]:
 
 
 def write_config(path: Path, nas: list[dict], *, orthanc_url: str, index: str = "index.duckdb", **extra) -> Path:
-    body = {"nas": nas, "orthanc": {"url": orthanc_url, "run_retries": 0, "retries": 1, "timeout_seconds": 10},
+    # No outage wait (the default waits 120 s for Orthanc to come back): a test of a dead Orthanc fails at
+    # once, and the tests of the wait set it themselves.
+    body = {"nas": nas, "orthanc": {"url": orthanc_url, "run_retries": 0, "retries": 1, "timeout_seconds": 10,
+                                    "outage_wait_seconds": 0},
             "index": {"path": index}, **extra}
     path.write_text(yaml.safe_dump(body, sort_keys=False), encoding="utf-8")
     return path
@@ -124,7 +127,7 @@ def build_site(workdir: Path, orthanc_url: str, nas: Sequence[tuple] = TWO_NAS, 
 def running_site(workdir: Path, nas: Sequence[tuple] = TWO_NAS) -> Iterator[tuple[Site, OrthancServer]]:
     """A site materialized against its own real Orthanc, which keeps running (credentials in the environment)
     until the block ends: for module-scoped fixtures, which cannot use the function-scoped ``orthanc``."""
-    with OrthancServer(workdir / "orthanc") as orthanc, pytest.MonkeyPatch.context() as mp:
+    with OrthancServer(workdir / "orthanc").throwaway() as orthanc, pytest.MonkeyPatch.context() as mp:
         mp.setenv("ORTHANC_USERNAME", orthanc.username)
         mp.setenv("ORTHANC_PASSWORD", orthanc.password)
         yield build_site(workdir, orthanc.url, nas, dicom_port=orthanc.dicom_port), orthanc

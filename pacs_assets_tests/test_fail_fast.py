@@ -44,7 +44,8 @@ def test_a_wrong_password_fails_at_once_without_retries(tmp_path, orthanc, monke
     assert not result.success
     assert "refused the credentials (HTTP 401)" in step_failure_message(result)
     assert _step_events(result, "STEP_UP_FOR_RETRY") == 0 and _step_events(result, "STEP_RESTARTED") == 0
-    assert seconds < 25, f"a 401 took {seconds:.0f} s to fail (retries or outage waits were not skipped)"
+    # Not a speed limit: a run that waited out the configured outage (60 s) fails it; retries are counted above.
+    assert seconds < 60, f"a 401 took {seconds:.0f} s to fail (retries or outage waits were not skipped)"
 
 
 def test_an_orthanc_that_is_down_is_waited_for_without_burning_a_core(tmp_path, orthanc_env):

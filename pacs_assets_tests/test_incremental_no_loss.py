@@ -212,7 +212,7 @@ def _every_kind_of_change(tmp_path, orthanc_env, manifest, root: Path, config: P
     # The same NAS from scratch: a fresh index, a fresh Orthanc, one full walk.
     fresh_dir = tmp_path / "fresh"
     fresh_dir.mkdir()
-    with OrthancServer(fresh_dir / "orthanc") as fresh_orthanc, pytest.MonkeyPatch.context() as mp:
+    with OrthancServer(fresh_dir / "orthanc").throwaway() as fresh_orthanc, pytest.MonkeyPatch.context() as mp:
         mp.setenv("ORTHANC_USERNAME", fresh_orthanc.username)
         mp.setenv("ORTHANC_PASSWORD", fresh_orthanc.password)
         fresh_config = write_config(fresh_dir / "pacs.yaml", [{**NAS[0], "root": str(root)}],

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import shutil
 import threading
 import time
 
@@ -63,7 +64,7 @@ def test_uploads_spread_over_two_nodes_on_one_index(tmp_path, cluster):
 
 
 def test_a_node_killed_mid_run_loses_nothing(tmp_path, cluster):
-    n = 1200
+    n = 600
     config = _site(tmp_path, cluster, n)
     outcome = {}
     runner = threading.Thread(target=lambda: outcome.update(result=materialize_nas(config, "ct",
@@ -88,6 +89,54 @@ def test_a_node_killed_mid_run_loses_nothing(tmp_path, cluster):
     assert _count(cluster, 1) == n  # the restarted node sees everything: one index
 
 
+def _indexed_window(tmp_path, n: int, files_per_series: int):
+    """A plain-DICOM NAS of ``n`` files, inventoried and indexed: (source, index, start, end)."""
+    from pacs_assets.config import DicomFolderNas
+    from pacs_assets.nas.dicom_folder.source import DicomFolderSource
+    from pacs_assets.pipeline.hierarchy import build_hierarchy
+    from pacs_assets.pipeline.inventory import take_inventory
+
+    start, end = TODAY - dt.timedelta(days=10), TODAY + dt.timedelta(days=1)
+    root, index = tmp_path / "nas", tmp_path / "index.duckdb"
+    make_bulk_dicom_nas(root, n, files_per_series=files_per_series, days=1, start_date=TODAY - dt.timedelta(days=3))
+    first = min(root.rglob("*.dcm"))
+    shutil.copy2(first, first.with_name("copy-" + first.name))  # the same instance twice: one duplicate
+    nas = DicomFolderNas(id="ct", kind="dicom_folder", root=root, partitions_start=start)
+    source = DicomFolderSource("ct", root)
+    take_inventory(source, nas, index, start, end, today=TODAY)
+    build_hierarchy(index, "ct", start, end)
+    return source, index, start, end
+
+
+def test_answers_lost_at_six_points_leave_every_file_imported_once(tmp_path, cluster):
+    """A node stores a file and dies before answering, at six chosen uploads (a proxy drops the answer, then
+    refuses uploads until the file has failed over, services/lost_answers.py): no timing luck. The other
+    node answers AlreadyStored for those very bytes; each such file is imported once, confirmed after the
+    failover, and the one real second copy on the NAS stays the only duplicate."""
+    from pacs_assets.orthanc.client import CONFIRMED, build_client
+    from pacs_assets.pipeline.upload import upload_window
+    from pacs_assets_tests.services.lost_answers import LostAnswers
+
+    n, drops = 300, {3, 8, 13, 18, 23, 28}
+    source, index, start, end = _indexed_window(tmp_path, n, files_per_series=100)
+    with LostAnswers(cluster.urls, drop_at=drops) as proxy:
+        client = build_client(proxy.urls, *cluster.auth, retries=2, backoff=0.01)
+        client.down_seconds = 0  # a dead node is tried again at once: more uploads reach the next drop point
+        done = upload_window(source, client, index, "ct", start, end, concurrency=4)
+    assert len(proxy.dropped) == len(drops), (proxy.posts, proxy.refused)  # every drop point was reached
+    assert {k: v for k, v in done.totals.items() if v} == {"imported": n, "duplicate": 1}, done.totals
+    assert +done.summary.counts == {"imported": n, "duplicate": 1}
+    assert _count(cluster, 0) == n
+    with duckdb.connect(str(index), read_only=True) as con:
+        rows = con.execute("SELECT file_hash, status, error_message FROM import_history").fetchall()
+    assert len(rows) == n + 1  # one attempt per file: none failed, none recorded twice
+    for digest in proxy.dropped:  # each file whose answer was lost says so (the NAS copy shares its digest)
+        notes = [(status, msg or "") for h, status, msg in rows if h == digest]
+        assert any("after a lost answer" in msg for _, msg in notes), notes
+    failed_over = [msg for _, status, msg in rows if status == "imported" and "unreachable; sent to" in (msg or "")]
+    assert sum(CONFIRMED in msg for msg in failed_over) >= len(drops) - 1, failed_over  # confirmed on the other node
+
+
 def test_serialization_failures_between_nodes_are_retried_never_failed(cluster_dir, tmp_path):
     """Two nodes writing one series at once collide in PostgreSQL (SERIALIZABLE transactions). Orthanc retries a
     collision `MaximumConnectionRetries` times, then answers HTTP 503 "could not serialize access". With its own
@@ -108,7 +157,7 @@ def test_serialization_failures_between_nodes_are_retried_never_failed(cluster_d
     source = DicomFolderSource("ct", root)
     take_inventory(source, nas, index, start, end, today=TODAY)
     build_hierarchy(index, "ct", start, end)
-    with OrthancCluster(cluster_dir / "cluster", nodes=2, max_retries=0) as cluster:
+    with OrthancCluster(cluster_dir / "cluster", nodes=2, max_retries=0).throwaway() as cluster:
         # Every collision reaches the client here, so give it more retries than the default 4 (0.5 s backoff);
         # before the fix, a client of several nodes retried any answer once.
         client = build_client(cluster.urls, *cluster.auth, retries=8)
@@ -120,3 +169,51 @@ def test_serialization_failures_between_nodes_are_retried_never_failed(cluster_d
                                       "count(*) FILTER (WHERE attempts > 1) FROM import_history").fetchall()[0]
     assert failed == 0
     assert retried > 0, "no collision reached the client: the test did not exercise the retry"
+
+
+def test_a_confirmed_import_another_file_had_stored_is_recorded_duplicate(tmp_path):
+    """Confirmed after a lost answer means "probably ours": when the ledger (an earlier run) or this run holds a
+    clean import of the instance from another file, the confirmed one is that file's duplicate. Decided when
+    the run's last answer is in, whatever the order the answers came in."""
+    from pacs_assets.index import ledger
+    from pacs_assets.index.connection import session
+    from pacs_assets.orthanc.client import CONFIRMED
+    from pacs_assets.pipeline.upload import CONFIRMED_ELSEWHERE, _KeptFileNamer
+
+    index = tmp_path / "index.duckdb"
+    with session(index):
+        pass  # the schema
+
+    def row(path: str, oid: str, message: str | None = CONFIRMED) -> dict:
+        return {"nas_id": "ct", "file_path": path, "change_token": "t", "orthanc_instance_id": oid,
+                "status": "imported", "error_message": message, "retryable": False, "partition_date": "2024-01-01",
+                "attempt_key": path}
+
+    ledger.append_ledger(index, [row("old.dcm", "o-3", None)])  # an earlier run imported o-3 from old.dcm
+    namer = _KeptFileNamer(index)
+    namer([row("a-copy.dcm", "o-1", f"node n0 unreachable; sent to n1; {CONFIRMED}"), row("c.dcm", "o-2"),
+           row("b.dcm", "o-3")])
+    namer([row("a.dcm", "o-1", None)])  # the other copy's clean import: its answer came in later
+    namer.close()
+    with duckdb.connect(str(index), read_only=True) as con:
+        got = {p: (s, m) for p, s, m in con.execute(
+            "SELECT file_path, status, error_message FROM import_history").fetchall()}
+    assert got == {"old.dcm": ("imported", None), "a.dcm": ("imported", None), "c.dcm": ("imported", CONFIRMED),
+                   "a-copy.dcm": ("duplicate", CONFIRMED_ELSEWHERE), "b.dcm": ("duplicate", CONFIRMED_ELSEWHERE)}
+    assert namer.demoted == 2
+
+
+def test_a_node_that_refused_the_connection_cannot_have_stored_the_file(tmp_path, orthanc):
+    """Only an answer lost after the request went out makes AlreadyStored ours: a node that refused the
+    connection never saw the file, so the next node's AlreadyStored (another copy stored it) stays duplicate."""
+    from pacs_assets.orthanc.client import build_client
+    from pacs_assets_tests.services.process import free_port
+
+    make_bulk_dicom_nas(tmp_path / "nas", 1, files_per_series=1, days=1)
+    data = next((tmp_path / "nas").rglob("*.dcm")).read_bytes()
+    assert requests.post(f"{orthanc.url}/instances", data=data, auth=orthanc.auth,
+                         timeout=30).json()["Status"] == "Success"  # another copy, stored before
+    client = build_client([f"http://127.0.0.1:{free_port()}", orthanc.url], *orthanc.auth, retries=1, backoff=0.01)
+    result = client.upload(data)
+    assert (result.status, result.answer_lost, result.node) == ("duplicate", False, orthanc.url)
+    assert "unreachable; sent to" in result.error_message

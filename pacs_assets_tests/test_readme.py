@@ -66,7 +66,7 @@ def sample_site(tmp_path_factory):
     from pacs_assets_tests.services.orthanc import OrthancServer
 
     work = tmp_path_factory.mktemp("readme")
-    with OrthancServer(work / "orthanc") as orthanc, pytest.MonkeyPatch.context() as mp:
+    with OrthancServer(work / "orthanc").throwaway() as orthanc, pytest.MonkeyPatch.context() as mp:
         mp.setenv("ORTHANC_USERNAME", orthanc.username)
         mp.setenv("ORTHANC_PASSWORD", orthanc.password)
         proc = subprocess.run([str(BIN / "pacs"), "sample", "--out", str(work / "site"), "--no-firebird",

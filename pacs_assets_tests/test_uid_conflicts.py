@@ -61,7 +61,7 @@ def corpus_site(tmp_path_factory):
     shutil.copy2(CORPUS / "CT_small.dcm", work / "nas" / "copies" / "CT_small.dcm")
     (work / "nas2").mkdir()
     (work / "nas2" / "CT_small_altered.dcm").write_bytes(_altered(CORPUS / "CT_small.dcm"))
-    with OrthancServer(work / "orthanc") as orthanc, pytest.MonkeyPatch.context() as mp:
+    with OrthancServer(work / "orthanc").throwaway() as orthanc, pytest.MonkeyPatch.context() as mp:
         mp.setenv("ORTHANC_USERNAME", orthanc.username)
         mp.setenv("ORTHANC_PASSWORD", orthanc.password)
         posted = requests.post(f"{orthanc.url}/instances", data=_altered(CORPUS / FOREIGN), auth=orthanc.auth,

@@ -9,6 +9,7 @@ PACKAGES=(
   libopenjp2-7                                # glymur writes JPEG 2000 with it
   postgresql                                  # optional Dagster instance storage; Orthanc index for several nodes
   orthanc-postgresql                          # the PostgreSQL index plugin (several Orthanc nodes, one index)
+  dicom3tools                                 # dciodvfy: the tests check the JPEG 2000 wraps against PS3.3
   python3-venv
   fuse3                                       # tests: a slow, flaky pass-through file system (mfusepy)
 )

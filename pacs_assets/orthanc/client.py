@@ -5,7 +5,11 @@ which Orthanc uses for a file it cannot parse — retrying junk wastes hours (se
 
 ``AlreadyStored`` means Orthanc holds an instance with the same four identifiers, not the same bytes: the
 client asks for the MD5 Orthanc keeps with its copy (one small request, only then) and answers
-``duplicate`` for the same bytes, ``uid_conflict`` for a different file reusing the UIDs.
+``duplicate`` for the same bytes, ``uid_conflict`` for a different file reusing the UIDs. One exception:
+when an earlier try of the same upload went out and lost its answer (a timeout, a reset, a node killed
+after the body arrived: ``NoAnswer``), the same bytes were most likely stored by that try, so the upload is
+``imported`` with ``CONFIRMED`` as its note (``answer_lost``); the pipeline still records it ``duplicate``
+when another file already holds the instance (pipeline/upload.py).
 """
 
 from __future__ import annotations
@@ -23,9 +27,10 @@ import requests
 from requests.adapters import HTTPAdapter
 
 from pacs_assets.errors import UploadBodyError
-from pacs_assets.orthanc.stream import BytesBody, Poster
+from pacs_assets.orthanc.stream import BytesBody, NoAnswer, Poster
 
 RETRYABLE_STATUS = {409, 429, 500, 502, 503, 504}
+CONFIRMED = "confirmed after a lost answer: Orthanc already held these exact bytes from this upload's earlier try"
 REFUSED = "Orthanc at {url} refused the credentials (HTTP 401): check ORTHANC_USERNAME / ORTHANC_PASSWORD."
 
 
@@ -48,6 +53,7 @@ class UploadResult:
     http_status: int | None = None
     file_hash: str | None = None  # SHA-1 of the bytes sent
     node: str | None = None  # the Orthanc URL that answered (several nodes may share one index)
+    answer_lost: bool = False  # a try went out and no answer came: Orthanc may hold the file from it
 
 
 def orthanc_instance_id(patient_id: str | None, study_uid: str, series_uid: str, sop_uid: str) -> str:
@@ -230,16 +236,20 @@ class OrthancClient:
             poster = self._poster = Poster(self.url, auth[0], auth[1], self.timeout)
         return poster
 
-    def upload(self, body, md5: str | None = None) -> UploadResult:
+    def upload(self, body, md5: str | None = None, *, answer_lost: bool = False) -> UploadResult:
         """POST /instances, streaming ``body`` (an UploadBody, see nas/body.py; or bytes), with retries and
         jittered exponential backoff on what can succeed later.
 
         On ``AlreadyStored``, the MD5 of the body (``md5``, or computed then by reading it again) is compared
-        with Orthanc's copy: ``duplicate`` for the same bytes, ``uid_conflict`` (never retried) for another file.
+        with Orthanc's copy: ``duplicate`` for the same bytes, ``uid_conflict`` (never retried) for another file;
+        ``imported`` (``CONFIRMED``) for the same bytes after a try whose answer was lost, here or, with
+        ``answer_lost``, on another node of the same index.
         """
         if isinstance(body, (bytes, bytearray)):
             body = BytesBody(body)
         result = self._post(body)
+        if answer_lost:
+            result = dataclasses.replace(result, answer_lost=True)
         if result.status != "duplicate":
             return result
         try:
@@ -251,26 +261,30 @@ class OrthancClient:
             return dataclasses.replace(result, status="failed", retryable=True, error_message=(
                 f"Orthanc already holds these UIDs; comparing with its copy failed: {str(exc)[:160]}"))
         if stored == ours:
+            if result.answer_lost:  # the bytes Orthanc holds are most likely from our own earlier try
+                return dataclasses.replace(result, status="imported", error_message=CONFIRMED)
             return result
         return dataclasses.replace(result, status="uid_conflict", error_message=(
             "same UIDs as a file Orthanc already holds, different bytes: Orthanc kept its copy"))
 
     def _post(self, body) -> UploadResult:
-        attempt = 0
+        attempt, lost = 0, False
         while True:
             attempt += 1
             try:
                 status, answer, sha1 = self.poster.post(body)
             except UploadBodyError as exc:  # the file changed since indexing: a later run reads it again
                 return UploadResult("failed", error_message=str(exc), retryable=True, attempts=attempt,
-                                    node=self.url)
+                                    node=self.url, answer_lost=lost)
             except (OSError, http.client.HTTPException) as exc:
-                kind = "timed out" if isinstance(exc, TimeoutError | socket.timeout) else "connection failed"
+                lost = lost or isinstance(exc, NoAnswer)
+                cause = exc.__cause__ if isinstance(exc, NoAnswer) else exc
+                kind = "timed out" if isinstance(cause, TimeoutError | socket.timeout) else "connection failed"
                 result = UploadResult("failed", error_message=f"Orthanc at {self.url}: {kind}", retryable=True,
-                                      attempts=attempt, node=self.url)
+                                      attempts=attempt, node=self.url, answer_lost=lost)
             else:
                 result = dataclasses.replace(self._interpret(status, answer, attempt), file_hash=sha1,
-                                             node=self.url)
+                                             node=self.url, answer_lost=lost)
             limit = self.retries if result.http_status is not None else self.connect_retries
             if not result.retryable or result.http_status == 401 or attempt > limit:
                 return result

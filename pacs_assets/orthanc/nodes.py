@@ -6,7 +6,9 @@ Orthanc processes with ``"Lock": false`` on one database, one shared ``StorageDi
 answers for every instance, so reads go to any live node. Each upload thread starts on its own node
 (round robin); a connection failure marks that node down for ``down_seconds`` and the same file is sent
 to the next live node at once. The ledger row says which node answered (``orthanc_node``) and, after a
-failover, which node was skipped (its ``error_message``).
+failover, which node was skipped (its ``error_message``). A node that took the body and died before
+answering may have stored it: the next node then answers ``AlreadyStored`` for the same bytes, which the
+client records ``imported``, confirmed (orthanc/client.py), not ``duplicate``.
 """
 
 from __future__ import annotations
@@ -61,14 +63,17 @@ class OrthancNodes:
     def upload(self, body, md5: str | None = None) -> UploadResult:
         skipped: list[str] = []
         result = None
+        lost = False  # a node may have stored the file before it stopped answering: the next one is told
         for client in self._order():
-            result = client.upload(body, md5=md5)
+            result = client.upload(body, md5=md5, answer_lost=lost)
             unreachable = result.status == "failed" and result.http_status is None and result.attempts > 0
             if not unreachable:
                 if skipped and result.status != "failed":
                     note = f"node {', '.join(skipped)} unreachable; sent to {client.url}"
-                    result = dataclasses.replace(result, error_message=result.error_message or note)
+                    message = f"{note}; {result.error_message}" if result.error_message else note
+                    result = dataclasses.replace(result, error_message=message)
                 return result
+            lost = lost or result.answer_lost
             self._mark_down(client)
             skipped.append(client.url)
         return result

@@ -17,6 +17,8 @@ import socket
 import threading
 from urllib.parse import urlsplit
 
+from pacs_assets.errors import UploadBodyError
+
 
 class _NoDelayConnection(http.client.HTTPConnection):
     def connect(self) -> None:
@@ -45,6 +47,12 @@ class BytesBody:
 
 class StaleConnection(Exception):
     """A reused keep-alive connection that the server had closed: resend at once on a new one."""
+
+
+class NoAnswer(OSError):
+    """The request went out (all or part of it) and no answer came back: Orthanc may have stored the file with
+    its answer lost (a node killed or a connection cut after the body arrived). Its cause is the network
+    error; a failure before anything was sent (no connection) is raised as it is."""
 
 
 class Poster:
@@ -79,10 +87,18 @@ class Poster:
             self._local.conn = None
 
     def post(self, body) -> tuple[int, object, str]:
+        """Raises NoAnswer when the request may have reached Orthanc, OSError when it cannot have."""
         try:
             return self._post_once(body)
-        except StaleConnection:
-            return self._post_once(body)
+        except StaleConnection as stale:
+            # Usually an idle connection the server closed; but a node killed while reading our request
+            # looks the same, so a failure of the resend still leaves the first try's outcome unknown.
+            try:
+                return self._post_once(body)
+            except (OSError, http.client.HTTPException) as exc:
+                if isinstance(exc, NoAnswer | UploadBodyError):
+                    raise
+                raise NoAnswer(str(exc)) from stale.__cause__
 
     def _post_once(self, body) -> tuple[int, object, str]:
         conn, reused = self._connection()
@@ -110,7 +126,9 @@ class Poster:
             self.close()  # half a request on the wire: this connection is unusable
             if reused and isinstance(exc, (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError)):
                 raise StaleConnection() from exc
-            raise
+            if isinstance(exc, UploadBodyError) or not isinstance(exc, OSError | http.client.HTTPException):
+                raise  # the file, not the network: nothing complete was sent
+            raise NoAnswer(str(exc) or type(exc).__name__) from exc
         answer: object = data.decode("utf-8", "replace")
         if data[:1] in (b"{", b"["):  # Orthanc's 4xx answers are JSON but not always labelled so
             try:

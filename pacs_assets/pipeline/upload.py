@@ -29,6 +29,7 @@ from pacs_assets.pipeline.failures import UNREADABLE, failure_category
 from pacs_assets.pipeline.already_stored import record_already_stored
 from pacs_assets.pipeline.identity_guard import IdentityGuard, Plan, hold_files
 from pacs_assets.orthanc.client import (
+    CONFIRMED,
     OrthancClient,
     OrthancRefused,
     OrthancUnavailable,
@@ -197,20 +198,33 @@ def wait_for_orthanc(client: OrthancClient, wait_seconds: float, *, max_delay: f
 
 
 NOT_FROM_A_NAS = "a file Orthanc already held (not from a NAS)"
+CONFIRMED_ELSEWHERE = "AlreadyStored after a lost answer, but another file's upload had stored these bytes"
 
 
 class _KeptFileNamer:
     """Writes ledger rows, giving each ``uid_conflict`` the file Orthanc kept as its reason: the NAS and path
     of the upload that created the instance (this run's rows, else the ledger, any NAS), else
     ``NOT_FROM_A_NAS``. A conflict whose kept file is not known yet may be an upload of this run still in
-    flight: it waits for the next batch, and for ``close`` at the latest."""
+    flight: it waits for the next batch, and for ``close`` at the latest.
+
+    An import ``CONFIRMED`` after a lost answer is only probably ours: another file of the same instance may
+    have stored it meanwhile. Such rows (a handful per failover) wait for ``close``, when every answer of the
+    run is in: the instance's first clean import (this run or the ledger) makes them ``duplicate``."""
 
     def __init__(self, index_path: str | os.PathLike):
         self.index_path = index_path
         self.imported: dict[str, tuple[str, str]] = {}  # this run's imports: Orthanc ID -> (nas, path)
         self.waiting: list[dict] = []
+        self.confirmed: list[dict] = []
+        self.demoted = 0  # confirmed imports recorded duplicate at close
 
-    def __call__(self, rows: list[dict], final: bool = False) -> None:
+    def __call__(self, rows: list[dict]) -> None:
+        confirmed = [r for r in rows if r["status"] == "imported" and CONFIRMED in (r["error_message"] or "")]
+        self.confirmed += confirmed
+        held = {id(r) for r in confirmed}
+        self._write([r for r in rows if id(r) not in held] if held else rows)
+
+    def _write(self, rows: list[dict], final: bool = False) -> None:
         self.imported.update({r["orthanc_instance_id"]: (r["nas_id"], r["file_path"])
                               for r in rows if r["status"] == "imported"})
         conflicts = self.waiting + [r for r in rows if r["status"] == "uid_conflict"]
@@ -225,8 +239,18 @@ class _KeptFileNamer:
         self.waiting = held
 
     def close(self) -> None:
-        if self.waiting:
-            self([], final=True)
+        rows, self.confirmed = self.confirmed, []
+        ids = {r["orthanc_instance_id"] for r in rows}
+        held = {**ledger.kept_files(self.index_path, sorted(ids - set(self.imported))), **self.imported}
+        for row in rows:
+            oid = row["orthanc_instance_id"]
+            if oid in held:  # imported from another file (the ledger, this run, a confirmed row before it)
+                row["status"], row["error_message"] = "duplicate", CONFIRMED_ELSEWHERE
+                self.demoted += 1
+            else:
+                held[oid] = (row["nas_id"], row["file_path"])
+        if rows or self.waiting:
+            self._write(rows, final=True)  # the confirmed imports first, so conflicts may name them as kept
 
 
 def _kept_reason(row: dict, kept: tuple[str, str] | None) -> str:
@@ -292,6 +316,7 @@ def upload_window(source: NasSource, client: OrthancClient, index_path: str | os
                     merge_journals(index_path, own=journal.path)  # what the batches did not write yet
                 finally:
                     ledger.refresh_orthanc_counts(index_path, nas_id, start, end)
+        summary.counts.update(imported=-writer.demoted, duplicate=writer.demoted)
     totals = ledger.status_counts(index_path, nas_id, start, end)
     failed = ledger.failed_files(index_path, nas_id, start, end) if with_paths else []
     return WindowUpload(summary, staged, totals, failed, found, held, plan.variant_count, guard_seconds)

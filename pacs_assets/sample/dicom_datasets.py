@@ -88,6 +88,10 @@ def _dataset(st: _Study, series_uid: str, series_no: int, series_desc: str, inst
     ds = Dataset()
     if st.charset:
         ds.SpecificCharacterSet = st.charset
+    elif not (st.description.isascii() and st.patient_name.isascii()):
+        # An ASCII patient's "Schädel nativ": without a character set the default repertoire has no "ä"
+        # (dciodvfy calls it an error); Latin-1, as an older German modality writes it.
+        ds.SpecificCharacterSet = "ISO_IR 100"
     ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"]
     ds.SOPClassUID, ds.SOPInstanceUID = sop_class, sop_uid
     # Odd dates are written unvalidated: pydicom would warn about exactly what we want on disk.
@@ -142,23 +146,87 @@ def _mr(ds: Dataset, z: float, thickness: float, spacing: float) -> Dataset:
     return ds
 
 
+def _item(**attributes) -> Sequence:
+    """A sequence of one item holding ``attributes``."""
+    item = Dataset()
+    for keyword, value in attributes.items():
+        setattr(item, keyword, value)
+    return Sequence([item])
+
+
+# The Enhanced MR IOD's image-level attributes (PS3.3 C.8.13.1, C.8.13.4, C.8.13.5, C.7.6.16, C.7.5.2) for a
+# 3D T1 gradient-echo acquisition: enough for dciodvfy (dicom3tools) to find no error.
+_ENHANCED_MR_IMAGE = dict(
+    ManufacturerModelName="SAMPLE MR 1.5T", DeviceSerialNumber="0001", SoftwareVersions="1.0",
+    PixelPresentation="MONOCHROME", VolumetricProperties="VOLUME", VolumeBasedCalculationTechnique="NONE",
+    ComplexImageComponent="MAGNITUDE", AcquisitionContrast="T1", PresentationLUTShape="IDENTITY",
+    BurnedInAnnotation="NO", LossyImageCompression="00", ContentQualification="PRODUCT", ResonantNucleus="1H",
+    KSpaceFiltering="NONE", MagneticFieldStrength="1.5", ApplicableSafetyStandardAgency="IEC",
+    AcquisitionDuration=120.0, PulseSequenceName="T1_3D_GRE", MRAcquisitionType="3D", EchoPulseSequence="GRADIENT",
+    MultiPlanarExcitation="NO", PhaseContrast="NO", TimeOfFlightContrast="NO",
+    SteadyStatePulseSequence="NONE", EchoPlanarPulseSequence="NO", SaturationRecovery="NO",
+    SpectrallySelectedSuppression="NONE", OversamplingPhase="NONE", GeometryOfKSpaceTraversal="RECTILINEAR",
+    SegmentedKSpaceTraversal="SINGLE", NumberOfKSpaceTrajectories=1, RectilinearPhaseEncodeReordering="LINEAR",
+    CoverageOfKSpace="FULL", AcquisitionContextSequence=Sequence(),
+)
+
+
 def _enhanced_mr(ds: Dataset, frames: int, thickness: float, spacing: float) -> Dataset:
-    """Turn a dataset holding ``frames`` frames into a (minimal) Enhanced MR multi-frame instance."""
+    """Turn a dataset holding ``frames`` frames into an Enhanced MR multi-frame instance (one stack)."""
     ds.ImageType = ["ORIGINAL", "PRIMARY", "M", "NONE"]
     ds.NumberOfFrames = frames
+    for keyword, value in _ENHANCED_MR_IMAGE.items():
+        setattr(ds, keyword, value)
+    acquired = f"{ds.StudyDate}{ds.ContentTime}" if "StudyDate" in ds else None
+    ds.AcquisitionDateTime = acquired
+    # One stack, its frames ordered by their position in it: the dimensions say so (C.7.6.17).
+    organization = _uid("dimensions", ds.SeriesInstanceUID)
+    ds.DimensionOrganizationSequence = _item(DimensionOrganizationUID=organization)
+    ds.DimensionIndexSequence = Sequence([
+        _item(DimensionOrganizationUID=organization, DimensionIndexPointer=pointer,
+              FunctionalGroupPointer=0x00209111)[0]  # Frame Content Sequence
+        for pointer in (0x00209056, 0x00209057)])  # Stack ID, In-Stack Position Number
     shared = Dataset()
-    shared.PixelMeasuresSequence = Sequence([Dataset()])
-    shared.PixelMeasuresSequence[0].PixelSpacing = [_ds_text(spacing)] * 2
-    shared.PixelMeasuresSequence[0].SliceThickness = _ds_text(thickness)
-    shared.PlaneOrientationSequence = Sequence([Dataset()])
-    shared.PlaneOrientationSequence[0].ImageOrientationPatient = ["1", "0", "0", "0", "1", "0"]
+    shared.PixelMeasuresSequence = _item(PixelSpacing=[_ds_text(spacing)] * 2, SliceThickness=_ds_text(thickness))
+    shared.PlaneOrientationSequence = _item(ImageOrientationPatient=["1", "0", "0", "0", "1", "0"])
+    shared.MRImageFrameTypeSequence = _item(
+        FrameType=list(ds.ImageType), PixelPresentation="MONOCHROME", VolumetricProperties="VOLUME",
+        VolumeBasedCalculationTechnique="NONE", ComplexImageComponent="MAGNITUDE", AcquisitionContrast="T1")
+    shared.MRTimingAndRelatedParametersSequence = _item(
+        RepetitionTime=8.0, FlipAngle=12.0, EchoTrainLength=1, RFEchoTrainLength=0, GradientEchoTrainLength=1,
+        SpecificAbsorptionRateSequence=_item(SpecificAbsorptionRateDefinition="IEC_WHOLE_BODY",
+                                             SpecificAbsorptionRateValue=0.5),
+        GradientOutputType="DB_DT", GradientOutput=20.0,
+        OperatingModeSequence=_item(OperatingModeType="STATIC FIELD", OperatingMode="IEC_NORMAL"))
+    shared.MREchoSequence = _item(EffectiveEchoTime=3.5)
+    shared.MRModifierSequence = _item(
+        InversionRecovery="NO", FlowCompensation="NONE", Spoiling="RF", T2Preparation="NO",
+        SpectrallySelectedExcitation="NONE", SpatialPresaturation="NONE", PartialFourier="NO",
+        ParallelAcquisition="NO")
+    shared.MRImagingModifierSequence = _item(
+        MagnetizationTransfer="NONE", BloodSignalNulling="NO", Tagging="NONE", TransmitterFrequency=63.6,
+        PixelBandwidth=200.0)
+    shared.MRReceiveCoilSequence = _item(ReceiveCoilName="HEAD", ReceiveCoilManufacturerName=None,
+                                         ReceiveCoilType="VOLUME", QuadratureReceiveCoil="YES")
+    shared.MRTransmitCoilSequence = _item(TransmitCoilName="BODY", TransmitCoilManufacturerName=None,
+                                          TransmitCoilType="BODY")
+    shared.MRFOVGeometrySequence = _item(
+        InPlanePhaseEncodingDirection="ROW", MRAcquisitionFrequencyEncodingSteps=ds.Columns,
+        MRAcquisitionPhaseEncodingStepsInPlane=ds.Rows, MRAcquisitionPhaseEncodingStepsOutOfPlane=frames,
+        PercentSampling=100.0, PercentPhaseFieldOfView=100.0)
+    shared.MRAveragesSequence = _item(NumberOfAverages=1.0)
+    shared.FrameAnatomySequence = _item(
+        FrameLaterality="U", AnatomicRegionSequence=_item(CodeValue="T-D1100", CodingSchemeDesignator="SRT",
+                                                          CodeMeaning="Head"))
+    shared.PixelValueTransformationSequence = _item(RescaleIntercept="0", RescaleSlope="1", RescaleType="US")
     ds.SharedFunctionalGroupsSequence = Sequence([shared])
     per_frame = []
     for i in range(frames):
-        item, position, content = Dataset(), Dataset(), Dataset()
-        position.ImagePositionPatient = ["-40.00", "-40.00", _ds_text(i * thickness)]
-        content.StackID, content.InStackPositionNumber, content.DimensionIndexValues = "1", i + 1, [1, i + 1]
-        item.PlanePositionSequence, item.FrameContentSequence = Sequence([position]), Sequence([content])
+        item = Dataset()
+        item.PlanePositionSequence = _item(ImagePositionPatient=["-40.00", "-40.00", _ds_text(i * thickness)])
+        item.FrameContentSequence = _item(
+            StackID="1", InStackPositionNumber=i + 1, DimensionIndexValues=[1, i + 1],
+            FrameAcquisitionDateTime=acquired, FrameReferenceDateTime=acquired, FrameAcquisitionDuration=24.0)
         per_frame.append(item)
     ds.PerFrameFunctionalGroupsSequence = Sequence(per_frame)
     return ds

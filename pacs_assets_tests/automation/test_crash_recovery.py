@@ -28,7 +28,7 @@ from pacs_assets_tests.harness import write_config
 from pacs_assets_tests.services.process import ProcessTree, log_tail, spawn, stop_pid, wait_until
 
 TODAY = dt.date.today()
-FILES = 3000
+FILES = 1500  # at ~200 uploads/s the kill at a fifth leaves seconds of upload: far more than it takes
 # Run monitoring polls every 5 s and frees slots 5 s after a run ended; the next run must be uploading well
 # within this (it also has to be dequeued, load the code location and walk the NAS from the scan cache).
 NEXT_UPLOAD_WITHIN = 90.0

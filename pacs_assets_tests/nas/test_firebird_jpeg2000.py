@@ -353,3 +353,35 @@ def test_orthanc_stores_and_renders_the_wrapped_files(nas, records, orthanc):
             assert preview.status_code == 415, r.file_path
         else:
             assert preview.status_code == 200 and preview.content[:4] == b"\x89PNG", r.file_path
+
+
+def _dciodvfy_errors(path: Path) -> list[str]:
+    """The lines dciodvfy (dicom3tools: the IOD checker of PS3.3) calls errors; warnings are advice."""
+    import subprocess
+
+    if shutil.which("dciodvfy") is None:
+        pytest.fail("dciodvfy is missing: bash scripts/install_system_packages.sh installs dicom3tools.")
+    done = subprocess.run(["dciodvfy", str(path)], capture_output=True, timeout=60)
+    lines = (done.stdout + done.stderr).decode("utf-8", "replace").splitlines()
+    return [line for line in lines if line.startswith("Error")]
+
+
+def test_wrapped_files_pass_dciodvfy(nas, records, tmp_path):
+    """Every wrapped file of the sample is a valid Secondary Capture IOD for dicom3tools; the plain-DICOM
+    sample's ordinary files are the control that passes, its file without a Study Date the one that fails."""
+    from pacs_assets.sample.dicom_nas import make_dicom_nas
+
+    src = _source(nas)
+    wrapped = [r for r in records if r.status == OK]
+    assert {r.transfer_syntax_uid for r in wrapped} == {JPEG2000_LOSSLESS, JPEG2000_LOSSY}  # both kinds checked
+    for r in wrapped:
+        path = tmp_path / "wrapped.dcm"
+        path.write_bytes(src.dicom_bytes(r))
+        assert _dciodvfy_errors(path) == [], r.file_path
+    plain = make_dicom_nas(tmp_path / "plain")
+    special = set(plain.special.values())
+    ordinary = [p for p in plain.paths(OK) if p not in special]
+    assert len(ordinary) > 10
+    for rel in ordinary + [plain.special[c] for c in ("latin1", "utf8", "japanese", "headerless", "multiframe")]:
+        assert _dciodvfy_errors(plain.root / rel) == [], rel
+    assert any("<StudyDate>" in line for line in _dciodvfy_errors(plain.root / plain.special["missing_date"]))

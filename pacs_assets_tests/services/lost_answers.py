@@ -1,0 +1,150 @@
+"""A node that dies after storing a file, at chosen uploads and without timing luck: HTTP proxies on
+127.0.0.1 in front of the nodes of a cluster (services/orthanc_cluster.py).
+
+``LostAnswers(urls, drop_at={10, 30, ...})`` gives one proxy URL per node. The Nth ``POST /instances``
+(N in ``drop_at``, counted over all nodes) is forwarded to Orthanc, its answer read (the file is stored),
+then the client's connection is reset instead of answering: the answer is lost, as when a node is killed
+between its commit and its reply. That node then refuses every upload (reads it, resets the connection,
+forwards nothing) until the dropped file has reached another node, which is what a client does when a node
+does not answer: so each drop forces a failover, whatever the threads do. A failover always finds a live
+node: a drop point met while a node is dead, or while a refused upload has not reached a live node yet,
+moves to the next upload after that, and a file already dropped or refused once is never dropped. Other
+requests (``GET``, ``/tools/find``) always pass, so a check of
+the stored MD5 never races a drop.
+
+Everything runs in daemon threads of the test process; ``close`` stops the listeners and connections.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import http.client
+import socket
+import struct
+import threading
+from urllib.parse import urlsplit
+
+HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "content-length", "host"}
+
+
+def _reset(sock: socket.socket) -> None:
+    """Close with a TCP reset (SO_LINGER 0), as a killed process's sockets end."""
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    except OSError:
+        pass
+    sock.close()
+
+
+class LostAnswers:
+    def __init__(self, upstream_urls: list[str], drop_at: set[int]):
+        self.drop_at = sorted(drop_at)
+        self.posts = 0  # POST /instances forwarded, all nodes
+        self.dropped: list[str] = []  # SHA-1 of each body whose answer was dropped
+        self.refused = 0  # uploads refused by a "dead" node
+        self._dead: dict[int, str] = {}  # dead node -> the dropped body that must reach another node first
+        self._failing_over: set[str] = set()  # bodies a dead node refused, not yet forwarded by a live one
+        self._troubled: set[str] = set()  # bodies dropped or refused once: their retries are left alone
+        self._lock = threading.Lock()
+        self._closing = False
+        self._sockets: set[socket.socket] = set()
+        self._listeners = []
+        self.urls = []
+        for index, url in enumerate(upstream_urls):
+            listener = socket.create_server(("127.0.0.1", 0))
+            self._listeners.append(listener)
+            self.urls.append(f"http://127.0.0.1:{listener.getsockname()[1]}")
+            parts = urlsplit(url)
+            threading.Thread(target=self._accept, args=(listener, index, parts.hostname, parts.port),
+                             daemon=True).start()
+
+    def __enter__(self) -> LostAnswers:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._closing = True
+        for sock in self._listeners + list(self._sockets):
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            sock.close()
+
+    def _accept(self, listener: socket.socket, index: int, host: str, port: int) -> None:
+        while not self._closing:
+            try:
+                client, _ = listener.accept()
+            except OSError:
+                return
+            self._sockets.add(client)
+            threading.Thread(target=self._serve, args=(client, index, host, port), daemon=True).start()
+
+    def _verdict(self, index: int, digest: str) -> str:
+        """'forward', 'drop' (forward, then lose the answer) or 'refuse' (the node is dead) for an upload."""
+        with self._lock:
+            if index in self._dead:
+                self.refused += 1
+                self._failing_over.add(digest)
+                self._troubled.add(digest)
+                return "refuse"
+            for node, waiting in list(self._dead.items()):
+                if waiting == digest:  # the dropped file reached another node: the dead one is back
+                    del self._dead[node]
+            self._failing_over.discard(digest)
+            self.posts += 1
+            due = len(self.dropped) < len(self.drop_at) and self.posts >= self.drop_at[len(self.dropped)]
+            if due and not self._dead and not self._failing_over and digest not in self._troubled:
+                self._troubled.add(digest)
+                self.dropped.append(digest)
+                self._dead[index] = digest
+                return "drop"
+            return "forward"
+
+    def _serve(self, client: socket.socket, index: int, host: str, port: int) -> None:
+        reader = client.makefile("rb")
+        try:
+            while not self._closing:
+                line = reader.readline()
+                if not line:
+                    return
+                method, path, _ = line.decode("latin-1").split(" ", 2)
+                headers = {}
+                while (header := reader.readline()) not in (b"\r\n", b"\n", b""):
+                    name, value = header.decode("latin-1").split(":", 1)
+                    headers[name.strip()] = value.strip()
+                body = reader.read(int(headers.get("Content-Length", 0)))
+                verdict = "forward"
+                if method == "POST" and path.rstrip("/").endswith("/instances"):
+                    verdict = self._verdict(index, hashlib.sha1(body).hexdigest())
+                if verdict == "refuse":
+                    _reset(client)
+                    return
+                # A connection per request: Orthanc closes idle keep-alive connections, and a forward on one
+                # it has just closed would fail the client's request for nothing.
+                upstream = http.client.HTTPConnection(host, port, timeout=120)
+                try:
+                    upstream.request(method, path, body=body,
+                                     headers={k: v for k, v in headers.items() if k.lower() not in HOP_BY_HOP})
+                    answer = upstream.getresponse()
+                    data = answer.read()
+                finally:
+                    upstream.close()
+                if verdict == "drop":  # Orthanc stored it and answered; the client never hears it
+                    _reset(client)
+                    return
+                head = [f"HTTP/1.1 {answer.status} {answer.reason}"]
+                head += [f"{k}: {v}" for k, v in answer.getheaders() if k.lower() not in HOP_BY_HOP]
+                head += [f"Content-Length: {len(data)}", "", ""]
+                client.sendall("\r\n".join(head).encode("latin-1") + data)
+        except OSError:
+            return
+        finally:
+            self._sockets.discard(client)
+            try:
+                reader.close()
+                client.close()
+            except OSError:
+                pass
