@@ -31,7 +31,7 @@ TABLES = {
     "studies": "SELECT * EXCLUDE (last_updated) FROM studies",
     "patients": "SELECT * EXCLUDE (last_updated) FROM patients",
     # Imported and duplicate both mean "Orthanc has it": a file re-sent after a rename or a rewrite is answered
-    # AlreadyStored (README, "A file rewritten on the NAS"), or found in Orthanc before any POST
+    # AlreadyStored (docs/design.md, "A file rewritten on the NAS"), or found in Orthanc before any POST
     # (pipeline/already_stored.py), where a fresh Orthanc says imported; the note on how is not compared.
     "file_status": """SELECT file_path, partition_date, CASE WHEN status IN ('imported', 'duplicate') THEN 'in_orthanc'
                       ELSE status END, CASE WHEN status IN ('imported', 'duplicate') THEN NULL ELSE reason END,

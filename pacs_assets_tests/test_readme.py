@@ -1,6 +1,7 @@
-"""The README shows only commands that work: every `pacs`, `dagster` and `dg` command in its code blocks runs,
-exactly as written, from the repository folder against a sample site (`pacs sample`) and a real Orthanc, and
-exits 0."""
+"""The README and docs/ show only commands that work: every `pacs`, `dagster` and `dg` command in their code
+blocks runs, exactly as written, from the repository folder against a sample site (`pacs sample`) and a real
+Orthanc, and exits 0. The README's commands run first, then each file of DOCS in that order; commands that depend
+on each other (an identity decision before the catch-up it releases) stay together in one file."""
 
 from __future__ import annotations
 
@@ -19,7 +20,9 @@ from pacs_assets_tests.harness import materialize_nas
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 PROGRAMS = ("pacs", "dagster", "dg")
-# Shown in the README but not run here, each with the reason.
+# Run in this order, after the README; a new file in docs/ must be added here (a test checks it).
+DOCS = ("docs/design.md", "docs/production.md", "docs/speed.md")
+# Shown in the README or docs/ but not run here, each with the reason.
 EXEMPT = {
     "bash scripts/demo.sh": "installs system packages, then serves `dagster dev` until Ctrl-C",
     "bash scripts/test.sh": "runs this very test suite",
@@ -52,11 +55,21 @@ def is_exempt(command: str) -> bool:
     return any(command == c or command.startswith(c + " ") for c in EXEMPT)
 
 
+def documented_commands() -> list[str]:
+    """Every command of the README, then of each file of DOCS, in file order."""
+    return [c for name in ("README.md", *DOCS) for c in readme_commands((REPO / name).read_text(encoding="utf-8"))]
+
+
 def test_the_readme_names_its_commands_and_its_exemptions():
-    commands = readme_commands((REPO / "README.md").read_text(encoding="utf-8"))
+    commands = documented_commands()
     assert {c.split("#")[0].strip() for c in commands if is_exempt(c)} >= {"bash scripts/demo.sh", "dg dev"}
     assert [c for c in commands if c.startswith("bash ") and not is_exempt(c)] == []
     assert len([c for c in commands if not is_exempt(c)]) >= 8
+
+
+def test_every_doc_is_run():
+    assert sorted(str(p.relative_to(REPO)) for p in (REPO / "docs").glob("*.md")) == sorted(DOCS)
+    assert any(readme_commands((REPO / name).read_text(encoding="utf-8")) for name in DOCS)
 
 
 @pytest.fixture(scope="module")
@@ -90,7 +103,7 @@ def sample_site(tmp_path_factory):
                "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
 
 
-RUNNABLE = [c for c in readme_commands((REPO / "README.md").read_text(encoding="utf-8")) if not is_exempt(c)]
+RUNNABLE = [c for c in documented_commands() if not is_exempt(c)]
 
 
 @pytest.mark.parametrize("command", RUNNABLE)

@@ -1,4 +1,4 @@
-"""Nothing in the tree names a module or file that does not exist: the READMEs, the scripts, and every Python
+"""Nothing in the tree names a module or file that does not exist: the READMEs, docs/, the scripts, and every Python
 file (docstrings, comments and code) are scanned for
 
 - paths: ``pacs_assets/index/journal.py``, ``benchmarks/bench_search.py``, ``scripts/test.sh``, and paths
@@ -23,7 +23,8 @@ DOTTED = re.compile(rf"(?<![\w./-])(?:{'|'.join(TOPS[:3])})(?:\.\w+)+")
 
 
 def scanned_files() -> list[Path]:
-    files = [ROOT / "README.md", ROOT / "benchmarks" / "README.md", *sorted((ROOT / "scripts").glob("*.sh"))]
+    files = [ROOT / "README.md", ROOT / "benchmarks" / "README.md", *sorted((ROOT / "docs").glob("*.md")),
+             *sorted((ROOT / "scripts").glob("*.sh"))]
     for top in TOPS[:3]:
         files += sorted((ROOT / top).rglob("*.py"))
     return [f for f in files if f.exists()]
@@ -91,4 +92,38 @@ def test_nothing_names_a_module_that_does_not_exist():
             continue  # its own examples of stale names
         for number, line in enumerate(path.read_text().splitlines(), 1):
             problems += [f"{path.relative_to(ROOT)}:{number}: {problem}" for _, problem in references(line) if problem]
+    assert not problems, "\n".join(problems)
+
+
+LINK = re.compile(r"\]\(([^)\s]+)\)")
+
+
+def anchor(heading: str) -> str:
+    """GitHub's anchor of a Markdown heading: lower case, punctuation dropped, spaces as hyphens."""
+    return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+
+
+def link_problem(source: Path, target: str) -> str | None:
+    if re.match(r"\w+://|mailto:", target):
+        return None
+    file, _, fragment = target.partition("#")
+    path = (source.parent / file).resolve() if file else source
+    if not path.exists():
+        return f"{target}: no such file"
+    if not fragment:
+        return None
+    headings = re.findall(r"^#+ (.+)$", path.read_text(encoding="utf-8"), re.MULTILINE)
+    return None if fragment in {anchor(h) for h in headings} else f"{target}: no such heading"
+
+
+def test_the_anchor_of_a_heading_is_githubs():
+    assert anchor("Several nodes in `pacs.yaml`") == "several-nodes-in-pacsyaml"
+    assert anchor("Patient identity: no patient mixed up") == "patient-identity-no-patient-mixed-up"
+
+
+def test_every_link_between_the_documents_leads_somewhere():
+    problems = []
+    for path in [f for f in scanned_files() if f.suffix == ".md"]:
+        problems += [f"{path.relative_to(ROOT)}: {problem}" for target in LINK.findall(path.read_text(encoding="utf-8"))
+                     if (problem := link_problem(path, target))]
     assert not problems, "\n".join(problems)

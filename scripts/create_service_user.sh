@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The unprivileged system user that runs Dagster and its runs (README, Real shares). Idempotent.
+# The unprivileged system user that runs Dagster and its runs (docs/production.md, Real shares). Idempotent.
 #   bash scripts/create_service_user.sh [USER] [STATE_DIR]
 # USER (default pacs) gets no login shell and no home; it needs only read access to the NAS mounts
 # (mount them read-only for it) and write access to STATE_DIR (the index, DAGSTER_HOME), made if given.

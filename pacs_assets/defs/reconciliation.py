@@ -8,9 +8,9 @@
   recording ``dicom_index`` / ``orthanc_instances`` materializations for those dates only. Its check sweeps
   every stored instance against Orthanc in batches.
 
-An unchanged NAS thus costs one walk and two materializations, whatever the number of partitions: Dagster
-writes ~11 ms of bookkeeping per partition and asset, which for ten years of daily partitions would be
-minutes per night (README, Speed).
+An unchanged NAS thus costs one walk and two materializations, whatever the number of partitions: Dagster's
+bookkeeping per partition and asset, for ten years of daily partitions, would be minutes per night
+(docs/speed.md).
 """
 
 # No `from __future__ import annotations`: Dagster inspects the `context` annotation at definition time.

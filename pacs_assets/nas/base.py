@@ -180,7 +180,7 @@ class NasBase(StrictModel):
     sensor_interval_seconds: int = Field(default=60, ge=5)
     incremental_cron: str = "*/15 * * * *"
     reconciliation_cron: str = "0 2 * * *"
-    # The NAS's patient ID domain: who issued its IDs, and how they appear in the PACS (identity/ README).
+    # The NAS's patient ID domain: who issued its IDs, and how they appear in the PACS (docs/design.md).
     id_domain: IdDomain | None = None
 
 

@@ -205,8 +205,8 @@ class OrthancClient:
         self._request("DELETE", f"/studies/{study_id}", "DELETE /studies/{id}", missing_ok=True)
 
     def find_instance_ids(self, sop_instance_uids: list[str]) -> set[str]:
-        """Orthanc IDs of the instances with these SOP Instance UIDs. Keep lists to ~100: 100 UIDs take ~60 ms,
-        1,000 take ~2.5 s (Orthanc 1.10.1 matches the list one by one)."""
+        """Orthanc IDs of the instances with these SOP Instance UIDs. Keep lists to ~100: Orthanc 1.10.1 matches
+        the list one by one, so its cost grows faster than the list (docs/speed.md)."""
         return set(self.find_instances(sop_instance_uids))
 
     def instance_ids(self, page: int = 10_000):

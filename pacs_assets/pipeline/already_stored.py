@@ -21,7 +21,7 @@ from pacs_assets.nas.base import FileRecord, NasSource, SendAs
 from pacs_assets.orthanc.client import OrthancClient, orthanc_instance_id
 
 FOUND = "already in Orthanc (found by its UIDs, same size): recorded without sending"
-BATCH = 100  # UIDs per /tools/find: 100 take ~60 ms, 1,000 take ~2.5 s on 1.10.1
+BATCH = 100  # UIDs per /tools/find: longer lists cost more per UID on 1.10.1 (docs/speed.md)
 
 
 LEDGER_BATCH = 5000  # hits per ledger write: each write opens the index (~10-25 ms), once per 100 cost 5 s per 10,000

@@ -1,4 +1,4 @@
-"""Running code as the unprivileged service user, as production does (README, Real shares).
+"""Running code as the unprivileged service user, as production does (docs/production.md, Real shares).
 
 As root, permission bits are not enforced, so permission tests must run as a real non-root user: the harness
 creates it with ``scripts/create_service_user.sh`` (idempotent) and runs a command through ``runuser``. When

@@ -189,8 +189,8 @@ def read_dicom_file(nas_id: str, root: str, rel_path: str, size: int, mtime_ns: 
 
 def read_dicom_files(nas_id: str, root: str, items: list[tuple[str, int, int]], threads: int = 1) -> list[FileRecord]:
     """``read_dicom_file`` of each (rel_path, size, mtime_ns), in order, ``threads`` at a time. On a network
-    share each file costs a few round trips (open, reads): overlapping them hides that latency (README,
-    Speed); the threads wait in the kernel, not on the GIL."""
+    share each file costs a few round trips (open, reads): overlapping them hides that latency (docs/speed.md,
+    slow shares); the threads wait in the kernel, not on the GIL."""
     # pydicom warns (and logs) about every odd value; the record's reason is where problems go. Warning filters
     # are process-wide, so they are set once here, never per thread.
     if _PYDICOM_LOG.level != logging.ERROR:
