@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Annotated, Union
+from typing import Annotated
 
 import yaml
 from pydantic import Field, ValidationError, field_validator
@@ -32,7 +32,7 @@ class _Strict(StrictModel):
     pass
 
 
-NasConfig = Annotated[Union[tuple(kind.settings for kind in KINDS.values())], Field(discriminator="kind")]
+NasConfig = Annotated[tuple(kind.settings for kind in KINDS.values()), Field(discriminator="kind")]
 KIND_NAMES = ", ".join(KINDS)
 
 

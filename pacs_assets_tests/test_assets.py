@@ -15,10 +15,10 @@ import requests
 from pacs_assets.identity.collisions import KINDS
 from pacs_assets.sample.dicom_nas import make_dicom_nas
 from pacs_assets_tests.harness import (
-    people_mixed_in_orthanc,
     NAS,
     SAMPLE_START,
     materialize_nas,
+    people_mixed_in_orthanc,
     step_failure_message,
     tree_fingerprint,
     write_config,

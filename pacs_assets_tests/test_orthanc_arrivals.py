@@ -82,7 +82,7 @@ class Site:
         with duckdb.connect(str(self.index), read_only=True) as con:
             cursor = con.execute(sql)
             names = [d[0] for d in cursor.description]
-            return [dict(zip(names, row)) for row in cursor.fetchall()]
+            return [dict(zip(names, row, strict=False)) for row in cursor.fetchall()]
 
     def last_seq(self) -> int:
         return requests.get(f"{self.orthanc.url}/changes", params={"last": ""}, auth=self.orthanc.auth,

@@ -76,7 +76,7 @@ def path_terms(root: Path) -> set[str]:
     and file name under it (patient folders among them). Names shorter than 5 characters are left out: they
     are words of ordinary text too (the symlink 'up' is in 'upload', the root's 'tmp' in many words)."""
     terms = {str(root), str(root)[:8]} | {part for part in root.parts if len(part) >= 5}
-    for dirpath, dirnames, filenames in os.walk(root):
+    for _dirpath, dirnames, filenames in os.walk(root):
         terms.update(n for n in dirnames + filenames if len(n) >= 5)
     return terms
 

@@ -30,7 +30,7 @@ def site():
     for rel, src in zip(LAYOUT, sorted((scratch / "src").rglob("*.dcm")), strict=True):
         (root / rel).parent.mkdir(parents=True, exist_ok=True)
         shutil.move(src, root / rel)
-    for dirpath, dirnames, filenames in os.walk(root):  # owned by root, world-readable: a read-only share
+    for dirpath, _dirnames, filenames in os.walk(root):  # owned by root, world-readable: a read-only share
         os.chmod(dirpath, 0o755)
         for name in filenames:
             os.chmod(Path(dirpath, name), 0o644)

@@ -125,7 +125,7 @@ def _connect_failure(host: str, port: int, timeout: float, config: PacsConfig) -
     except ConnectionRefusedError:
         return (f"nothing listens on {host}:{port} (connection refused): check orthanc.dicom_port in "
                 f"{config.source_file} and that Orthanc is running.")
-    except socket.timeout:
+    except TimeoutError:
         return f"{host}:{port} did not answer within {timeout:.0f} s (wrong host, or a firewall?)."
     except socket.gaierror:
         return f"the host name '{host}' (from orthanc.url) does not resolve."

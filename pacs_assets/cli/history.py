@@ -100,7 +100,7 @@ def print_result(result: dict) -> None:
                   str(r["http_status"] or ""), shown(r["file_path"]), _message(r)] for r in rows]
         widths = [max(len(c[i]) for c in [head] + cells) for i in range(len(head) - 1)]
         for line in [head] + cells:
-            print("  ".join([line[0].rjust(widths[0])] + [c.ljust(w) for c, w in zip(line[1:-1], widths[1:])]
+            print("  ".join([line[0].rjust(widths[0])] + [c.ljust(w) for c, w in zip(line[1:-1], widths[1:], strict=False)]
                             + [line[-1]]).rstrip())
     elif total:
         print(f"(no attempts on page {page}: the last page is {pages})")

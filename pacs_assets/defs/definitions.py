@@ -10,9 +10,9 @@ from pacs_assets.defs.arrivals import build_orthanc_arrivals
 from pacs_assets.defs.assets import build_nas_assets
 from pacs_assets.defs.checks import build_nas_checks
 from pacs_assets.defs.executor import pacs_in_process_executor
+from pacs_assets.defs.identity_release import build_identity_sensor
 from pacs_assets.defs.reconciliation import build_reconciliation, reconciliation_keys
 from pacs_assets.defs.resources import build_resources
-from pacs_assets.defs.identity_release import build_identity_sensor
 from pacs_assets.defs.schedules import build_schedules
 from pacs_assets.defs.sensors import build_new_files_sensor
 

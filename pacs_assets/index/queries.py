@@ -147,7 +147,7 @@ def find_patients(con: duckdb.DuckDBPyConnection, q: SearchQuery) -> tuple[list[
                        {**study_params, "ids": [i for i in ids if i is not None], "no_id": None in ids}).fetchall()
     studies: dict = {pid: [] for pid in ids}
     for row in rows:
-        study = dict(zip(_STUDY_COLUMNS, row))
+        study = dict(zip(_STUDY_COLUMNS, row, strict=False))
         studies[study["patient_id"]].append(study)
     by_id: dict = {pid: [] for pid in ids}
     for nas_id, pid, name, birth, sex, hit in records:
@@ -271,4 +271,4 @@ def history_page(con: duckdb.DuckDBPyConnection, q: HistoryQuery) -> tuple[list[
     rows = con.execute(f"SELECT {', '.join(HISTORY_COLUMNS)} FROM {source} {clause} "
                        f"ORDER BY {order} LIMIT $size OFFSET $offset",
                        {**params, "size": q.page_size, "offset": (q.page - 1) * q.page_size}).fetchall()
-    return [dict(zip(HISTORY_COLUMNS, r)) for r in rows], total
+    return [dict(zip(HISTORY_COLUMNS, r, strict=False)) for r in rows], total

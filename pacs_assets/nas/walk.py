@@ -108,7 +108,7 @@ def walk(root: os.PathLike | str, *, follow_links: bool, settle_seconds: float =
         rel_dir = stack.pop()
         dir_path = names.join(real_root, rel_dir)
         try:
-            fd, entries = retrying(lambda: _listing(dir_path))
+            fd, entries = retrying(lambda dir_path=dir_path: _listing(dir_path))  # called at once
         except OSError as exc:
             if folders is not None and isinstance(exc, (FileNotFoundError, NotADirectoryError)):
                 continue  # a folder asked for by name that is gone (deleted or renamed): nothing in it any more

@@ -287,7 +287,7 @@ class NasWatch:
             if time.monotonic() > deadline + 5:  # reading headers: leave the rest for the next tick
                 break
             try:
-                st = retrying(lambda: names.stat_nas(self._join(path)))
+                st = retrying(lambda path=path: names.stat_nas(self._join(path)))
             except OSError:
                 # Gone or unreadable now: its folder's listing decides (a deletion changed the folder's mtime).
                 self.db.execute("INSERT OR IGNORE INTO queue VALUES (?)", (path.rpartition("/")[0],))

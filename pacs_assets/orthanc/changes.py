@@ -106,11 +106,11 @@ def fetch_arrivals(client: OrthancClient, new_instances: list[tuple[int, str, st
         return lambda rid: client.get_json(f"/{level}/{rid}", f"/{level}/{{id}}", missing_ok=True)
 
     with ThreadPoolExecutor(max_workers=max(1, concurrency)) as pool:
-        instances = dict(zip(ids, pool.map(instance, ids)))
+        instances = dict(zip(ids, pool.map(instance, ids), strict=False))
         series_ids = sorted({i[0]["ParentSeries"] for i in instances.values() if i})
-        series = dict(zip(series_ids, pool.map(resource("series"), series_ids)))
+        series = dict(zip(series_ids, pool.map(resource("series"), series_ids), strict=False))
         study_ids = sorted({s["ParentStudy"] for s in series.values() if s})
-        studies = dict(zip(study_ids, pool.map(resource("studies"), study_ids)))
+        studies = dict(zip(study_ids, pool.map(resource("studies"), study_ids), strict=False))
 
     rows, gone = [], 0
     for iid in ids:

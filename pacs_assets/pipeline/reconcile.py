@@ -26,7 +26,6 @@ from pacs_assets.orthanc.client import OrthancClient
 from pacs_assets.pipeline.inventory import walk_into
 from pacs_assets.pipeline.upload import ImportSummary, upload_window
 
-
 # UIDs per /tools/find (its cost in Orthanc 1.10.1 grows faster than the list); and how many Orthanc instances
 # per instance to check make listing them all cheaper (~4 us each) than finding ours by UID (~0.3 ms each).
 FIND_BATCH = 100

@@ -25,9 +25,6 @@ from pacs_assets.index import ledger
 from pacs_assets.index.journal import Journal, Reclaims, merge_journals
 from pacs_assets.index.staging import Staging
 from pacs_assets.nas.base import FileRecord, NasSource, SendAs
-from pacs_assets.pipeline.failures import UNREADABLE, failure_category
-from pacs_assets.pipeline.already_stored import record_already_stored
-from pacs_assets.pipeline.identity_guard import IdentityGuard, Plan, hold_files
 from pacs_assets.orthanc.client import (
     CONFIRMED,
     OrthancClient,
@@ -36,6 +33,9 @@ from pacs_assets.orthanc.client import (
     UploadResult,
     orthanc_instance_id,
 )
+from pacs_assets.pipeline.already_stored import record_already_stored
+from pacs_assets.pipeline.failures import UNREADABLE, failure_category
+from pacs_assets.pipeline.identity_guard import IdentityGuard, Plan, hold_files
 
 NO_RECLAIMS = Reclaims({})
 RECLAIMED = "AlreadyStored: from this NAS's own interrupted upload (index/journal.py)"

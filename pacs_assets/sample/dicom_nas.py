@@ -23,8 +23,19 @@ from pydicom.dataset import Dataset
 
 from pacs_assets.nas.base import FAILED, OK, SKIPPED
 from pacs_assets.sample.dicom_datasets import (  # noqa: F401 - CT_IMAGE & co. are the sample's vocabulary
-    _PATIENTS, CT_IMAGE, ENHANCED_MR_IMAGE, MR_IMAGE, _ct, _dataset, _encode, _enhanced_mr, _mr, _phantom, _Study,
-    _uid)
+    _PATIENTS,
+    CT_IMAGE,
+    ENHANCED_MR_IMAGE,
+    MR_IMAGE,
+    _ct,
+    _dataset,
+    _encode,
+    _enhanced_mr,
+    _mr,
+    _phantom,
+    _Study,
+    _uid,
+)
 
 DUPLICATE = "duplicate"  # valid DICOM whose SOP Instance UID an earlier path (sorting first) already holds
 

@@ -64,7 +64,7 @@ def test_unchanged_files_come_from_the_cache_changed_ones_are_read_again(tmp_pat
     os.utime(manifest.root / changed, ns=(st.st_atime_ns, st.st_mtime_ns + 1))
     cache = DictCache(first)
     second = scan_all(source, cache)
-    for old, new in zip(first, second):
+    for old, new in zip(first, second, strict=False):
         if new.file_path == changed:
             assert new is not cache.records[changed] and new.change_token != old.change_token
         elif isinstance(new, FileRecord) and new.status == "ok":

@@ -137,7 +137,8 @@ def test_ok_records_carry_header_facts_and_catalog_attributes(nas, records):
 
 def test_uids_deterministic_and_catalog_uids_kept(nas, records):
     again = _scan(_source(nas), batch_size=1000)
-    uids = lambda recs: {r.file_path: (r.study_instance_uid, r.series_instance_uid, r.sop_instance_uid) for r in recs}
+    def uids(recs):
+        return {r.file_path: (r.study_instance_uid, r.series_instance_uid, r.sop_instance_uid) for r in recs}
     assert uids(records) == uids(again)
     ok = [r for r in records if r.status == OK]
     assert len({r.sop_instance_uid for r in ok}) == len(ok)
@@ -211,7 +212,7 @@ def test_cache_skips_unchanged_headers_and_catalog_changes_renew_tokens(tmp_path
     third = _scan(_source(m), DictCache(first))
     changed = {r.file_path for r in third if r.status == OK and r.patient_name.startswith("Corrected^")}
     assert changed and all(
-        r.change_token != c.change_token for r, c in zip(third, first) if r.file_path in changed)
+        r.change_token != c.change_token for r, c in zip(third, first, strict=False) if r.file_path in changed)
 
 
 def _mapping(old: str, new: str) -> dict:
@@ -311,7 +312,8 @@ def test_server_mode(nas, records, tmp_path, monkeypatch):
         src = FirebirdJpeg2000Source(NAS, nas.root, catalog=FirebirdCatalog(**catalog))
         src.check_available()
         served = _scan(src)
-        key = lambda r: (r.file_path, r.status, r.sop_instance_uid, r.patient_name, r.change_token)
+        def key(r):
+            return (r.file_path, r.status, r.sop_instance_uid, r.patient_name, r.change_token)
         # The NAS's own .fdb is now just a file the catalog does not name.
         assert sorted(map(key, served)) == sorted(
             key(r) if r.file_path != nas.catalog else (r.file_path, SKIPPED, None, None, r.change_token)

@@ -148,7 +148,7 @@ def test_skipped_files(nas):
 def test_charsets_decode_to_intended_names(nas):
     cases = {
         "latin1": ("ISO_IR 100", "Müller^Jürgen", "Müller".encode("latin-1")),
-        "utf8": ("ISO_IR 192", "Παπαδοπούλου^Ελένη", "Παπαδοπούλου".encode("utf-8")),
+        "utf8": ("ISO_IR 192", "Παπαδοπούλου^Ελένη", "Παπαδοπούλου".encode()),
         "japanese": (["", "ISO 2022 IR 87"], "Yamada^Tarou=山田^太郎=やまだ^たろう", b"\x1b$B"),
     }
     for case, (charset, name, raw) in cases.items():

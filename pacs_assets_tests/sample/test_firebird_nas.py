@@ -53,7 +53,7 @@ def test_catalog_is_firebird3_and_matches_the_manifest(nas):
     assert int.from_bytes(header[18:20], "little") == 0x800C  # ODS 12, Firebird 3
     rows = dict((str(k), p) for k, p in _query(nas, "SELECT IMG_ID, IMG_PATH FROM IMAGES"))
     assert rows == nas.row_paths
-    names = {n: f"{l}^{f}" for n, l, f in _query(nas, "SELECT PAT_NUMBER, PAT_LASTNAME, PAT_FIRSTNAME FROM PATIENTS")}
+    names = {n: f"{last}^{first}" for n, last, first in _query(nas, "SELECT PAT_NUMBER, PAT_LASTNAME, PAT_FIRSTNAME FROM PATIENTS")}
     assert names == nas.patients and any(not n.isascii() for n in names.values())
     dates = [d for (d,) in _query(nas, "SELECT STU_DATE FROM STUDIES")]
     assert None in dates and any(d and not d.isdigit() for d in dates)
@@ -88,8 +88,9 @@ def test_escaping_paths_point_at_real_files_outside(nas):
 
 def test_deterministic_for_a_seed(nas, tmp_path):
     again = make_firebird_nas(tmp_path / "share", nas_id="fb_sample", seed=1, start_date=START)
-    images = lambda m: {p: hashlib.sha1((m.root / p).read_bytes()).hexdigest()
-                        for p in m.expected if p.endswith((".jp2", ".j2k")) and (m.root / p).is_file()}
+    def images(m):
+        return {p: hashlib.sha1((m.root / p).read_bytes()).hexdigest()
+                            for p in m.expected if p.endswith((".jp2", ".j2k")) and (m.root / p).is_file()}
     assert images(again) == images(nas) and again.rows == nas.rows
 
 

@@ -116,7 +116,7 @@ class FirebirdServer(LocalService):
             raise RuntimeError(f"creating the private Firebird security database failed: "
                                f"{done.stdout}{done.stderr}")
 
-    def start(self, timeout: float = 30.0) -> "FirebirdServer":
+    def start(self, timeout: float = 30.0) -> FirebirdServer:
         if pid_alive(self.pid):
             return self
         if not SERVER_BINARY.exists():

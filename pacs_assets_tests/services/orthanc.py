@@ -92,7 +92,7 @@ class OrthancServer(LocalService):
         }
 
     # -- lifecycle ----------------------------------------------------------------------------
-    def start(self, *, timeout: float = 30.0, detached: bool = False) -> "OrthancServer":
+    def start(self, *, timeout: float = 30.0, detached: bool = False) -> OrthancServer:
         if pid_alive(self._pid):
             return self
         binary = orthanc_binary()
@@ -120,7 +120,7 @@ class OrthancServer(LocalService):
                        "".join(f"{k}={v}\n" for k, v in self.env().items()))
 
     @classmethod
-    def from_pidfile(cls, workdir: Path) -> "OrthancServer | None":
+    def from_pidfile(cls, workdir: Path) -> OrthancServer | None:
         """The server recorded in workdir, or None if there is none or its process is gone."""
         workdir = Path(workdir).resolve()
         try:

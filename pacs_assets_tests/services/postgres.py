@@ -102,7 +102,7 @@ class PostgresServer(LocalService):
         finally:
             pwfile.unlink(missing_ok=True)
 
-    def start(self, timeout: float = 60.0) -> "PostgresServer":
+    def start(self, timeout: float = 60.0) -> PostgresServer:
         if pid_alive(self.pid):
             return self
         bindir = postgres_bindir()
@@ -110,7 +110,7 @@ class PostgresServer(LocalService):
             try:
                 pwd.getpwnam(self._os_user)
             except KeyError:
-                raise RuntimeError(f"running as root needs the `postgres` system user: {INSTALL_HINT}.")
+                raise RuntimeError(f"running as root needs the `postgres` system user: {INSTALL_HINT}.") from None
         self.workdir.mkdir(parents=True, exist_ok=True)
         self._initdb(bindir)
         # The postmaster itself (not pg_ctl), so the PID we hold is the server.
@@ -149,7 +149,7 @@ class PostgresServer(LocalService):
         if self._own_workdir:
             shutil.rmtree(self.workdir, ignore_errors=True)
 
-    def __enter__(self) -> "PostgresServer":
+    def __enter__(self) -> PostgresServer:
         return self.start()
 
     def __exit__(self, *exc) -> None:

@@ -264,7 +264,7 @@ class CatalogReader:
                 try:
                     cursor.execute(statement)
                     while chunk := cursor.fetchmany(batch_size):
-                        yield [{n: _value(n, v) for n, v in zip(names, row)} for row in chunk]
+                        yield [{n: _value(n, v) for n, v in zip(names, row, strict=False)} for row in chunk]
                 except fdb.DatabaseError as exc:
                     raise CatalogError(f"Firebird catalog mapping for NAS '{self.nas_id}': the query failed: "
                                        f"{_error_sentence(exc)}.") from None
