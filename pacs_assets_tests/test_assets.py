@@ -75,7 +75,8 @@ def test_sample_nas_is_fully_imported_and_every_file_has_one_status(sample_site,
 def test_rerun_uploads_nothing_and_rewrites_identical_rows(sample_site, orthanc_env):
     manifest, config, index = sample_site
     assert materialize_nas(config, "ct").success
-    tables = {t: f"SELECT * EXCLUDE (last_updated) FROM {t} ORDER BY ALL" for t in ("patients", "studies", "series", "instances")}
+    tables = {t: f"SELECT * EXCLUDE (last_updated) FROM {t} ORDER BY ALL"
+              for t in ("patients", "studies", "series", "instances")}
     tables["inventory"] = "SELECT * EXCLUDE (scanned_at) FROM inventory ORDER BY ALL"
     first = {t: query(index, sql) for t, sql in tables.items()}
     attempts = query(index, "SELECT count(*) FROM import_history")[0][0]
@@ -85,7 +86,8 @@ def test_rerun_uploads_nothing_and_rewrites_identical_rows(sample_site, orthanc_
 
     assert {t: query(index, sql) for t, sql in tables.items()} == first
     assert query(index, "SELECT count(*) FROM import_history")[0][0] == attempts
-    assert requests.get(f"{orthanc_env.url}/statistics", auth=orthanc_env.auth).json()["CountInstances"] == stats["CountInstances"]
+    now = requests.get(f"{orthanc_env.url}/statistics", auth=orthanc_env.auth).json()
+    assert now["CountInstances"] == stats["CountInstances"]
 
 
 def test_changed_file_is_uploaded_again(sample_site, orthanc_env):
@@ -98,7 +100,8 @@ def test_changed_file_is_uploaded_again(sample_site, orthanc_env):
 
     attempts = query(index, "SELECT status FROM import_history WHERE file_path = ? ORDER BY attempt_id", [path])
     assert [a[0] for a in attempts] == ["imported", "duplicate"]
-    assert query(index, "SELECT count(*) FROM import_history")[0][0] == len(manifest.paths("ok")) + len(manifest.paths("duplicate")) + 1
+    attempts = query(index, "SELECT count(*) FROM import_history")[0][0]
+    assert attempts == len(manifest.paths("ok")) + len(manifest.paths("duplicate")) + 1
 
 
 def test_a_file_that_comes_back_leaves_deleted_files(sample_site, tmp_path):
@@ -159,7 +162,8 @@ def test_pydicom_corpus_completes_with_one_status_per_file(tmp_path, orthanc_env
     assert people_mixed_in_orthanc(orthanc_env) == {}
     assert counts["imported"] > 50 and counts["skipped"] > 0 and counts["failed"] > 0
     assert all(reason for _, st, reason in rows if st in ("failed", "skipped"))
-    assert query(tmp_path / "index.duckdb", "SELECT status FROM file_status WHERE file_path = 'MR_truncated.dcm'") == [("failed",)]
+    truncated = "SELECT status FROM file_status WHERE file_path = 'MR_truncated.dcm'"
+    assert query(tmp_path / "index.duckdb", truncated) == [("failed",)]
 
 
 def test_orthanc_down_fails_the_import_in_one_sentence_and_writes_no_attempt(tmp_path, monkeypatch):
@@ -190,8 +194,10 @@ def test_missing_root_fails_in_one_sentence_and_writes_nothing(tmp_path, orthanc
     config = write_config(tmp_path / "pacs.yaml", NAS, orthanc_url=orthanc_env.url)
     result = materialize_nas(config, "ct", raise_on_error=False)
     message = step_failure_message(result).strip()
-    assert message == f"NAS 'ct': root folder {tmp_path / 'nas'} does not exist or is not a folder (is the NAS mounted?)."
-    assert not (tmp_path / "index.duckdb").exists() or query(tmp_path / "index.duckdb", "SELECT count(*) FROM inventory") == [(0,)]
+    assert message == (f"NAS 'ct': root folder {tmp_path / 'nas'} does not exist or is not a folder "
+                       "(is the NAS mounted?).")
+    index = tmp_path / "index.duckdb"
+    assert not index.exists() or query(index, "SELECT count(*) FROM inventory") == [(0,)]
 
 
 def test_an_emptied_nas_is_an_outage_not_a_mass_deletion(sample_site):

@@ -30,7 +30,8 @@ def test_checks_pass_then_catch_planted_inconsistencies(tmp_path, orthanc_env):
 
     # Plant: an instance vanishes from Orthanc behind our back.
     with duckdb.connect(str(tmp_path / "index.duckdb"), read_only=True) as con:
-        (orthanc_id,) = con.execute("SELECT orthanc_instance_id FROM file_status WHERE status = 'imported' LIMIT 1").fetchall()[0]
+        (orthanc_id,) = con.execute(
+            "SELECT orthanc_instance_id FROM file_status WHERE status = 'imported' LIMIT 1").fetchall()[0]
     assert requests.delete(f"{orthanc_env.url}/instances/{orthanc_id}", auth=orthanc_env.auth).status_code == 200
     assert check_results(materialize_nas(config, "ct"))["indexed_instances_in_orthanc"] is False
 

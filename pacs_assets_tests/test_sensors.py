@@ -95,7 +95,8 @@ def test_deleted_file_is_requested_and_recorded_with_its_history(tmp_path, ortha
     key = requests[0].partition_key
     assert materialize_nas(config, "ct", first=key, last=key).success
     with duckdb.connect(str(tmp_path / "index.duckdb"), read_only=True) as con:
-        assert con.execute("SELECT last_status FROM deleted_files WHERE file_path = ?", [gone]).fetchall() == [("imported",)]
+        last = con.execute("SELECT last_status FROM deleted_files WHERE file_path = ?", [gone]).fetchall()
+        assert last == [("imported",)]
         assert con.execute("SELECT count(*) FROM file_status WHERE file_path = ?", [gone]).fetchall() == [(0,)]
         assert con.execute("SELECT count(*) FROM import_history WHERE file_path = ?", [gone]).fetchall() == [(1,)]
 

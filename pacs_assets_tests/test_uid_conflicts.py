@@ -143,7 +143,8 @@ def test_same_uids_with_other_bytes_end_as_uid_conflict_naming_the_file_orthanc_
         "passed": False, "severity": "WARN", "uid_conflict_files": len(conflicts), "groups_within_nas": len(mixed),
         "files_in_groups_within_nas": sum(map(len, mixed)), "groups_across_nas": 0, "across_nas": "none"}
     ct2_check = _check(runs["ct2"], "no_uid_conflicts")
-    assert (ct2_check["uid_conflict_files"], ct2_check["groups_within_nas"], ct2_check["groups_across_nas"]) == (1, 0, 1)
+    counts = (ct2_check["uid_conflict_files"], ct2_check["groups_within_nas"], ct2_check["groups_across_nas"])
+    assert counts == (1, 0, 1)
     assert "| ct | 1 |" in ct2_check["across_nas"] and ".dcm" not in str(ct2_check)  # counts, never paths
     # The cross-NAS check on dicom_index runs before ct2's upload hashes its bytes: only this one sees it now.
     assert check_results(runs["ct2"])["no_sop_instance_conflicts"] is True
@@ -191,7 +192,8 @@ def test_a_conflict_whose_kept_file_is_still_in_flight_waits_for_it(tmp_path):
 
     namer = _KeptFileNamer(index)
     namer([row("b.dcm", "uid_conflict")])  # Orthanc answered B before our thread collected A's answer
-    assert duckdb.connect(str(index), read_only=True).execute("SELECT count(*) FROM import_history").fetchall() == [(0,)]
+    with duckdb.connect(str(index), read_only=True) as con:
+        assert con.execute("SELECT count(*) FROM import_history").fetchall() == [(0,)]
     namer([row("a.dcm", "imported"), {**row("c.dcm", "uid_conflict"), "orthanc_instance_id": "o-2"}])
     namer.close()
     with duckdb.connect(str(index), read_only=True) as con:

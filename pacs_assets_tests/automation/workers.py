@@ -70,7 +70,8 @@ def sensor(args, ready: Path, go: Path) -> dict:
             with build_sensor_context(instance=instance, cursor=cursor, definitions=defs) as context:
                 data = sensor_def.evaluate_tick(context)
             cursor, ticks = data.cursor, ticks + 1
-            requests += [{"partition_key": r.partition_key, "job_name": r.job_name, "run_key": r.run_key, "tags": dict(r.tags)}
+            requests += [{"partition_key": r.partition_key, "job_name": r.job_name, "run_key": r.run_key,
+                          "tags": dict(r.tags)}
                          for r in data.run_requests or []]
             if data.skip_message:
                 skips.append(data.skip_message)

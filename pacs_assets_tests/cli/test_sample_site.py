@@ -39,7 +39,8 @@ def test_sample_site_has_four_nas_graphs_that_all_import(tmp_path, orthanc_env, 
         by_nas = dict(con.execute("SELECT nas_id, count(*) FROM file_status WHERE status IN ('imported', 'duplicate') "
                                   "GROUP BY nas_id").fetchall())
         pending = con.execute("SELECT count(*) FROM file_status WHERE status = 'pending'").fetchall()[0][0]
-        held = dict(con.execute("SELECT nas_id, count(*) FROM file_status WHERE status = 'held' GROUP BY ALL").fetchall())
+        held = dict(con.execute(
+            "SELECT nas_id, count(*) FROM file_status WHERE status = 'held' GROUP BY ALL").fetchall())
     assert set(by_nas) == {"ct_nas", "endo_nas", "derm_nas", "archive_nas"}
     assert all(n > 5 for nas, n in by_nas.items() if nas != "archive_nas")
     assert pending == 0

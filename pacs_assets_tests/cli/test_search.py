@@ -75,7 +75,8 @@ def test_locations_are_real_folders_with_the_file_status_counts(site, capsys):
     locations = [(s, loc) for p in doc["patients"] for s in p["studies"] for loc in s["locations"]]
     assert len(locations) == site.query("SELECT count(*) FROM studies")[0][0]
     for study, loc in locations:
-        assert Path(loc["path"]).is_dir() and Path(loc["path"]).is_relative_to(site.config.parent / f"nas_{loc['nas_id']}")
+        path = Path(loc["path"])
+        assert path.is_dir() and path.is_relative_to(site.config.parent / f"nas_{loc['nas_id']}")
         assert (loc["files"], loc["files_in_orthanc"]) == status[(loc["nas_id"], study["study_instance_uid"])]
         assert loc["file_formats"]
 
@@ -103,7 +104,8 @@ def test_limit_says_how_many_more(site, capsys):
 
 def test_bad_input_is_one_sentence(site, capsys):
     code, _, err = pacs(site, capsys, "search")
-    assert code == 2 and err.strip() == "pacs search: give a name, --patient-id, --modality or a date range (--from/--to)."
+    assert code == 2
+    assert err.strip() == "pacs search: give a name, --patient-id, --modality or a date range (--from/--to)."
     with pytest.raises(SystemExit):
         main(["--config", str(site.config), "search", "x", "--from", "2024-13-01"])
     assert "'2024-13-01' is not a date: use YYYY-MM-DD" in capsys.readouterr().err
@@ -118,6 +120,7 @@ def test_the_command_runs_as_a_process_and_its_json_parses(site):
 
 def test_a_missing_index_is_one_sentence(tmp_path, capsys):
     config = tmp_path / "pacs.yaml"
-    config.write_text(f"nas: [{{id: ct, kind: dicom_folder, root: nas}}]\nindex: {{path: {tmp_path / 'none.duckdb'}}}\n")
+    config.write_text(f"nas: [{{id: ct, kind: dicom_folder, root: nas}}]\n"
+                      f"index: {{path: {tmp_path / 'none.duckdb'}}}\n")
     assert main(["--config", str(config), "search", "x"]) == 1
     assert "does not exist yet: materialize a NAS's assets first." in capsys.readouterr().err

@@ -30,8 +30,8 @@ def test_counts_equal_file_status_and_orthanc_statistics(tmp_path, orthanc_env, 
     for nas, row in rows.items():
         assert row["found"] == site.query("SELECT count(*) FROM inventory WHERE nas_id = ?", [nas])[0][0]
         assert row["indexed"] == site.query("SELECT count(*) FROM instances WHERE nas_id = ?", [nas])[0][0]
-        assert row["found"] == sum(row[s] for s in ("imported", "duplicate", "uid_conflict", "failed", "held", "skipped",
-                                                    "pending"))
+        assert row["found"] == sum(row[s] for s in ("imported", "duplicate", "uid_conflict", "failed", "held",
+                                                    "skipped", "pending"))
         assert row["pending"] == 0 and row["eta_seconds"] is None
         assert row["rate_per_minute"] > 0  # the imports just finished
     stats = requests.get(f"{orthanc_env.url}/statistics", auth=orthanc_env.auth, timeout=10).json()
@@ -45,7 +45,8 @@ def test_counts_equal_file_status_and_orthanc_statistics(tmp_path, orthanc_env, 
     assert out[1].split() == ["NAS", *columns, "rate/min", "ETA"]
     ct = rows["ct"]
     assert out[2].split()[:10] == ["ct"] + [str(ct[c]) for c in columns]
-    assert out[-1].startswith(f"Orthanc 1.10.1 at {orthanc_env.url}: ") and f"{stats['CountInstances']} instances" in out[-1]
+    assert out[-1].startswith(f"Orthanc 1.10.1 at {orthanc_env.url}: ")
+    assert f"{stats['CountInstances']} instances" in out[-1]
 
 
 def test_orthanc_down_is_one_line_and_pending_files_have_no_eta(tmp_path, monkeypatch, capsys):

@@ -21,7 +21,8 @@ class DictCache(ScanCache):
         self.records = {r.file_path: r for r in records}
 
     def lookup(self, keys: Mapping[str, str]) -> dict[str, FileRecord]:
-        return {p: self.records[p] for p, tok in keys.items() if p in self.records and self.records[p].change_token == tok}
+        return {p: self.records[p] for p, tok in keys.items()
+                if p in self.records and self.records[p].change_token == tok}
 
 
 def scan_all(source, cache=None, batch_size=2000) -> list[FileRecord]:
@@ -44,7 +45,8 @@ def test_every_entry_gets_one_record_matching_the_manifest(tmp_path):
     assert by_path[manifest.special["headerless"]].file_format == "DICOM-headerless"
     assert by_path[manifest.special["truncated"]].reason.startswith("truncated")
     assert by_path[manifest.special["symlink_loop"]].reason.endswith("(loop), not followed")
-    assert by_path[manifest.special["latin1"]].patient_name == manifest.patients[by_path[manifest.special["latin1"]].patient_id]
+    latin1 = by_path[manifest.special["latin1"]]
+    assert latin1.patient_name == manifest.patients[latin1.patient_id]
     assert tree_fingerprint(manifest.root) == before
 
 

@@ -53,7 +53,8 @@ def test_catalog_is_firebird3_and_matches_the_manifest(nas):
     assert int.from_bytes(header[18:20], "little") == 0x800C  # ODS 12, Firebird 3
     rows = dict((str(k), p) for k, p in _query(nas, "SELECT IMG_ID, IMG_PATH FROM IMAGES"))
     assert rows == nas.row_paths
-    names = {n: f"{last}^{first}" for n, last, first in _query(nas, "SELECT PAT_NUMBER, PAT_LASTNAME, PAT_FIRSTNAME FROM PATIENTS")}
+    names = {n: f"{last}^{first}"
+             for n, last, first in _query(nas, "SELECT PAT_NUMBER, PAT_LASTNAME, PAT_FIRSTNAME FROM PATIENTS")}
     assert names == nas.patients and any(not n.isascii() for n in names.values())
     dates = [d for (d,) in _query(nas, "SELECT STU_DATE FROM STUDIES")]
     assert None in dates and any(d and not d.isdigit() for d in dates)
