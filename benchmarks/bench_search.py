@@ -117,21 +117,27 @@ def build_index(path: Path, patients: int = 10_000, studies: int = 30_000, insta
         SELECT nas, day, 'study_date', path, sop_uid, '1.2.840.10008.5.1.4.1.1.2', series_uid, uid, pid, i, 1, 512,
                512, fmt, '1.2.840.10008.1.2.1', NULL, size, token, md5(sop_uid), now()
         FROM g_file ORDER BY i""")
+    # Series and studies carry the person their files name (one row per UID and person), as the index does.
     con.execute("""
-        INSERT INTO series
+        INSERT INTO series (nas_id, partition_date, series_instance_uid, study_instance_uid, modality, series_number,
+                            series_description, instance_count, frame_count, folder, last_updated, patient_id,
+                            patient_name, patient_birth_date, patient_sex)
         SELECT nas, day, series_uid, any_value(uid), any_value(modality), any_value(series_no), 'Series', count(*),
-               count(*), any_value(folder) || '/S' || lpad(any_value(series_no)::VARCHAR, 3, '0'), now()
-        FROM g_inst GROUP BY nas, day, series_uid""")
+               count(*), any_value(folder) || '/S' || lpad(any_value(series_no)::VARCHAR, 3, '0'), now(),
+               pid, name, birth, sex
+        FROM g_inst GROUP BY nas, day, series_uid, pid, name, birth, sex""")
     con.execute("""
-        INSERT INTO studies
-        SELECT nas, day, uid, any_value(pid), strftime(day, '%Y%m%d'), 'study_date', 'Study', 'A' || any_value(s),
-               any_value(modality), any_value(nseries), count(*), any_value(folder), any_value(fmt), now()
-        FROM g_inst GROUP BY nas, day, uid ORDER BY min(i)""")
+        INSERT INTO studies (nas_id, partition_date, study_instance_uid, patient_id, study_date, date_source,
+                             study_description, accession_number, modalities, series_count, instance_count, folder,
+                             file_formats, last_updated, patient_name, patient_birth_date, patient_sex)
+        SELECT nas, day, uid, pid, strftime(day, '%Y%m%d'), 'study_date', 'Study', 'A' || any_value(s),
+               any_value(modality), any_value(nseries), count(*), any_value(folder), any_value(fmt), now(),
+               name, birth, sex
+        FROM g_inst GROUP BY nas, day, uid, pid, name, birth, sex ORDER BY min(i)""")
     con.execute(f"""
         INSERT INTO patients
-        SELECT nas, day, pid, any_value(name), any_value(birth), any_value(sex), count(DISTINCT uid), count(*), now(),
-               {queries.name_key_sql("any_value(name)")}
-        FROM g_inst GROUP BY nas, day, pid ORDER BY min(i)""")
+        SELECT nas, day, pid, name, birth, sex, count(DISTINCT uid), count(*), now(), {queries.name_key_sql("name")}
+        FROM g_inst GROUP BY nas, day, pid, name, birth, sex ORDER BY min(i)""")
     # The ledger, appended in import order; the last attempt finished just now, one every 0.3 s before it.
     con.execute("""
         INSERT INTO import_history (nas_id, file_path, change_token, file_hash, partition_date, orthanc_instance_id,

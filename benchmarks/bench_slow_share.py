@@ -1,6 +1,6 @@
 """Header reads through a slow share: overlapping reads against one at a time, in the same run.
 
-    python -m benchmarks.bench_slow_share [--files 400] [--latency-ms 1]
+    python -m benchmarks.bench_slow_share [--quick] [--files 400] [--latency-ms 1]
 
 The NAS is a FUSE pass-through (pacs_assets_tests/services/flaky_fs.py) that sleeps ``latency`` on every
 stat, open and read, like an SMB round trip. Both sides read the same files' headers through it, in one
@@ -30,11 +30,13 @@ def timed(root: Path, items: list, threads: int) -> float:
     return seconds
 
 
-def main() -> None:
+def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--files", type=int, default=400)
+    parser.add_argument("--quick", action="store_true", help="seconds: 40 files (the figure means nothing)")
+    parser.add_argument("--files", type=int, default=None, help="files in all, half per side (default 400)")
     parser.add_argument("--latency-ms", type=float, default=1.0)
     args = parser.parse_args()
+    args.files = args.files or (40 if args.quick else 400)
     with tempfile.TemporaryDirectory(prefix="bench-slow-share-") as tmp:
         src = Path(tmp) / "share"
         make_bulk_dicom_nas(src, args.files, files_per_series=100)
@@ -49,7 +51,8 @@ def main() -> None:
         print(f"  one at a time          {half / one:8.0f} files/s")
         print(f"  {IO_THREADS} in flight            {half / many:8.0f} files/s")
         print(f"  ratio                  {one / many:8.1f}x   (goal >= 4x)")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())
