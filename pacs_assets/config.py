@@ -99,7 +99,8 @@ class PacsConfig(_Strict):
         for nas in self.nas:
             if nas.id == nas_id:
                 return nas
-        raise ConfigError(f"No NAS with id '{nas_id}' in {self.source_file}; known: {', '.join(n.id for n in self.nas)}.")
+        raise ConfigError(f"No NAS with id '{nas_id}' in {self.source_file}; known: "
+                          f"{', '.join(n.id for n in self.nas)}.")
 
 
 def config_path(explicit: str | os.PathLike | None = None) -> Path:

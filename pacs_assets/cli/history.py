@@ -29,7 +29,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--nas", help="only this NAS id")
     p.add_argument("--status", choices=STATUSES,
-                   help="only attempts that ended so; failed and skipped also list the files the walk failed or skipped")
+                   help="only attempts that ended so; failed and skipped also list the files the walk failed or "
+                        "skipped")
     p.add_argument("--from", dest="date_from", type=iso_date, metavar="YYYY-MM-DD",
                    help="attempts finished on or after this day")
     p.add_argument("--to", dest="date_to", type=iso_date, metavar="YYYY-MM-DD",
@@ -100,8 +101,8 @@ def print_result(result: dict) -> None:
                   str(r["http_status"] or ""), shown(r["file_path"]), _message(r)] for r in rows]
         widths = [max(len(c[i]) for c in [head] + cells) for i in range(len(head) - 1)]
         for line in [head] + cells:
-            print("  ".join([line[0].rjust(widths[0])] + [c.ljust(w) for c, w in zip(line[1:-1], widths[1:], strict=False)]
-                            + [line[-1]]).rstrip())
+            middle = [c.ljust(w) for c, w in zip(line[1:-1], widths[1:], strict=False)]
+            print("  ".join([line[0].rjust(widths[0])] + middle + [line[-1]]).rstrip())
     elif total:
         print(f"(no attempts on page {page}: the last page is {pages})")
     else:

@@ -184,7 +184,8 @@ def print_result(result: dict) -> None:
 
     def fmt(cells: list[str]) -> str:
         # NAS id left-aligned, numbers right-aligned, the ETA as it comes.
-        parts = [cells[0].ljust(widths[0])] + [c.rjust(w) for c, w in zip(cells[1:-1], widths[1:-1], strict=False)] + [cells[-1]]
+        middle = [c.rjust(w) for c, w in zip(cells[1:-1], widths[1:-1], strict=False)]
+        parts = [cells[0].ljust(widths[0])] + middle + [cells[-1]]
         return "  ".join(parts).rstrip()
 
     print(f"Index {result['index']} at {result['generated_at']}")

@@ -25,8 +25,8 @@ def build_definitions(config: PacsConfig) -> Definitions:
         checks += build_nas_checks(nas, config)
         rec_assets, rec_checks, rec_job = build_reconciliation(nas, config)
         assets, checks = assets + rec_assets, checks + rec_checks
-        job = define_asset_job(f"{nas.id}_job",
-                               selection=AssetSelection.groups(nas.id) - AssetSelection.assets(*reconciliation_keys(nas.id)),
+        partitioned = AssetSelection.groups(nas.id) - AssetSelection.assets(*reconciliation_keys(nas.id))
+        job = define_asset_job(f"{nas.id}_job", selection=partitioned,
                                description=f"Inventory, index and import NAS '{nas.id}'.")
         jobs += [job, rec_job]
         reconciliation_jobs[nas.id] = rec_job

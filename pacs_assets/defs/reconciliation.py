@@ -135,7 +135,8 @@ def build_reconciliation(nas: NasConfig, config: PacsConfig) -> tuple[list, list
             **{f"this_run_{k}": v for k, v in done.summary.counts.items()},
         })
 
-    @asset_check(asset=catch_up_key, name="every_stored_instance_in_orthanc", required_resource_keys={"index", "orthanc"},
+    @asset_check(asset=catch_up_key, name="every_stored_instance_in_orthanc",
+                 required_resource_keys={"index", "orthanc"},
                  description="The whole-NAS sweep: every file recorded as imported or duplicate is in Orthanc "
                              "(batched /tools/find queries, ~100 instances each).")
     def every_stored_instance_in_orthanc(context: AssetCheckExecutionContext) -> AssetCheckResult:

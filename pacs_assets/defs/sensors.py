@@ -121,7 +121,8 @@ def look_for_changes(nas: NasConfig, config: PacsConfig, who: str,
 
 
 def build_new_files_sensor(nas: NasConfig, config: PacsConfig, jobs: list):
-    @sensor(name=f"{nas.id}_new_files_sensor", jobs=jobs, minimum_interval_seconds=minimum_interval(nas.sensor_interval_seconds),
+    @sensor(name=f"{nas.id}_new_files_sensor", jobs=jobs,
+            minimum_interval_seconds=minimum_interval(nas.sensor_interval_seconds),
             default_status=DefaultSensorStatus.STOPPED,
             description=f"Watches NAS '{nas.id}' for new, changed and deleted files and materializes the "
                         "procedure dates they belong to, walking only the folders that changed.")

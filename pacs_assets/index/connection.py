@@ -75,7 +75,8 @@ def _apply_schema_once(con: duckdb.DuckDBPyConnection, path: Path) -> None:
     _private(path)
 
 
-def connect(path: str | os.PathLike, *, read_only: bool = False, wait: float | None = None) -> duckdb.DuckDBPyConnection:
+def connect(path: str | os.PathLike, *, read_only: bool = False,
+            wait: float | None = None) -> duckdb.DuckDBPyConnection:
     """Open the index, waiting while another process holds its lock."""
     wait = LOCK_WAIT_SECONDS if wait is None else wait
     deadline = time.monotonic() + wait

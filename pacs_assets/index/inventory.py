@@ -70,7 +70,8 @@ def load_cache(staging: Staging, nas_id: str, folders: Sequence[str] | None = No
             con.execute("INSERT INTO staging.cache SELECT * FROM scan_cache WHERE nas_id = ?", [nas_id])
         else:
             for in_list, params in folder_chunks(folders):
-                con.execute(f"INSERT INTO staging.cache SELECT * FROM scan_cache WHERE nas_id = ? AND folder IN {in_list}",
+                con.execute("INSERT INTO staging.cache SELECT * FROM scan_cache WHERE nas_id = ? AND folder IN "
+                            f"{in_list}",
                             [nas_id, *params])
     return staging.count("cache")
 
@@ -126,7 +127,8 @@ def merge_inventory(staging: Staging, nas_id: str, start: dt.date, end: dt.date,
     return counts
 
 
-def _merge_folders(staging: Staging, nas_id: str, start: dt.date, end: dt.date, folders: Sequence[str]) -> dict[str, int]:
+def _merge_folders(staging: Staging, nas_id: str, start: dt.date, end: dt.date,
+                   folders: Sequence[str]) -> dict[str, int]:
     window = [start, end]
     with staging.attached_to_index(atomic=True) as con:
         for in_list, params in folder_chunks(folders):
@@ -143,7 +145,8 @@ def _merge_folders(staging: Staging, nas_id: str, start: dt.date, end: dt.date, 
                         [nas_id, *params, *window])
             con.execute(f"DELETE FROM scan_cache WHERE {here}", [nas_id, *params])
         forget_returned(con, nas_id)
-        con.execute("INSERT INTO inventory SELECT * FROM staging.inventory WHERE procedure_date >= ? AND procedure_date < ?",
+        con.execute("INSERT INTO inventory SELECT * FROM staging.inventory WHERE procedure_date >= ? AND "
+                    "procedure_date < ?",
                     window)
         con.execute("INSERT INTO scan_cache SELECT * FROM staging.inventory")
         counts = dict(con.execute(
@@ -161,7 +164,8 @@ def carry_over_links(staging: Staging, root: str | os.PathLike) -> int:
     links = [p for p in missing if os.path.islink(names.join(root, p))]
     for i in range(0, len(links), FOLDER_CHUNK):
         part = links[i:i + FOLDER_CHUNK]
-        staging.con.execute(f"INSERT INTO inventory SELECT * FROM cache WHERE file_path IN ({', '.join('?' * len(part))})",
+        staging.con.execute("INSERT INTO inventory SELECT * FROM cache WHERE file_path IN "
+                            f"({', '.join('?' * len(part))})",
                             part)
     return len(links)
 
@@ -177,7 +181,8 @@ def carry_over_unread(staging: Staging, unread: Sequence[tuple[str, str]]) -> in
     con = staging.con
     con.register("_unread", pd.DataFrame(list(unread), columns=["rel", "scope"]))
     try:
-        con.execute("CREATE OR REPLACE TEMP TABLE _kept AS SELECT c.* FROM cache c WHERE EXISTS (SELECT 1 FROM _unread u "
+        con.execute("CREATE OR REPLACE TEMP TABLE _kept AS SELECT c.* FROM cache c WHERE EXISTS (SELECT 1 FROM "
+                    "_unread u "
                     "WHERE (u.scope = 'folder' AND c.folder = u.rel) "
                     "OR (u.scope = 'tree' AND (u.rel = '' OR c.file_path = u.rel OR c.folder = u.rel "
                     "OR starts_with(c.folder, u.rel || '/'))))")
@@ -244,7 +249,8 @@ class StagingCache(ScanCache):
             ORDER BY k""")
         total = self.unmatched_total = self.staging.count("unmatched")
         for lo in range(0, total, batch_size):
-            yield [tuple(r) for r in con.execute("SELECT file_path, size, mtime_ns FROM unmatched WHERE k > ? AND k <= ?",
+            yield [tuple(r) for r in con.execute("SELECT file_path, size, mtime_ns FROM unmatched WHERE k > ? "
+                                                 "AND k <= ?",
                                                   [lo, lo + batch_size]).fetchall()]
 
 

@@ -58,7 +58,8 @@ def reconcile_inventory(staging: Staging, nas_id: str) -> dict[dt.date, dict[str
         for day, kind, n in rows:
             changes[day][kind] = n
         if changes:
-            con.execute("CREATE OR REPLACE TEMP TABLE _dates AS SELECT DISTINCT d FROM (SELECT old_date AS d FROM _diff "
+            con.execute("CREATE OR REPLACE TEMP TABLE _dates AS SELECT DISTINCT d FROM (SELECT old_date AS d "
+                        "FROM _diff "
                         "UNION SELECT new_date FROM _diff) WHERE d IS NOT NULL")
             record_deleted(con, """
                 SELECT o.nas_id, o.file_path, o.change_token, o.procedure_date, o.status
@@ -68,12 +69,15 @@ def reconcile_inventory(staging: Staging, nas_id: str) -> dict[dt.date, dict[str
             con.execute("DELETE FROM deleted_files WHERE nas_id = ? AND file_path IN "
                         "(SELECT file_path FROM _diff WHERE kind = 'added')", [nas_id])
             con.execute("DELETE FROM inventory WHERE nas_id = ? AND procedure_date IN (SELECT d FROM _dates)", [nas_id])
-            con.execute("INSERT INTO inventory SELECT * FROM staging.inventory WHERE procedure_date IN (SELECT d FROM _dates)")
+            con.execute("INSERT INTO inventory SELECT * FROM staging.inventory WHERE procedure_date IN (SELECT "
+                        "d FROM _dates)")
         # The scan cache becomes what the walk saw, rewriting only the rows that differ.
-        con.execute(f"CREATE OR REPLACE TEMP TABLE _stale AS SELECT file_path FROM ({_DIFF.format(table='scan_cache')})",
+        con.execute("CREATE OR REPLACE TEMP TABLE _stale AS SELECT file_path FROM "
+                    f"({_DIFF.format(table='scan_cache')})",
                     [nas_id])
         if con.execute("SELECT count(*) FROM _stale").fetchall()[0][0]:
-            con.execute("DELETE FROM scan_cache WHERE nas_id = ? AND file_path IN (SELECT file_path FROM _stale)", [nas_id])
+            con.execute("DELETE FROM scan_cache WHERE nas_id = ? AND file_path IN (SELECT file_path FROM _stale)",
+                        [nas_id])
             con.execute("INSERT INTO scan_cache SELECT * FROM staging.inventory "
                         "WHERE file_path IN (SELECT file_path FROM _stale)")
     return dict(changes)

@@ -3,8 +3,8 @@
 Read-only, streamed, depth first in name order. Every entry the walk meets is reported exactly once:
 a regular file with its size and mtime, or a problem (a dangling link, a device...) with the status and
 one-sentence reason its inventory record gets, or, for what could not be read (a folder that cannot be
-listed, a stat that keeps failing), ``unread``: what the index knew there is kept, never read as deleted. With ``follow_links``,
-symbolic links are followed only inside the root and each folder only once (a link to an ancestor
+listed, a stat that keeps failing), ``unread``: what the index knew there is kept, never read as deleted.
+With ``follow_links``, symbolic links are followed only inside the root and each folder only once (a link to an ancestor
 cannot loop); without it, links are reported as links and never followed.
 """
 
@@ -73,7 +73,8 @@ def check_root(nas_id: str, root: os.PathLike | str) -> None:
     except OSError:
         is_dir = False
     if not is_dir:
-        raise ConfigError(f"NAS '{nas_id}': root folder {root} does not exist or is not a folder (is the NAS mounted?).")
+        raise ConfigError(f"NAS '{nas_id}': root folder {root} does not exist or is not a folder (is the NAS "
+                          "mounted?).")
 
     def first_entry():
         with os.scandir(root) as it:
@@ -171,7 +172,8 @@ def _entry(entry: os.DirEntry, fd: int, dir_path: str, rel_dir: str, real_root: 
             subdirs.append(rel)
     elif stat.S_ISREG(st.st_mode):
         if settle_ns and now_ns - st.st_mtime_ns < settle_ns:
-            yield Entry(rel, st.st_size, st.st_mtime_ns, SKIPPED, "still being written (modified too recently); next run")
+            yield Entry(rel, st.st_size, st.st_mtime_ns, SKIPPED, "still being written (modified too recently); "
+                                                                  "next run")
         else:
             yield Entry(rel, st.st_size, st.st_mtime_ns)
     else:

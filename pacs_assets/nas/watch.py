@@ -262,9 +262,10 @@ class NasWatch:
                 if known.get(child) != (st.st_size, st.st_mtime_ns):
                     # A changed file keeps the partition it was reported in: if it settles in another one (its
                     # StudyDate was rewritten), the old partition is reported too, so its rows are replaced.
-                    self.db.execute("INSERT INTO files VALUES (?, ?, ?, ?, 0, NULL, ?) ON CONFLICT (path) DO UPDATE SET "
-                                    "size = excluded.size, mtime_ns = excluded.mtime_ns, stable = 0, "
-                                    "seen_tick = excluded.seen_tick", (child, rel, st.st_size, st.st_mtime_ns, self.tick_no))
+                    self.db.execute("INSERT INTO files VALUES (?, ?, ?, ?, 0, NULL, ?) ON CONFLICT (path) DO "
+                                    "UPDATE SET size = excluded.size, mtime_ns = excluded.mtime_ns, stable = 0, "
+                                    "seen_tick = excluded.seen_tick",
+                                    (child, rel, st.st_size, st.st_mtime_ns, self.tick_no))
         finally:
             os.close(fd)
         for gone in set(known) - seen:
@@ -275,7 +276,8 @@ class NasWatch:
             self.db.execute("DELETE FROM files WHERE path = ?", (gone,))
         for gone_dir in known_dirs:  # read, and the folder is not in it: gone with everything below it
             self._forget_dir(gone_dir, changes)
-        self.db.execute("INSERT INTO dirs VALUES (?, ?, ?) ON CONFLICT (path) DO UPDATE SET mtime_ns = excluded.mtime_ns, "
+        self.db.execute("INSERT INTO dirs VALUES (?, ?, ?) ON CONFLICT (path) DO UPDATE SET mtime_ns = "
+                        "excluded.mtime_ns, "
                         "checked = excluded.checked", (rel, dir_mtime, self.tick_no))
 
     def _settle(self, changes, today: dt.date, deadline: float) -> None:

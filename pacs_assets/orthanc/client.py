@@ -137,7 +137,8 @@ class OrthancClient:
         try:
             resp = self._get("/system")
         except requests.ConnectionError:
-            raise OrthancUnavailable(f"Orthanc at {self.url} is unreachable (connection refused or no route).") from None
+            raise OrthancUnavailable(
+                f"Orthanc at {self.url} is unreachable (connection refused or no route).") from None
         except requests.Timeout:
             raise OrthancUnavailable(f"Orthanc at {self.url} did not answer within {self.timeout:.0f} s.") from None
         if resp.status_code == 401:
