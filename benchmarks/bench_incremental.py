@@ -186,7 +186,7 @@ def bench_size(n: int, work: Path, template_holder: dict, reconcile: bool, rss: 
     from dagster import DagsterInstance
 
     from pacs_assets.config import load_config
-    from pacs_assets.defs.definitions import build_definitions
+    from pacs_assets.defs.site import build_definitions
     from pacs_assets.sample.bulk_dicom_nas import make_bulk_dicom_nas
 
     today = dt.date.today()

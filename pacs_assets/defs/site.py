@@ -1,5 +1,6 @@
 """Building the Dagster definitions for a site: per configured NAS, one asset graph, one partitioned job, its
-schedules and its new-files sensor."""
+schedules and its new-files sensor. The one definitions module, the code location, is pacs_assets/definitions.py:
+it calls ``build_definitions`` with the site's configuration."""
 
 from __future__ import annotations
 
