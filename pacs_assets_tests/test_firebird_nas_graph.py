@@ -29,8 +29,9 @@ def test_firebird_nas_is_imported_losslessly_rendered_and_not_twice(tmp_path, or
 
     assert result.success
     checks = check_results(result)
-    assert checks == {"every_folder_read": True, "every_file_accounted_for": True, "no_sop_instance_conflicts": True, "no_uid_conflicts": True,
-                      "indexed_instances_in_orthanc": True, "lossless_in_orthanc": True}
+    assert checks == {"every_folder_read": True, "every_file_accounted_for": True, "no_sop_instance_conflicts": True,
+                      "no_uid_conflicts": True, "indexed_instances_in_orthanc": True, "one_person_per_patient_id": True,
+                      "no_patient_name_variants": True, "no_held_files": True, "lossless_in_orthanc": True}
     index = tmp_path / "index.duckdb"
     with duckdb.connect(str(index), read_only=True) as con:
         rows = con.execute("SELECT s.file_path, s.status, s.reason, s.orthanc_instance_id, f.compression_type "

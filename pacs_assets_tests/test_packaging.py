@@ -18,9 +18,9 @@ ALLOWED = {
     "pipeline": {"pipeline", "nas", "orthanc", "index", "identity", "config", "errors"},
     "identity": {"identity", "errors"},
     "cli": {"cli", "pipeline", "identity", "nas", "orthanc", "index", "config", "errors", "sample", "process_identity"},
-    "index": {"index", "nas", "errors"},
+    "index": {"index", "nas", "errors"},  # FileRecord, ScanCache, names: the index stores what nas/ reads
     "orthanc": {"orthanc", "errors"},
-    "nas": {"nas", "index", "errors"},  # a kind's extra check reads the index (lazily, inside the check)
+    "nas": {"nas", "errors"},  # a kind's own check gets the index's query as an argument (pipeline/checks.py)
     "sample": {"sample", "nas", "errors"},
     "config": {"nas", "errors"},
     "errors": set(),

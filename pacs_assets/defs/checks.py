@@ -128,7 +128,7 @@ def _kind_check(nas: NasConfig, spec: KindCheck):
     @asset_check(asset=AssetKey([nas.id, spec.on]), name=spec.name, required_resource_keys={"index", "orthanc"},
                  description=spec.description)
     def kind_check(context: AssetCheckExecutionContext) -> AssetCheckResult:
-        passed, metadata = spec.run(nas, context.resources.index.path, context.resources.orthanc.client())
+        passed, metadata = work.kind_check(spec, nas, context.resources.index.path, context.resources.orthanc.client())
         return AssetCheckResult(passed=passed, metadata=metadata)
 
     return kind_check

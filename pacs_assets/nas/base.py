@@ -188,8 +188,12 @@ class NasBase(StrictModel):
 
 @dataclasses.dataclass(frozen=True)
 class KindCheck:
-    """A check a kind adds to its NAS graph, as a plain function: ``run(nas, index_path, client)`` returns
-    ``(passed, metadata)``. ``on`` names the asset it checks (``orthanc_instances`` or ``dicom_index``)."""
+    """A check a kind adds to its NAS graph, as a plain function: ``run(nas, stored_files, client)`` returns
+    ``(passed, metadata)``. ``on`` names the asset it checks (``orthanc_instances`` or ``dicom_index``).
+
+    A kind never reads the index itself (nas/ sits below index/): ``stored_files(file_format,
+    transfer_syntax_uid, limit)`` is the index's query, handed in by the pipeline, and returns
+    ``(file_path, orthanc_instance_id)`` of this NAS's files in Orthanc (a spread sample unless limit=0)."""
 
     name: str
     on: str

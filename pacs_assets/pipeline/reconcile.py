@@ -18,11 +18,11 @@ from collections import Counter
 from collections.abc import Callable
 
 from pacs_assets.index import consistency
-from pacs_assets.index.hierarchy import rebuild_hierarchy
 from pacs_assets.index.reconcile import date_ranges, dates_to_rebuild, dates_to_upload, reconcile_inventory
 from pacs_assets.index.staging import Staging
 from pacs_assets.nas.base import NasBase, NasSource
 from pacs_assets.orthanc.client import OrthancClient
+from pacs_assets.pipeline.hierarchy import build_hierarchy
 from pacs_assets.pipeline.inventory import walk_into
 from pacs_assets.pipeline.upload import ImportSummary, upload_window
 
@@ -77,7 +77,7 @@ def catch_up(source: NasSource, client: OrthancClient, index_path: str | os.Path
     done = CaughtUp()
     done.rebuilt = dates_to_rebuild(index_path, nas_id)
     for start, end in date_ranges(done.rebuilt):
-        rebuild_hierarchy(index_path, nas_id, start, end)
+        build_hierarchy(index_path, nas_id, start, end)
     if on_rebuilt:
         on_rebuilt(done.rebuilt)
     identity = upload_options.get("identity")
