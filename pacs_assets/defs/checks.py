@@ -25,6 +25,8 @@
   never read as deleted; the check fails so that someone looks (permissions, a flaky share).
 - the kind's own checks (``NasKind.checks``), e.g. ``lossless_in_orthanc`` for Firebird/JPEG 2000.
 Metadata carries counts and NAS ids only, never UIDs or patient data.
+
+The same concept on two layers: the Dagster asset checks (defs/checks.py) and their work (pipeline/checks.py).
 """
 
 from dagster import (
@@ -43,7 +45,6 @@ from pacs_assets.nas.base import KindCheck
 from pacs_assets.nas.registry import kind_of
 from pacs_assets.pipeline import checks as work
 from pacs_assets.pipeline.identity_guard import guard_for
-
 
 FOLDERS_READ = "every_folder_read"
 

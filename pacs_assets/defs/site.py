@@ -11,11 +11,11 @@ from pacs_assets.defs.arrivals import build_orthanc_arrivals
 from pacs_assets.defs.assets import build_nas_assets
 from pacs_assets.defs.checks import build_nas_checks
 from pacs_assets.defs.executor import pacs_in_process_executor
+from pacs_assets.defs.identity_release import build_identity_sensor
 from pacs_assets.defs.reconciliation import build_reconciliation, reconciliation_keys
 from pacs_assets.defs.resources import build_resources
-from pacs_assets.defs.identity_release import build_identity_sensor
 from pacs_assets.defs.schedules import build_schedules
-from pacs_assets.defs.sensors import build_new_files_sensor
+from pacs_assets.defs.sensors import build_new_files_sensor, job_name
 
 
 def build_definitions(config: PacsConfig) -> Definitions:
@@ -26,7 +26,7 @@ def build_definitions(config: PacsConfig) -> Definitions:
         checks += build_nas_checks(nas, config)
         rec_assets, rec_checks, rec_job = build_reconciliation(nas, config)
         assets, checks = assets + rec_assets, checks + rec_checks
-        job = define_asset_job(f"{nas.id}_job",
+        job = define_asset_job(job_name(nas.id),
                                selection=AssetSelection.groups(nas.id) - AssetSelection.assets(*reconciliation_keys(nas.id)),
                                description=f"Inventory, index and import NAS '{nas.id}'.")
         jobs += [job, rec_job]

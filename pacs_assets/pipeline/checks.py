@@ -1,5 +1,8 @@
 """The asset checks' work, as plain functions returning ``(passed, metadata)``. Metadata carries counts and
-NAS ids only, never UIDs, paths or patient data."""
+NAS ids only, never UIDs, paths or patient data.
+
+The same concept on two layers: the Dagster asset checks (defs/checks.py) and their work (pipeline/checks.py).
+"""
 
 from __future__ import annotations
 
@@ -15,7 +18,7 @@ from pacs_assets.index.patient_records import held_counts
 from pacs_assets.nas.base import KindCheck, NasBase
 from pacs_assets.orthanc.client import OrthancClient, OrthancUnavailable
 from pacs_assets.pipeline.identity_guard import IdentityGuard, index_collisions
-from pacs_assets.pipeline.reconcile import orthanc_sweep
+from pacs_assets.pipeline.reconciliation import orthanc_sweep
 
 
 def every_file_accounted_for(index_path: str | os.PathLike, nas_id: str, start: dt.date,

@@ -3,6 +3,9 @@
 An incremental run walks only the folders that changed (``folders``) and merges only their rows; a run
 without folders (an explicit backfill) walks everything. The index is opened twice: a short read of the
 scan cache (of those folders only), and one transaction for the merge. The walk itself holds no lock.
+
+The same concept on two layers: the work of ``file_inventory`` (pipeline/inventory.py) and its SQL
+(index/inventory.py).
 """
 
 from __future__ import annotations

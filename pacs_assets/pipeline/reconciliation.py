@@ -6,6 +6,9 @@ writes nothing to the index and reports no changed date, so no partition is mate
 ``catch_up`` rebuilds the hierarchy of the dates whose instances lag the inventory and uploads the dates
 with instances not yet in Orthanc; ``orthanc_sweep`` checks every stored instance against Orthanc in
 batched ``/tools/find`` queries (the whole-NAS check belongs here, not to every run).
+
+The same concept on three layers: the Dagster assets and job (defs/reconciliation.py), the work
+(pipeline/reconciliation.py), the SQL (index/reconciliation.py).
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from collections import Counter
 from collections.abc import Callable
 
 from pacs_assets.index import consistency
-from pacs_assets.index.reconcile import date_ranges, dates_to_rebuild, dates_to_upload, reconcile_inventory
+from pacs_assets.index.reconciliation import date_ranges, dates_to_rebuild, dates_to_upload, reconcile_inventory
 from pacs_assets.index.staging import Staging
 from pacs_assets.nas.base import NasBase, NasSource
 from pacs_assets.orthanc.client import OrthancClient
