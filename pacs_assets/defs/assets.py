@@ -35,6 +35,7 @@ from pacs_assets.defs.resources import IndexResource, OrthancResource, nas_resou
 from pacs_assets.defs.sensors import watch_state_path
 from pacs_assets.nas.folder_lists import read_folder_list
 from pacs_assets.nas.names import shown
+from pacs_assets.nas.registry import kind_of
 from pacs_assets.orthanc.client import OrthancRefused, OrthancUnavailable
 from pacs_assets.pipeline.hierarchy import build_hierarchy
 from pacs_assets.pipeline.identity_guard import guard_for
@@ -135,7 +136,7 @@ def build_nas_assets(nas: NasConfig, config: PacsConfig) -> list:
             rows = "\n".join(f"| {shown(p) or '(root)'} | {scope} |" for p, scope in result.unread[:200])
             named["not_read"] = MetadataValue.md(f"| folder or file | scope |\n|---|---|\n{rows}")
         return MaterializeResult(metadata={
-            "folders_walked": len(folders) if folders is not None and source.scans_folders else "all",
+            "folders_walked": len(folders) if folders is not None and kind_of(nas).has_folders else "all",
             "files_walked": result.walked,
             "files_in_partitions": sum(counts.values()),
             **{f"files_{k}": v for k, v in counts.items()},

@@ -1,8 +1,8 @@
 """The ``firebird_jpeg2000`` NAS kind: a Firebird catalog (patients/studies/series/images) plus JPEG 2000 files.
 
 A file's procedure date is in the catalog, not in the file, so the folder watch cannot date a new file
-(``read_dates`` is None): the sensor asks for the range of dates the NAS spans. Its extra check decodes
-images back from Orthanc and compares them with the source JPEG 2000 pixel for pixel.
+(``read_dates`` is None, so ``has_folders`` is False): the sensor asks for the range of dates the NAS spans.
+Its extra check decodes images back from Orthanc and compares them with the source JPEG 2000 pixel for pixel.
 """
 
 from __future__ import annotations
