@@ -31,7 +31,7 @@ from pacs_assets.config import ConfigError, NasConfig, PacsConfig
 from pacs_assets.defs.checks import folders_read_result, folders_read_spec
 from pacs_assets.defs.partitions import nas_partitions
 from pacs_assets.defs.progress import Progress
-from pacs_assets.defs.resources import IndexResource, OrthancResource, nas_resource_key
+from pacs_assets.defs.resources import IndexResource, OrthancResource, nas_of, nas_resource_key
 from pacs_assets.defs.sensors import watch_state_path
 from pacs_assets.nas.folder_lists import read_folder_list
 from pacs_assets.nas.names import shown
@@ -119,13 +119,14 @@ def build_nas_assets(nas: NasConfig, config: PacsConfig) -> list:
            **common)
     def file_inventory(context: AssetExecutionContext, config: InventoryConfig) -> MaterializeResult:
         index: IndexResource = context.resources.index
-        source = getattr(context.resources, source_key).source()
+        site_nas = nas_of(context, nas.id)  # the source and its settings, from one place
         start, end = _window(context)
         folders = _folders(config, watch_dir, context)
         progress = Progress(context, f"walking NAS '{nas.id}'" + (f" ({len(folders)} folders)" if folders else ""))
         try:
-            result = take_inventory(source, nas, index.path, start, end, today=dt.datetime.now(tz).date(),
-                                    folders=folders, progress=lambda done, known: progress.tick(done, known or None))
+            result = take_inventory(site_nas.source(), site_nas.settings, index.path, start, end,
+                                    today=dt.datetime.now(tz).date(), folders=folders,
+                                    progress=lambda done, known: progress.tick(done, known or None))
         except ConfigError as exc:
             raise Failure(description=str(exc), allow_retries=False) from None
         except NasOutage as exc:
@@ -166,7 +167,7 @@ def build_nas_assets(nas: NasConfig, config: PacsConfig) -> list:
     def orthanc_instances(context: AssetExecutionContext) -> MaterializeResult:
         index: IndexResource = context.resources.index
         orthanc: OrthancResource = context.resources.orthanc
-        source = getattr(context.resources, source_key).source()
+        source = nas_of(context, nas.id).source()
         start, end = _window(context)
         progress = Progress(context, f"importing NAS '{nas.id}' into Orthanc")
         try:

@@ -42,7 +42,7 @@ from pacs_assets.config import ConfigError, NasConfig, PacsConfig
 from pacs_assets.defs.assets import OWNERS, UPLOAD_POOL, WALK_POOL
 from pacs_assets.defs.checks import folders_read_result, folders_read_spec
 from pacs_assets.defs.progress import Progress
-from pacs_assets.defs.resources import IndexResource, OrthancResource, nas_resource_key
+from pacs_assets.defs.resources import IndexResource, OrthancResource, nas_of, nas_resource_key
 from pacs_assets.defs.sensors import reconciliation_job_name
 from pacs_assets.orthanc.client import OrthancRefused, OrthancUnavailable
 from pacs_assets.pipeline import checks as work
@@ -82,10 +82,10 @@ def build_reconciliation(nas: NasConfig, config: PacsConfig) -> tuple[list, list
                        "file_inventory only for the procedure dates whose files changed.")
     def reconciliation(context: AssetExecutionContext) -> MaterializeResult:
         index: IndexResource = context.resources.index
-        source = getattr(context.resources, source_key).source()
+        site_nas = nas_of(context, nas.id)  # the source and its settings, from one place
         progress = Progress(context, f"reconciling NAS '{nas.id}'")
         try:
-            found = reconcile(source, nas, index.path, today=dt.datetime.now(tz).date(),
+            found = reconcile(site_nas.source(), site_nas.settings, index.path, today=dt.datetime.now(tz).date(),
                               progress=lambda done, known: progress.tick(done, known or None))
         except ConfigError as exc:
             raise Failure(description=str(exc), allow_retries=False) from None
@@ -115,7 +115,7 @@ def build_reconciliation(nas: NasConfig, config: PacsConfig) -> tuple[list, list
     def reconciliation_catch_up(context: AssetExecutionContext) -> MaterializeResult:
         index: IndexResource = context.resources.index
         orthanc: OrthancResource = context.resources.orthanc
-        source = getattr(context.resources, source_key).source()
+        source = nas_of(context, nas.id).source()
 
         def rebuilt(days: list[dt.date]) -> None:
             for day in days:
