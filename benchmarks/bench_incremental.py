@@ -10,7 +10,7 @@ b) the reconciliation job on the unchanged largest NAS with 10 years of daily pa
    Also: the identity guard's share of that run (its seconds in the upload, from the run's metadata, plus the
    identity checks' steps; goal <= 0.10) and, after b), one pass of identity detection over the whole index
    against the reconciliation (goal <= 0.05).
-c) peak RSS of the reconciliation's whole-NAS walk (``pipeline.reconcile.reconcile``) on each NAS, in a fresh
+c) peak RSS of the reconciliation's whole-NAS walk (``pipeline.reconciliation.reconcile``) on each NAS, in a fresh
    child process (VmHWM from /proc/<pid>/status: ru_maxrss would include what the parent held before the
    exec). Prints the ratio largest / smallest (goal <= 1.25).
 
@@ -112,7 +112,7 @@ def rss_child(config_path: Path) -> dict:
 def _rss_child_main(config_path: str) -> int:
     from pacs_assets.config import load_config
     from pacs_assets.nas.registry import source_for
-    from pacs_assets.pipeline.reconcile import reconcile
+    from pacs_assets.pipeline.reconciliation import reconcile
 
     cfg = load_config(Path(config_path))
     nas = cfg.nas[0]
@@ -186,7 +186,7 @@ def bench_size(n: int, work: Path, template_holder: dict, reconcile: bool, rss: 
     from dagster import DagsterInstance
 
     from pacs_assets.config import load_config
-    from pacs_assets.defs.definitions import build_definitions
+    from pacs_assets.defs.site import build_definitions
     from pacs_assets.sample.bulk_dicom_nas import make_bulk_dicom_nas
 
     today = dt.date.today()

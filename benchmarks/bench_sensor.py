@@ -43,7 +43,7 @@ def one_partition_run_seconds(tmp: Path) -> float:
     from dagster import DagsterInstance
 
     from pacs_assets.config import load_config
-    from pacs_assets.defs.definitions import build_definitions
+    from pacs_assets.defs.site import build_definitions
     from pacs_assets.sample.dicom_nas import make_dicom_nas
 
     today = dt.date.today()

@@ -4,13 +4,20 @@ A mistake in the configuration fails the load with the one sentence ``pacs check
 traceback through Dagster's loader: where the error goes uncaught (``dagster asset materialize -m ...``)
 the interpreter prints just that sentence; where Dagster reports it (``dagster definitions validate``,
 the UI's code location), the sentence is the message and the stack is one frame of this file.
+
+The only definitions module: ``[tool.dg]`` in pyproject.toml and workspace.yaml both name it. Beside the
+site's graphs (defs/site.py) it loads the ``pacs_assets.defs`` folder the way a ``dg`` project does, so what
+``dg scaffold defs`` adds there is loaded too (today the folder holds factories only, which add nothing).
 """
 
 import logging
 import sys
+from pathlib import Path
+
+from dagster import Definitions, load_from_defs_folder
 
 from pacs_assets.config import ConfigError, load_config
-from pacs_assets.defs.definitions import build_definitions
+from pacs_assets.defs.site import build_definitions
 
 
 def _print_config_errors_as_one_sentence():
@@ -37,7 +44,8 @@ def _one_sentence_record(record: logging.LogRecord) -> bool:
 
 
 try:
-    defs = build_definitions(load_config())
+    defs = Definitions.merge(build_definitions(load_config()),
+                             load_from_defs_folder(path_within_project=Path(__file__).parent))
 except ConfigError as exc:
     _print_config_errors_as_one_sentence()
     raise ConfigError(str(exc)) from None

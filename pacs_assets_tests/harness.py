@@ -18,7 +18,7 @@ import yaml
 from dagster import DagsterInstance, ExecuteInProcessResult
 
 from pacs_assets.config import load_config
-from pacs_assets.defs.definitions import build_definitions
+from pacs_assets.defs.site import build_definitions
 from pacs_assets.sample.dicom_nas import SampleManifest, make_dicom_nas
 from pacs_assets_tests.services.orthanc import OrthancServer
 

@@ -78,7 +78,7 @@ def test_the_same_instance_with_another_patient_on_two_nas_is_a_conflict(tmp_pat
 
 def test_the_sweep_counts_the_same_by_listing_orthanc_and_by_finding_each_uid(tmp_path, orthanc_env, monkeypatch):
     from pacs_assets.orthanc.client import OrthancClient
-    from pacs_assets.pipeline import reconcile
+    from pacs_assets.pipeline import reconciliation
 
     make_dicom_nas(tmp_path / "nas", patients=4, start_date=SAMPLE_START)
     config = write_config(tmp_path / "pacs.yaml", NAS, orthanc_url=orthanc_env.url)
@@ -93,7 +93,7 @@ def test_the_sweep_counts_the_same_by_listing_orthanc_and_by_finding_each_uid(tm
     listed, real = [], OrthancClient.instance_ids
     # Pages of 3: the paging is exercised too.
     monkeypatch.setattr(OrthancClient, "instance_ids", lambda self, page=0: listed.append(1) or real(self, page=3))
-    by_list = reconcile.orthanc_sweep(index, "ct", client)
-    monkeypatch.setattr(reconcile, "LIST_FACTOR", 0)  # Orthanc "too big": find every UID
-    by_find = reconcile.orthanc_sweep(index, "ct", client)
+    by_list = reconciliation.orthanc_sweep(index, "ct", client)
+    monkeypatch.setattr(reconciliation, "LIST_FACTOR", 0)  # Orthanc "too big": find every UID
+    by_find = reconciliation.orthanc_sweep(index, "ct", client)
     assert listed and by_list == by_find and by_find["missing_in_orthanc"] == 2 and by_find["checked"] > 2

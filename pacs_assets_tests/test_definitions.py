@@ -13,7 +13,7 @@ import pytest
 from dagster import AssetKey, BackfillPolicy, BetaWarning, DailyPartitionsDefinition
 
 from pacs_assets.config import load_config
-from pacs_assets.defs.definitions import build_definitions
+from pacs_assets.defs.site import build_definitions
 from pacs_assets_tests.harness import write_config
 
 REPO = Path(__file__).resolve().parents[1]
@@ -106,3 +106,21 @@ def test_a_config_typo_is_the_first_error_a_workspace_command_logs(tmp_path):
                      config=_config_with_a_typo(tmp_path))
     first_error = next(line for line in lines if "ERROR" in line or "Error" in line)
     assert TYPO_SENTENCE in first_error, "\n".join(lines)
+
+
+def test_the_code_location_loads_what_dg_scaffold_adds_to_the_defs_folder(tmp_path):
+    """`dg scaffold defs dagster.asset scaffolded.py` writes the file into the defs folder: the one definitions
+    module loads it."""
+    project = tmp_path / "project"
+    shutil.copytree(REPO, project, ignore=shutil.ignore_patterns(".git", ".venv", "var", "build", "*.egg-info",
+                                                                 "__pycache__", "pacs_assets_tests", "benchmarks"))
+    (project / "pacs_assets" / "defs" / "scaffolded.py").write_text(
+        "import dagster as dg\n\n\n@dg.asset\ndef scaffolded_probe() -> None:\n    pass\n")
+    env = {**os.environ, "PACS_CONFIG": str(two_nas_config(tmp_path)), "PYTHONPATH": str(project)}
+    probe = ("from dagster import AssetKey; from pacs_assets.definitions import defs; "
+             "graph = defs.resolve_asset_graph(); "
+             "print(graph.has(AssetKey('scaffolded_probe')), graph.has(AssetKey(['ct_nas', 'dicom_index'])))")
+    proc = subprocess.run([sys.executable, "-c", probe], cwd=project, env=env, capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.split() == ["True", "True"]

@@ -17,7 +17,7 @@ import requests
 from dagster import AssetKey, DagsterInstance, build_sensor_context
 
 from pacs_assets.config import load_config
-from pacs_assets.defs.definitions import build_definitions
+from pacs_assets.defs.site import build_definitions
 from pacs_assets.sample.bulk_dicom_nas import make_bulk_dicom_nas
 from pacs_assets.sample.dicom_nas import make_dicom_nas
 from pacs_assets_tests.harness import NAS, SAMPLE_START, TODAY, materialize_nas, write_config

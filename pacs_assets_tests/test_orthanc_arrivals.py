@@ -23,7 +23,7 @@ from pacs_assets.defs.arrivals import (
     arrivals_run_config,
     read_changes,
 )
-from pacs_assets.defs.definitions import build_definitions
+from pacs_assets.defs.site import build_definitions
 from pacs_assets.index import arrivals as arrivals_sql
 from pacs_assets.orthanc.client import (
     OrthancClient,

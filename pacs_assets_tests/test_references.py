@@ -3,7 +3,7 @@ file (docstrings, comments and code) are scanned for
 
 - paths: ``pacs_assets/index/journal.py``, ``benchmarks/bench_search.py``, ``scripts/test.sh``, and paths
   inside the package written from its top (``index/journal.py``, ``nas/watch.py``);
-- dotted names: ``pacs_assets.index.ledger``, ``pacs_assets.pipeline.reconcile.reconcile``,
+- dotted names: ``pacs_assets.index.ledger``, ``pacs_assets.pipeline.reconciliation.reconcile``,
   ``benchmarks.common``: the longest prefix must be a module, and what follows it a name that module has.
 """
 

@@ -11,7 +11,7 @@ import duckdb
 from dagster import DagsterInstance, build_sensor_context
 
 from pacs_assets.config import load_config
-from pacs_assets.defs.definitions import build_definitions
+from pacs_assets.defs.site import build_definitions
 from pacs_assets.nas.watch import NasWatch
 from pacs_assets.sample.bulk_dicom_nas import make_bulk_dicom_nas
 from pacs_assets.sample.dicom_nas import make_dicom_nas

@@ -17,7 +17,8 @@ import math
 import sys
 from zoneinfo import ZoneInfo
 
-from pacs_assets.cli.search import iso_date, positive_int, print_json, write_output
+from pacs_assets.cli.output import print_json, write_output
+from pacs_assets.cli.search import iso_date, positive_int
 from pacs_assets.config import PacsConfig, load_config
 from pacs_assets.nas.names import shown
 

@@ -18,7 +18,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from pacs_assets.cli.search import dicom_date, print_json, write_output
+from pacs_assets.cli.output import print_json, write_output
+from pacs_assets.cli.search import dicom_date
 from pacs_assets.config import PacsConfig, load_config
 from pacs_assets.identity.collisions import UID_KINDS
 

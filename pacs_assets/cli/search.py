@@ -12,12 +12,11 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import json
-import os
 import sys
 import time
 from pathlib import Path
 
+from pacs_assets.cli.output import print_json, write_output
 from pacs_assets.config import PacsConfig, load_config
 from pacs_assets.nas.names import shown as shown_path
 
@@ -39,19 +38,6 @@ def positive_int(text: str) -> int:
     if not 1 <= value <= 10_000:
         raise argparse.ArgumentTypeError(f"'{text}' must be a whole number from 1 to 10000")
     return value
-
-
-def write_output(render, *args) -> None:
-    """Print through ``render``; a reader that goes away early (``| head``) is not an error."""
-    try:
-        render(*args)
-        sys.stdout.flush()
-    except BrokenPipeError:
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
-
-
-def print_json(document: dict) -> None:
-    print(json.dumps(document, ensure_ascii=False, indent=2, default=str))
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:

@@ -20,7 +20,7 @@ import datetime as dt
 import os
 import sys
 
-from pacs_assets.cli.search import print_json, write_output
+from pacs_assets.cli.output import print_json, write_output
 from pacs_assets.config import ConfigError, PacsConfig, load_config
 
 RATE_WINDOW = dt.timedelta(minutes=10)

@@ -4,6 +4,9 @@
   new instances in ``orthanc_arrivals`` (pipeline/arrivals.py): a rerun of the same range gives the same rows;
 - the sensor keeps the last Seq it saw as its cursor and requests one run per tick for the range that holds
   new instances (run key ``orthanc:{since}:{until}``).
+
+The same concept on three layers: the asset and sensor (defs/arrivals.py), the work (pipeline/arrivals.py),
+the SQL (index/arrivals.py).
 """
 
 # No `from __future__ import annotations`: Dagster reads the Config annotation of the asset at definition time.

@@ -10,7 +10,6 @@ logs, metadata). No step holds the DuckDB lock for longer than a short merge (in
 
 import datetime as dt
 import functools
-import time
 import warnings
 from zoneinfo import ZoneInfo
 
@@ -31,10 +30,12 @@ from dagster import (
 from pacs_assets.config import ConfigError, NasConfig, PacsConfig
 from pacs_assets.defs.checks import folders_read_result, folders_read_spec
 from pacs_assets.defs.partitions import nas_partitions
-from pacs_assets.defs.resources import IndexResource, OrthancResource, nas_resource_key
+from pacs_assets.defs.progress import Progress
+from pacs_assets.defs.resources import IndexResource, OrthancResource, nas_of, nas_resource_key
 from pacs_assets.defs.sensors import watch_state_path
 from pacs_assets.nas.folder_lists import read_folder_list
 from pacs_assets.nas.names import shown
+from pacs_assets.nas.registry import kind_of
 from pacs_assets.orthanc.client import OrthancRefused, OrthancUnavailable
 from pacs_assets.pipeline.hierarchy import build_hierarchy
 from pacs_assets.pipeline.identity_guard import guard_for
@@ -46,7 +47,6 @@ from pacs_assets.pipeline.upload import upload_window
 # staging and uploading the same pending files at once (without it each file is sent twice: harmless for
 # Orthanc, but the ledger's last word becomes 'duplicate'). The index needs no pool: its locks are short.
 WALK_POOL, UPLOAD_POOL = "nas_walk", "orthanc_upload"
-PROGRESS_EVERY_SECONDS = 15.0
 OWNERS = ["team:radiology-it"]
 
 
@@ -90,27 +90,6 @@ def _window(context: AssetExecutionContext) -> tuple[dt.date, dt.date]:
     return window.start.date(), window.end.date()
 
 
-class _Progress:
-    """Logs 'done / total, rate, ETA' at a steady interval during long steps."""
-
-    def __init__(self, context: AssetExecutionContext, what: str, total: int | None = None):
-        self.context, self.what, self.total = context, what, total
-        self.started = self.last = time.monotonic()
-
-    def tick(self, done: int, total: int | None = None, force: bool = False) -> None:
-        now = time.monotonic()
-        self.total = total or self.total
-        if not force and now - self.last < PROGRESS_EVERY_SECONDS:
-            return
-        self.last = now
-        rate = done / max(now - self.started, 1e-9)
-        if self.total:
-            eta = (self.total - done) / rate if rate else float("inf")
-            self.context.log.info(f"{self.what}: {done}/{self.total} ({rate:.0f}/s, ETA {eta:.0f} s)")
-        else:
-            self.context.log.info(f"{self.what}: {done} ({rate:.0f}/s)")
-
-
 def _status_table(counts: dict[str, int]) -> MetadataValue:
     rows = "\n".join(f"| {k} | {v} |" for k, v in sorted(counts.items()))
     return MetadataValue.md(f"| status | files |\n|---|---|\n{rows}")
@@ -140,13 +119,14 @@ def build_nas_assets(nas: NasConfig, config: PacsConfig) -> list:
            **common)
     def file_inventory(context: AssetExecutionContext, config: InventoryConfig) -> MaterializeResult:
         index: IndexResource = context.resources.index
-        source = getattr(context.resources, source_key).source()
+        site_nas = nas_of(context, nas.id)  # the source and its settings, from one place
         start, end = _window(context)
         folders = _folders(config, watch_dir, context)
-        progress = _Progress(context, f"walking NAS '{nas.id}'" + (f" ({len(folders)} folders)" if folders else ""))
+        progress = Progress(context, f"walking NAS '{nas.id}'" + (f" ({len(folders)} folders)" if folders else ""))
         try:
-            result = take_inventory(source, nas, index.path, start, end, today=dt.datetime.now(tz).date(),
-                                    folders=folders, progress=lambda done, known: progress.tick(done, known or None))
+            result = take_inventory(site_nas.source(), site_nas.settings, index.path, start, end,
+                                    today=dt.datetime.now(tz).date(), folders=folders,
+                                    progress=lambda done, known: progress.tick(done, known or None))
         except ConfigError as exc:
             raise Failure(description=str(exc), allow_retries=False) from None
         except NasOutage as exc:
@@ -157,7 +137,7 @@ def build_nas_assets(nas: NasConfig, config: PacsConfig) -> list:
             rows = "\n".join(f"| {shown(p) or '(root)'} | {scope} |" for p, scope in result.unread[:200])
             named["not_read"] = MetadataValue.md(f"| folder or file | scope |\n|---|---|\n{rows}")
         return MaterializeResult(metadata={
-            "folders_walked": len(folders) if folders is not None and source.scans_folders else "all",
+            "folders_walked": len(folders) if folders is not None and kind_of(nas).has_folders else "all",
             "files_walked": result.walked,
             "files_in_partitions": sum(counts.values()),
             **{f"files_{k}": v for k, v in counts.items()},
@@ -187,9 +167,9 @@ def build_nas_assets(nas: NasConfig, config: PacsConfig) -> list:
     def orthanc_instances(context: AssetExecutionContext) -> MaterializeResult:
         index: IndexResource = context.resources.index
         orthanc: OrthancResource = context.resources.orthanc
-        source = getattr(context.resources, source_key).source()
+        source = nas_of(context, nas.id).source()
         start, end = _window(context)
-        progress = _Progress(context, f"importing NAS '{nas.id}' into Orthanc")
+        progress = Progress(context, f"importing NAS '{nas.id}' into Orthanc")
         try:
             done = upload_window(source, orthanc.client(), index.path, nas.id, start, end,
                                  concurrency=orthanc.concurrency, run_id=context.run.run_id,

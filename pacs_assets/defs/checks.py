@@ -25,6 +25,8 @@
   never read as deleted; the check fails so that someone looks (permissions, a flaky share).
 - the kind's own checks (``NasKind.checks``), e.g. ``lossless_in_orthanc`` for Firebird/JPEG 2000.
 Metadata carries counts and NAS ids only, never UIDs or patient data.
+
+The same concept on two layers: the Dagster asset checks (defs/checks.py) and their work (pipeline/checks.py).
 """
 
 from dagster import (
@@ -127,7 +129,7 @@ def _kind_check(nas: NasConfig, spec: KindCheck):
     @asset_check(asset=AssetKey([nas.id, spec.on]), name=spec.name, required_resource_keys={"index", "orthanc"},
                  description=spec.description)
     def kind_check(context: AssetCheckExecutionContext) -> AssetCheckResult:
-        passed, metadata = spec.run(nas, context.resources.index.path, context.resources.orthanc.client())
+        passed, metadata = work.kind_check(spec, nas, context.resources.index.path, context.resources.orthanc.client())
         return AssetCheckResult(passed=passed, metadata=metadata)
 
     return kind_check

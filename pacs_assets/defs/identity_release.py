@@ -35,7 +35,7 @@ def build_identity_sensor(config: PacsConfig, reconciliation_jobs: dict[str, obj
                 if nas_id in reconciliation_jobs:
                     requests.append(RunRequest(
                         run_key=f"identity-decision-{decision.number}-{nas_id}",
-                        job_name=f"{nas_id}_reconciliation_job",
+                        job_name=reconciliation_jobs[nas_id].name,
                         asset_selection=[AssetKey([nas_id, "reconciliation_catch_up"])],
                         tags={"pacs/identity_decision": str(decision.number)}))
         return SensorResult(run_requests=requests, cursor=str(max(d.number for d in new)))

@@ -11,6 +11,9 @@
 An unchanged NAS thus costs one walk and two materializations, whatever the number of partitions: Dagster's
 bookkeeping per partition and asset, for ten years of daily partitions, would be minutes per night
 (docs/speed.md).
+
+The same concept on three layers: the Dagster assets and job (defs/reconciliation.py), the work
+(pipeline/reconciliation.py), the SQL (index/reconciliation.py).
 """
 
 # No `from __future__ import annotations`: Dagster inspects the `context` annotation at definition time.
@@ -36,14 +39,16 @@ from dagster import (
 )
 
 from pacs_assets.config import ConfigError, NasConfig, PacsConfig
-from pacs_assets.defs.assets import OWNERS, UPLOAD_POOL, WALK_POOL, _Progress
+from pacs_assets.defs.assets import OWNERS, UPLOAD_POOL, WALK_POOL
 from pacs_assets.defs.checks import folders_read_result, folders_read_spec
-from pacs_assets.defs.resources import IndexResource, OrthancResource, nas_resource_key
+from pacs_assets.defs.progress import Progress
+from pacs_assets.defs.resources import IndexResource, OrthancResource, nas_of, nas_resource_key
+from pacs_assets.defs.sensors import reconciliation_job_name
 from pacs_assets.orthanc.client import OrthancRefused, OrthancUnavailable
 from pacs_assets.pipeline import checks as work
 from pacs_assets.pipeline.identity_guard import guard_for
 from pacs_assets.pipeline.inventory import NasOutage
-from pacs_assets.pipeline.reconcile import catch_up, reconcile
+from pacs_assets.pipeline.reconciliation import catch_up, reconcile
 
 SHOWN_DATES = 60  # changed dates listed in the metadata table (the counts cover all)
 
@@ -77,10 +82,10 @@ def build_reconciliation(nas: NasConfig, config: PacsConfig) -> tuple[list, list
                        "file_inventory only for the procedure dates whose files changed.")
     def reconciliation(context: AssetExecutionContext) -> MaterializeResult:
         index: IndexResource = context.resources.index
-        source = getattr(context.resources, source_key).source()
-        progress = _Progress(context, f"reconciling NAS '{nas.id}'")
+        site_nas = nas_of(context, nas.id)  # the source and its settings, from one place
+        progress = Progress(context, f"reconciling NAS '{nas.id}'")
         try:
-            found = reconcile(source, nas, index.path, today=dt.datetime.now(tz).date(),
+            found = reconcile(site_nas.source(), site_nas.settings, index.path, today=dt.datetime.now(tz).date(),
                               progress=lambda done, known: progress.tick(done, known or None))
         except ConfigError as exc:
             raise Failure(description=str(exc), allow_retries=False) from None
@@ -110,7 +115,7 @@ def build_reconciliation(nas: NasConfig, config: PacsConfig) -> tuple[list, list
     def reconciliation_catch_up(context: AssetExecutionContext) -> MaterializeResult:
         index: IndexResource = context.resources.index
         orthanc: OrthancResource = context.resources.orthanc
-        source = getattr(context.resources, source_key).source()
+        source = nas_of(context, nas.id).source()
 
         def rebuilt(days: list[dt.date]) -> None:
             for day in days:
@@ -144,6 +149,6 @@ def build_reconciliation(nas: NasConfig, config: PacsConfig) -> tuple[list, list
                                                             context.resources.orthanc.client())
         return AssetCheckResult(passed=passed, metadata=metadata)
 
-    job = define_asset_job(f"{nas.id}_reconciliation_job", selection=AssetSelection.assets(walk_key, catch_up_key),
+    job = define_asset_job(reconciliation_job_name(nas.id), selection=AssetSelection.assets(walk_key, catch_up_key),
                            description=f"Reconcile NAS '{nas.id}': walk everything, materialize only what changed.")
     return [reconciliation, reconciliation_catch_up], [every_stored_instance_in_orthanc], job

@@ -1,17 +1,19 @@
 """Dagster resources: the index, the Orthanc PACS, and one NAS resource per configured NAS.
 
-``NasSourceResource`` is the one interface for every NAS kind: it carries the NAS's validated block of
-pacs.yaml and builds the kind's source through the registry (nas/registry.py), so the kinds themselves
-stay free of Dagster and a new kind needs no new resource class.
+``NasSourceResource`` is the one interface for every NAS kind and the one route of its settings: it carries
+the NAS's validated block of pacs.yaml (the model itself, validated once when the configuration loads, never
+serialised and validated again) and builds the kind's source through the registry (nas/registry.py), so the
+kinds themselves stay free of Dagster and a new kind needs no new resource class. An asset takes both the
+source and the settings from it (``nas_of``).
 """
 
 from __future__ import annotations
 
 from dagster import ConfigurableResource, EnvVar
 
-from pacs_assets.config import NasConfig, PacsConfig
+from pacs_assets.config import PacsConfig
 from pacs_assets.nas.base import NasBase, NasSource
-from pacs_assets.nas.registry import KINDS, source_for
+from pacs_assets.nas.registry import source_for
 from pacs_assets.orthanc.client import OrthancClient, build_client
 
 
@@ -35,27 +37,25 @@ class OrthancResource(ConfigurableResource):
                             timeout=self.timeout_seconds, retries=self.retries)
 
 
-class NasSourceResource(ConfigurableResource):
-    nas_id: str
-    kind: str
-    root: str
-    # The NAS's block of pacs.yaml as validated JSON. It names the environment variables holding secrets,
-    # never the secrets.
-    settings_json: str
+class NasSourceResource:
+    """One configured NAS: its validated settings (which name the environment variables holding secrets, never
+    the secrets) and the kind's source built from them. A plain object, which Dagster hands to the steps as it
+    is: a ConfigurableResource would hold the settings only as config values (JSON), validated again per use."""
 
-    def settings(self) -> NasBase:
-        return KINDS[self.kind].settings.model_validate_json(self.settings_json)
+    def __init__(self, settings: NasBase):
+        self.settings = settings
 
     def source(self) -> NasSource:
-        return source_for(self.settings())
+        return source_for(self.settings)
 
 
 def nas_resource_key(nas_id: str) -> str:
     return f"{nas_id}_nas"
 
 
-def nas_resource(nas: NasConfig) -> NasSourceResource:
-    return NasSourceResource(nas_id=nas.id, kind=nas.kind, root=str(nas.root), settings_json=nas.model_dump_json())
+def nas_of(context, nas_id: str) -> NasSourceResource:
+    """The NAS resource of a step that required ``nas_resource_key(nas_id)``."""
+    return getattr(context.resources, nas_resource_key(nas_id))
 
 
 def build_resources(config: PacsConfig) -> dict[str, ConfigurableResource]:
@@ -68,5 +68,5 @@ def build_resources(config: PacsConfig) -> dict[str, ConfigurableResource]:
                                    concurrency=orthanc.concurrency, retries=orthanc.retries),
     }
     for nas in config.nas:
-        resources[nas_resource_key(nas.id)] = nas_resource(nas)
+        resources[nas_resource_key(nas.id)] = NasSourceResource(nas)
     return resources

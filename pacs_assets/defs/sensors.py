@@ -89,7 +89,7 @@ def run_requests_for(nas: NasConfig, config: PacsConfig, result: TickResult,
     days = sorted(changes)
     all_changes = [c for d in days for c in changes[d]]
     folders = sorted({f for d in days for f in result.folders(d)})
-    whole_nas = kind_of(nas).read_dates is None  # a kind that cannot date a file by reading it: its catalog can
+    whole_nas = not kind_of(nas).has_folders  # a kind that cannot date a file by reading it: its catalog can
     if whole_nas or result.first_look or len(folders) > MAX_FOLDERS:
         return [RunRequest(job_name=reconciliation_job_name(nas.id),
                            run_key=_run_key(nas.id, f"reconcile:{days[0]}..{days[-1]}", all_changes),

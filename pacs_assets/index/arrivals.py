@@ -4,6 +4,9 @@ One row per Orthanc instance. A write replaces the rows of the instances it carr
 in one transaction, so rewriting the same Seq range gives the same rows. If an instance arrived twice
 (deleted from Orthanc and sent again), the row of its latest arrival (highest seq) wins, whatever order the
 ranges are written in. ``from_nas`` is decided at write time by the SOP Instance UID in ``instances``.
+
+The same concept on three layers: the asset and sensor (defs/arrivals.py), the work (pipeline/arrivals.py),
+the SQL (index/arrivals.py).
 """
 
 from __future__ import annotations

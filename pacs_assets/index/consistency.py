@@ -109,12 +109,16 @@ def uid_conflicts(index_path: str | os.PathLike, nas_id: str) -> dict:
             "across": dict(across)}
 
 
-def lossless_candidates(index_path: str | os.PathLike, nas_id: str, limit: int) -> list[tuple[str, str]]:
-    """(file_path, orthanc_instance_id) of JPEG 2000 lossless files in Orthanc; a spread sample unless limit=0."""
+def stored_files_of_format(index_path: str | os.PathLike, nas_id: str, file_format: str, transfer_syntax_uid: str,
+                           limit: int) -> list[tuple[str, str]]:
+    """(file_path, orthanc_instance_id) of the NAS's files in Orthanc (imported or duplicate) of one file format
+    and transfer syntax, as the inventory recorded them; a spread sample of ``limit`` files unless limit=0.
+    The format is the caller's (a kind's check names its own), never this module's."""
     with session(index_path, read_only=True) as con:
         return con.execute(f"""
             SELECT s.file_path, s.orthanc_instance_id FROM file_status s
             JOIN inventory f USING (nas_id, file_path)
-            WHERE s.nas_id = ? AND s.status IN ('imported', 'duplicate') AND f.file_format = 'JP2'
-              AND f.transfer_syntax_uid = '1.2.840.10008.1.2.4.90'
-            ORDER BY hash(s.file_path) {'LIMIT ' + str(int(limit)) if limit else ''}""", [nas_id]).fetchall()
+            WHERE s.nas_id = ? AND s.status IN ('imported', 'duplicate') AND f.file_format = ?
+              AND f.transfer_syntax_uid = ?
+            ORDER BY hash(s.file_path) {'LIMIT ' + str(int(limit)) if limit else ''}""",
+                           [nas_id, file_format, transfer_syntax_uid]).fetchall()

@@ -1,6 +1,8 @@
 """Patients / studies / series / instances of one NAS, rebuilt a window at a time from its inventory.
 
 Written only by the ``dicom_index`` asset. Each window is replaced (delete, insert) in one transaction.
+
+The same concept on two layers: this SQL, and the pipeline's one route to it (pipeline/hierarchy.py).
 """
 
 from __future__ import annotations

@@ -3,7 +3,10 @@
 The scan cache (``scan_cache``) is what earlier walks read, whatever partition they ran for, so an
 unchanged file is never parsed twice. A run that walks only some folders (``folders``: an incremental run)
 reads and replaces only those folders' rows, through the ``folder`` column and its index, so its cost does
-not grow with the NAS. The reconciliation's merge of a whole walk is in reconcile.py.
+not grow with the NAS. The reconciliation's merge of a whole walk is in reconciliation.py.
+
+The same concept on two layers: the work of ``file_inventory`` (pipeline/inventory.py) and its SQL
+(index/inventory.py).
 """
 
 from __future__ import annotations

@@ -90,7 +90,7 @@ def replace_holds(index_path: str | os.PathLike, nas_id: str, start: dt.date, en
             frame["partition_date"] = frame["partition_date"].astype("string")
             con.register("_holds", frame)
             try:
-                # held_at in naive UTC, like the decisions' made_at it is compared with (index/reconcile.py)
+                # held_at in naive UTC, like the decisions' made_at it is compared with (index/reconciliation.py)
                 now = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
                 con.execute("INSERT INTO identity_holds SELECT nas_id, file_path, change_token, "
                             "partition_date::DATE, collision_id, kind, reason, ?, person_key FROM _holds", [now])

@@ -127,16 +127,12 @@ class NasSource(ABC):
     def check_available(self) -> None:
         """Raise ConfigError (one sentence) if the NAS cannot be read now: unmounted root, catalog missing..."""
 
-    # Whether ``scan(folders=...)`` can walk only some folders. A kind whose catalog says where files are
-    # (firebird_jpeg2000) has no folder semantics: it always scans everything.
-    scans_folders: bool = False
-
     @abstractmethod
     def scan(self, cache: ScanCache, batch_size: int = 2000,
              folders: Sequence[str] | None = None) -> Iterator[list[FileRecord]]:
         """Walk the NAS read-only and yield batches of records, every file exactly once.
 
-        ``folders`` (when ``scans_folders``): only the files directly in those folders (relative paths, ''
+        ``folders`` (when the kind ``has_folders``): only the files directly in those folders (relative paths, ''
         is the root), not their subfolders; None is the whole NAS.
         ``procedure_date``/``date_source`` may be left empty: the caller assigns partitions.
         """
@@ -188,8 +184,12 @@ class NasBase(StrictModel):
 
 @dataclasses.dataclass(frozen=True)
 class KindCheck:
-    """A check a kind adds to its NAS graph, as a plain function: ``run(nas, index_path, client)`` returns
-    ``(passed, metadata)``. ``on`` names the asset it checks (``orthanc_instances`` or ``dicom_index``)."""
+    """A check a kind adds to its NAS graph, as a plain function: ``run(nas, stored_files, client)`` returns
+    ``(passed, metadata)``. ``on`` names the asset it checks (``orthanc_instances`` or ``dicom_index``).
+
+    A kind never reads the index itself (nas/ sits below index/): ``stored_files(file_format,
+    transfer_syntax_uid, limit)`` is the index's query, handed in by the pipeline, and returns
+    ``(file_path, orthanc_instance_id)`` of this NAS's files in Orthanc (a spread sample unless limit=0)."""
 
     name: str
     on: str
@@ -206,3 +206,10 @@ class NasKind:
     # None when only the kind's catalog knows a file's date: the sensor then asks for the range it spans.
     read_dates: Callable[[str, str, int, int], tuple[str | None, str | None]] | None = None
     checks: tuple[KindCheck, ...] = ()
+
+    @property
+    def has_folders(self) -> bool:
+        """The one capability flag for folders: the kind's files sit in folders that say where new files are, so
+        the watch dates a new file by reading it and ``scan(folders=...)`` walks only those folders. A kind whose
+        catalog says where files are (firebird_jpeg2000) has none: every scan is whole."""
+        return self.read_dates is not None

@@ -6,6 +6,9 @@ skipping them would make the table depend on what the NAS index happened to hold
 instance later found on a NAS would silently vanish on a rerun), and a complete ledger of what Orthanc
 received is what reconciliation needs. Modality arrivals proper are ``WHERE NOT from_nas`` (or
 ``origin = 'DicomProtocol'``). Patient data goes into the index only; the summary carries counts.
+
+The same concept on three layers: the asset and sensor (defs/arrivals.py), the work (pipeline/arrivals.py),
+the SQL (index/arrivals.py).
 """
 
 from __future__ import annotations

@@ -1,9 +1,13 @@
 """The asset checks' work, as plain functions returning ``(passed, metadata)``. Metadata carries counts and
-NAS ids only, never UIDs, paths or patient data."""
+NAS ids only, never UIDs, paths or patient data.
+
+The same concept on two layers: the Dagster asset checks (defs/checks.py) and their work (pipeline/checks.py).
+"""
 
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import os
 from collections import Counter
 
@@ -11,9 +15,10 @@ from pacs_assets.identity.model import DIFFERENT, VARIANT
 from pacs_assets.index import consistency
 from pacs_assets.index.connection import session
 from pacs_assets.index.patient_records import held_counts
+from pacs_assets.nas.base import KindCheck, NasBase
 from pacs_assets.orthanc.client import OrthancClient, OrthancUnavailable
 from pacs_assets.pipeline.identity_guard import IdentityGuard, index_collisions
-from pacs_assets.pipeline.reconcile import orthanc_sweep
+from pacs_assets.pipeline.reconciliation import orthanc_sweep
 
 
 def every_file_accounted_for(index_path: str | os.PathLike, nas_id: str, start: dt.date,
@@ -73,3 +78,9 @@ def held_files(index_path: str | os.PathLike, nas_id: str) -> tuple[bool, dict]:
     table = "\n".join(f"| {kind} | {n} |" for kind, n in sorted(counts.items()))
     return not counts, {"files_held": sum(counts.values()),
                         "held_by_kind": f"| kind | files held |\n|---|---|\n{table}" if counts else "none"}
+
+
+def kind_check(spec: KindCheck, nas: NasBase, index_path: str | os.PathLike, client: OrthancClient) -> tuple[bool, dict]:
+    """A kind's own check (``NasKind.checks``), handed the index's query for this NAS: the kind never reads the
+    index itself, and the SQL stays in index/consistency.py."""
+    return spec.run(nas, functools.partial(consistency.stored_files_of_format, index_path, nas.id), client)

@@ -1,4 +1,7 @@
-"""The work of ``dicom_index``: patients / studies / series / instances of a window, from the inventory."""
+"""The work of ``dicom_index``: patients / studies / series / instances of a window, from the inventory.
+
+The same concept on two layers: the SQL is index/hierarchy.py; this is the pipeline's one route to it, used by
+the ``dicom_index`` asset and by the reconciliation alike."""
 
 from __future__ import annotations
 

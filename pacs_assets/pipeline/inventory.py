@@ -3,6 +3,9 @@
 An incremental run walks only the folders that changed (``folders``) and merges only their rows; a run
 without folders (an explicit backfill) walks everything. The index is opened twice: a short read of the
 scan cache (of those folders only), and one transaction for the merge. The walk itself holds no lock.
+
+The same concept on two layers: the work of ``file_inventory`` (pipeline/inventory.py) and its SQL
+(index/inventory.py).
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from pacs_assets.index.inventory import (
 from pacs_assets.index.staging import Staging
 from pacs_assets.nas.base import NasBase, NasSource
 from pacs_assets.nas.dates import assign_procedure_date
+from pacs_assets.nas.registry import kind_of
 from pacs_assets.nas.walk import check_root
 
 # A walk that finds less than this share of the files the NAS had is an outage, not mass deletion.
@@ -63,7 +67,7 @@ def take_inventory(source: NasSource, nas: NasBase, index_path: str | os.PathLik
 
     Raises ConfigError when the NAS cannot be read now and NasOutage when most of it is missing.
     """
-    if folders is not None and not source.scans_folders:
+    if folders is not None and not kind_of(nas).has_folders:
         folders = None  # a catalog-backed kind: every scan is whole
     started = time.monotonic()
     with Staging(index_path) as staging:

@@ -238,7 +238,7 @@ def test_a_partition_run_is_not_blocked_by_another_runs_unfinished_windows(tmp_p
     manifest = make_dicom_nas(tmp_path / "nas_ct", patients=4, seed=0, start_date=SAMPLE_START)
     config = write_config(tmp_path / "pacs.yaml", [nas("ct")], orthanc_url=orthanc_env.url)
     from pacs_assets.config import load_config
-    from pacs_assets.defs.definitions import build_definitions
+    from pacs_assets.defs.site import build_definitions
 
     job = build_definitions(load_config(config)).resolve_job_def("ct_job")
     keys = job.partitions_def.get_partition_keys()
@@ -257,7 +257,7 @@ SENSOR_TICKS = """
 import json, sys
 from dagster import DagsterInstance, build_sensor_context
 from pacs_assets.config import load_config
-from pacs_assets.defs.definitions import build_definitions
+from pacs_assets.defs.site import build_definitions
 defs = build_definitions(load_config(sys.argv[1]))
 sensor, cursor, keys = defs.get_sensor_def("ct_new_files_sensor"), None, []
 with DagsterInstance.ephemeral() as instance:

@@ -57,7 +57,7 @@ def sensor(args, ready: Path, go: Path) -> dict:
     from dagster import DagsterInstance, build_sensor_context
 
     from pacs_assets.config import load_config
-    from pacs_assets.defs.definitions import build_definitions
+    from pacs_assets.defs.site import build_definitions
 
     defs = build_definitions(load_config(args.config))
     sensor_def = defs.get_sensor_def(f"{args.nas}_new_files_sensor")

@@ -10,7 +10,7 @@ import duckdb
 import yaml
 
 from pacs_assets.config import load_config
-from pacs_assets.defs.definitions import build_definitions
+from pacs_assets.defs.site import build_definitions
 from pacs_assets_tests.harness import materialize_nas
 
 

@@ -17,7 +17,7 @@ from dagster import AssetKey, DagsterInstance
 from pacs_assets.cli.main import main
 from pacs_assets.cli.sample import make_sample_site, sample_start
 from pacs_assets.config import load_config
-from pacs_assets.defs.definitions import build_definitions
+from pacs_assets.defs.site import build_definitions
 from pacs_assets.identity.collisions import ACROSS_NAS, WITHIN_NAS
 from pacs_assets.sample.dicom_nas import make_dicom_nas
 from pacs_assets.sample.identity_cases import REUSED_ID, make_archive_nas

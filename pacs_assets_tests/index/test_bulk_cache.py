@@ -11,7 +11,7 @@ import duckdb
 from pacs_assets.nas.dicom_folder.settings import DicomFolderNas
 from pacs_assets.nas.dicom_folder.source import DicomFolderSource
 from pacs_assets.pipeline.inventory import take_inventory
-from pacs_assets.pipeline.reconcile import reconcile
+from pacs_assets.pipeline.reconciliation import reconcile
 from pacs_assets.sample.bulk_dicom_nas import make_bulk_dicom_nas
 
 START = dt.date(2024, 3, 1)

@@ -38,7 +38,6 @@ def _parse_chunk(args: tuple[str, str, list[tuple[str, int, int]], int]) -> list
 
 class DicomFolderSource(NasSource):
     kind = "dicom_folder"
-    scans_folders = True
 
     def __init__(self, nas_id: str, root: Path, *, settle_seconds: float = 0.0, workers: int | None = None,
                  io_threads: int = IO_THREADS):

@@ -196,7 +196,7 @@ class FirebirdJpeg2000Source(NasSource):
     # -- the scan -------------------------------------------------------------------------------------
     def scan(self, cache: ScanCache, batch_size: int = 2000, folders=None) -> Iterator[list[FileRecord]]:
         # No folder semantics (the catalog says where each file is): ``folders`` is ignored and every scan
-        # reads the whole catalog and walks the whole root (scans_folders = False).
+        # reads the whole catalog and walks the whole root (the kind has no folders: NasKind.has_folders).
         self.check_available()
         self._real_dirs.clear()
         claimed: dict[str, str] = {}  # rel path -> image key of the row that claimed it

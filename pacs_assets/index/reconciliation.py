@@ -5,6 +5,9 @@ transaction replaces the inventory of exactly the procedure dates whose files we
 date, status) or deleted; on an unchanged NAS it writes nothing. ``dates_to_rebuild`` and
 ``dates_to_upload`` find the dates whose hierarchy lags the inventory, and whose instances still wait for
 an upload: what the catch-up after a reconciliation materializes, and nothing else.
+
+The same concept on three layers: the Dagster assets and job (defs/reconciliation.py), the work
+(pipeline/reconciliation.py), the SQL (index/reconciliation.py).
 """
 
 from __future__ import annotations

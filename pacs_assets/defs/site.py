@@ -1,5 +1,6 @@
 """Building the Dagster definitions for a site: per configured NAS, one asset graph, one partitioned job, its
-schedules and its new-files sensor."""
+schedules and its new-files sensor. The one definitions module, the code location, is pacs_assets/definitions.py:
+it calls ``build_definitions`` with the site's configuration."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from pacs_assets.defs.identity_release import build_identity_sensor
 from pacs_assets.defs.reconciliation import build_reconciliation, reconciliation_keys
 from pacs_assets.defs.resources import build_resources
 from pacs_assets.defs.schedules import build_schedules
-from pacs_assets.defs.sensors import build_new_files_sensor
+from pacs_assets.defs.sensors import build_new_files_sensor, job_name
 
 
 def build_definitions(config: PacsConfig) -> Definitions:
@@ -26,7 +27,7 @@ def build_definitions(config: PacsConfig) -> Definitions:
         rec_assets, rec_checks, rec_job = build_reconciliation(nas, config)
         assets, checks = assets + rec_assets, checks + rec_checks
         partitioned = AssetSelection.groups(nas.id) - AssetSelection.assets(*reconciliation_keys(nas.id))
-        job = define_asset_job(f"{nas.id}_job", selection=partitioned,
+        job = define_asset_job(job_name(nas.id), selection=partitioned,
                                description=f"Inventory, index and import NAS '{nas.id}'.")
         jobs += [job, rec_job]
         reconciliation_jobs[nas.id] = rec_job

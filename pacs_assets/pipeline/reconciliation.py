@@ -6,6 +6,9 @@ writes nothing to the index and reports no changed date, so no partition is mate
 ``catch_up`` rebuilds the hierarchy of the dates whose instances lag the inventory and uploads the dates
 with instances not yet in Orthanc; ``orthanc_sweep`` checks every stored instance against Orthanc in
 batched ``/tools/find`` queries (the whole-NAS check belongs here, not to every run).
+
+The same concept on three layers: the Dagster assets and job (defs/reconciliation.py), the work
+(pipeline/reconciliation.py), the SQL (index/reconciliation.py).
 """
 
 from __future__ import annotations
@@ -18,11 +21,11 @@ from collections import Counter
 from collections.abc import Callable
 
 from pacs_assets.index import consistency
-from pacs_assets.index.hierarchy import rebuild_hierarchy
-from pacs_assets.index.reconcile import date_ranges, dates_to_rebuild, dates_to_upload, reconcile_inventory
+from pacs_assets.index.reconciliation import date_ranges, dates_to_rebuild, dates_to_upload, reconcile_inventory
 from pacs_assets.index.staging import Staging
 from pacs_assets.nas.base import NasBase, NasSource
 from pacs_assets.orthanc.client import OrthancClient
+from pacs_assets.pipeline.hierarchy import build_hierarchy
 from pacs_assets.pipeline.inventory import walk_into
 from pacs_assets.pipeline.upload import ImportSummary, upload_window
 
@@ -76,7 +79,7 @@ def catch_up(source: NasSource, client: OrthancClient, index_path: str | os.Path
     done = CaughtUp()
     done.rebuilt = dates_to_rebuild(index_path, nas_id)
     for start, end in date_ranges(done.rebuilt):
-        rebuild_hierarchy(index_path, nas_id, start, end)
+        build_hierarchy(index_path, nas_id, start, end)
     if on_rebuilt:
         on_rebuilt(done.rebuilt)
     identity = upload_options.get("identity")
