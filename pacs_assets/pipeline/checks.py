@@ -80,7 +80,8 @@ def held_files(index_path: str | os.PathLike, nas_id: str) -> tuple[bool, dict]:
                         "held_by_kind": f"| kind | files held |\n|---|---|\n{table}" if counts else "none"}
 
 
-def kind_check(spec: KindCheck, nas: NasBase, index_path: str | os.PathLike, client: OrthancClient) -> tuple[bool, dict]:
+def kind_check(spec: KindCheck, nas: NasBase, index_path: str | os.PathLike,
+               client: OrthancClient) -> tuple[bool, dict]:
     """A kind's own check (``NasKind.checks``), handed the index's query for this NAS: the kind never reads the
     index itself, and the SQL stays in index/consistency.py."""
     return spec.run(nas, functools.partial(consistency.stored_files_of_format, index_path, nas.id), client)
