@@ -17,13 +17,11 @@ from dagster import (
     AssetExecutionContext,
     AssetKey,
     AssetSelection,
-    Backoff,
     Config,
     DefaultSensorStatus,
     Failure,
     MaterializeResult,
     MetadataValue,
-    RetryPolicy,
     RunRequest,
     SensorEvaluationContext,
     SensorResult,
@@ -35,7 +33,7 @@ from dagster import (
 from pydantic import Field
 
 from pacs_assets.config import ConfigError, PacsConfig
-from pacs_assets.defs.resources import IndexResource, OrthancResource
+from pacs_assets.defs.resources import IndexResource, OrthancResource, orthanc_retry_policy
 from pacs_assets.orthanc.changes import read_changes
 from pacs_assets.orthanc.client import (
     OrthancClient,
@@ -81,8 +79,7 @@ def build_arrivals_asset(site: PacsConfig):
            description="Every instance Orthanc received, from its /changes feed (NewInstance), in the index "
                        "table orthanc_arrivals: modality C-STOREs, and our NAS imports flagged from_nas. Run "
                        "config: the Seq range (since, until]; a rerun of a range rewrites the same rows.",
-           retry_policy=RetryPolicy(max_retries=orthanc_cfg.run_retries, delay=orthanc_cfg.run_retry_delay_seconds,
-                                    backoff=Backoff.EXPONENTIAL) if orthanc_cfg.run_retries else None)
+           retry_policy=orthanc_retry_policy(orthanc_cfg))
     def orthanc_arrivals(context: AssetExecutionContext, config: OrthancArrivalsConfig, index: IndexResource,
                          orthanc: OrthancResource) -> MaterializeResult:
         if config.until < config.since:

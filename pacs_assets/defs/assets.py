@@ -17,13 +17,11 @@ from dagster import (
     AssetExecutionContext,
     AssetKey,
     BackfillPolicy,
-    Backoff,
     BetaWarning,
     Config,
     Failure,
     MaterializeResult,
     MetadataValue,
-    RetryPolicy,
     asset,
 )
 
@@ -31,7 +29,7 @@ from pacs_assets.config import ConfigError, NasConfig, PacsConfig
 from pacs_assets.defs.checks import folders_read_result, folders_read_spec
 from pacs_assets.defs.partitions import nas_partitions
 from pacs_assets.defs.progress import Progress
-from pacs_assets.defs.resources import IndexResource, OrthancResource, nas_of, nas_resource_key
+from pacs_assets.defs.resources import IndexResource, OrthancResource, nas_of, nas_resource_key, orthanc_retry_policy
 from pacs_assets.defs.sensors import watch_state_path
 from pacs_assets.nas.folder_lists import read_folder_list
 from pacs_assets.nas.names import shown
@@ -159,10 +157,8 @@ def build_nas_assets(nas: NasConfig, config: PacsConfig) -> list:
     @asset(key=AssetKey([prefix, "orthanc_instances"]), deps=[dicom_index], kinds={"python"},
            description=f"NAS '{nas.id}' instances uploaded to Orthanc; every attempt in import_history. "
                        "A rerun uploads only what is not imported yet.",
-           retry_policy=RetryPolicy(max_retries=config.orthanc.run_retries,
-                                    delay=config.orthanc.run_retry_delay_seconds,
-                                    backoff=Backoff.EXPONENTIAL) if config.orthanc.run_retries else None,
-           pool=UPLOAD_POOL, required_resource_keys={source_key, "index", "orthanc"},
+           retry_policy=orthanc_retry_policy(config.orthanc), pool=UPLOAD_POOL,
+           required_resource_keys={source_key, "index", "orthanc"},
            **common)
     def orthanc_instances(context: AssetExecutionContext) -> MaterializeResult:
         index: IndexResource = context.resources.index

@@ -28,11 +28,9 @@ from dagster import (
     AssetKey,
     AssetMaterialization,
     AssetSelection,
-    Backoff,
     Failure,
     MaterializeResult,
     MetadataValue,
-    RetryPolicy,
     asset,
     asset_check,
     define_asset_job,
@@ -42,7 +40,13 @@ from pacs_assets.config import ConfigError, NasConfig, PacsConfig
 from pacs_assets.defs.assets import OWNERS, UPLOAD_POOL, WALK_POOL
 from pacs_assets.defs.checks import folders_read_result, folders_read_spec
 from pacs_assets.defs.progress import Progress
-from pacs_assets.defs.resources import IndexResource, OrthancResource, nas_of, nas_resource_key
+from pacs_assets.defs.resources import (
+    IndexResource,
+    OrthancResource,
+    nas_of,
+    nas_resource_key,
+    orthanc_retry_policy,
+)
 from pacs_assets.defs.sensors import reconciliation_job_name
 from pacs_assets.orthanc.client import OrthancRefused, OrthancUnavailable
 from pacs_assets.pipeline import checks as work
@@ -107,9 +111,7 @@ def build_reconciliation(nas: NasConfig, config: PacsConfig) -> tuple[list, list
 
     @asset(key=catch_up_key, deps=[reconciliation], group_name=group, kinds={"duckdb", "python"}, owners=OWNERS,
            pool=UPLOAD_POOL, required_resource_keys={source_key, "index", "orthanc"},
-           retry_policy=RetryPolicy(max_retries=config.orthanc.run_retries,
-                                    delay=config.orthanc.run_retry_delay_seconds,
-                                    backoff=Backoff.EXPONENTIAL) if config.orthanc.run_retries else None,
+           retry_policy=orthanc_retry_policy(config.orthanc),
            description=f"After the reconciliation of NAS '{nas.id}': rebuilds the index of, and uploads, only "
                        "the procedure dates that need it; materializes dicom_index and orthanc_instances for those.")
     def reconciliation_catch_up(context: AssetExecutionContext) -> MaterializeResult:

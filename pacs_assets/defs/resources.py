@@ -9,7 +9,7 @@ source and the settings from it (``nas_of``).
 
 from __future__ import annotations
 
-from dagster import ConfigurableResource, EnvVar
+from dagster import Backoff, ConfigurableResource, EnvVar, RetryPolicy
 
 from pacs_assets.config import PacsConfig
 from pacs_assets.nas.base import NasBase, NasSource
@@ -47,6 +47,15 @@ class NasSourceResource:
 
     def source(self) -> NasSource:
         return source_for(self.settings)
+
+
+def orthanc_retry_policy(orthanc) -> RetryPolicy | None:
+    """The step retry policy of every step that needs Orthanc (an ``OrthancConfig``): a restart of Orthanc is
+    waited out, with exponential backoff; None when the site turned step retries off."""
+    if not orthanc.run_retries:
+        return None
+    return RetryPolicy(max_retries=orthanc.run_retries, delay=orthanc.run_retry_delay_seconds,
+                       backoff=Backoff.EXPONENTIAL)
 
 
 def nas_resource_key(nas_id: str) -> str:
