@@ -154,3 +154,19 @@ def people_mixed_in_orthanc(server: OrthancServer) -> dict[str, int]:
         if any(compare(a, b)[0] == DIFFERENT for i, a in enumerate(records) for b in records[i + 1:]):
             mixed[patient] = len(records)
     return mixed
+
+
+def parse_python(path: Path):
+    """``ast.parse`` of a source file with the garbage collector paused: CPython 3.11 can fail with "SystemError: AST
+    constructor recursion depth mismatch" when a finalizer (here: SQLAlchemy's, from an earlier test's Dagster
+    instance) runs Python code in the middle of building the tree (cpython gh-106905)."""
+    import ast
+    import gc
+
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        return ast.parse(Path(path).read_text(encoding="utf-8"), str(path))
+    finally:
+        if enabled:
+            gc.enable()

@@ -20,6 +20,8 @@ from pathlib import Path
 
 import pytest
 
+from pacs_assets_tests.harness import parse_python
+
 ROOT = Path(__file__).resolve().parents[1]
 BENCHMARKS = ROOT / "benchmarks"
 # Longest first: the daemon one takes ~1 min of mostly waiting, the others ~1 min together.
@@ -37,7 +39,7 @@ def test_every_benchmark_has_a_quick_run_here():
 
 def _imports(path: Path) -> list[str]:
     found = []
-    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+    for node in ast.walk(parse_python(path)):
         if isinstance(node, ast.Import):
             found += [alias.name for alias in node.names]
         elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:

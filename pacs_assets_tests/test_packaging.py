@@ -10,6 +10,8 @@ import sys
 import zipfile
 from pathlib import Path
 
+from pacs_assets_tests.harness import parse_python
+
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "pacs_assets"
 # Which top-level parts of pacs_assets each part may import. The CLI stands apart: nothing imports it.
@@ -47,7 +49,7 @@ def test_wheel_holds_the_product_and_nothing_else(tmp_path):
 
 def _imports(path: Path) -> set[str]:
     found = set()
-    for node in ast.walk(ast.parse(path.read_text())):
+    for node in ast.walk(parse_python(path)):
         if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("pacs_assets"):
             found.add(node.module)
         elif isinstance(node, ast.Import):
@@ -77,7 +79,7 @@ def test_layers_import_one_way_and_the_product_never_imports_tests():
 def test_no_product_module_imports_dagster_below_the_dagster_layer():
     for part in ("pipeline", "nas", "orthanc", "index", "identity"):
         for path in (PACKAGE / part).rglob("*.py"):
-            tree = ast.parse(path.read_text())
+            tree = parse_python(path)
             names = {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
             names |= {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
             assert not any(n == "dagster" or n.startswith("dagster.") for n in names), path
@@ -94,7 +96,7 @@ def test_a_module_name_recurs_across_layers_only_for_one_concept_said_so():
         if path.stem != "__init__" and path.parent != PACKAGE:
             by_name.setdefault(path.stem, []).append(path)
     def says_so(path: Path) -> bool:
-        return SAME_CONCEPT in " ".join((ast.get_docstring(ast.parse(path.read_text())) or "").split())
+        return SAME_CONCEPT in " ".join((ast.get_docstring(parse_python(path)) or "").split())
 
     unsaid = [str(p.relative_to(ROOT)) for paths in by_name.values() if len({_part(p) for p in paths}) > 1
               for p in paths if not says_so(p)]
