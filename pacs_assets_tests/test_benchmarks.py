@@ -26,7 +26,8 @@ ROOT = Path(__file__).resolve().parents[1]
 BENCHMARKS = ROOT / "benchmarks"
 # Longest first: the daemon one takes ~1 min of mostly waiting, the others ~1 min together.
 QUICK_RUNS = ["bench_daemon", "bench_orthanc_scale", "bench_incremental", "bench_dicom_nas", "bench_sensor",
-              "bench_search", "bench_firebird_nas", "bench_slow_share"]
+              "bench_search", "bench_firebird_nas", "bench_slow_share",
+              "bench_slow_watch"]
 TIMEOUT = 600.0  # a hung run: it is killed, its output shown
 
 
