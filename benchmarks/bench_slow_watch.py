@@ -146,6 +146,7 @@ def main(argv: list[str] | None = None) -> int:
             watch = open_watch("slow.sqlite", share.mountpoint)
             slow_ticks, slow_seconds = ticks_until_seen(watch, today, landed)
             watch.close()
+            injected = (tmp / "fuse" / "flaky_fs.log").read_text(errors="replace").count("fault ")
         watch = open_watch("plain.sqlite", root)
         plain_ticks, plain_seconds = ticks_until_seen(watch, today, landed)
         watch.close()
@@ -154,6 +155,7 @@ def main(argv: list[str] | None = None) -> int:
           f"({os.cpu_count()} cores):")
     print(f"  NAS: {folders} folders ({recent} recent), {files} files; made in {made:.1f} s; first look "
           f"(plain folder, {looks} ticks) {first:.1f} s")
+    print(f"  EIO answered by the share: {injected} (each retried by the watch; one folder fails on every try)")
     print("  tick  seconds  statted  listed  not read  sweep")
     for i, (seconds, r) in enumerate(rows, 1):
         print(f"  {i:4}  {seconds:7.2f}  {r.folders_statted:7}  {r.folders_listed:6}  {r.not_read:8}  "
