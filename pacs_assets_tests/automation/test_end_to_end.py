@@ -125,7 +125,10 @@ def test_a_new_study_reaches_orthanc_through_the_daemon(tmp_path, orthanc):
                 runs = instance.get_runs(RunsFilter(job_name="ct_job"))
                 return bool(runs) and all(r.is_finished for r in runs)
 
-            wait_until(run_done, 60, "the sensor's run to finish", log_path=daemon_log, process=daemon, interval=0.5)
+            # Its checks still run after the instances are in Orthanc: on a loaded machine that took over 60 s
+            # once. The test asserts that the run finishes and succeeds, not how fast (benchmarks/ measure that).
+            wait_until(run_done, ARRIVAL_TIMEOUT, "the sensor's run to finish", log_path=daemon_log, process=daemon,
+                       interval=0.5)
             runs = instance.get_runs(RunsFilter(job_name="ct_job"))
     finally:
         tree.snapshot()
