@@ -56,26 +56,20 @@ def _who_why(p: argparse.ArgumentParser) -> None:
     p.add_argument("--why", required=True, help="the evidence (recorded with the decision)")
 
 
-def _context(config: PacsConfig, with_orthanc: bool = True):
+def _collisions(config: PacsConfig) -> tuple[object, list]:
+    """(the site's identity guard, the open collisions): with what Orthanc holds when Orthanc answers."""
     from pacs_assets.orthanc.client import OrthancUnavailable, client_from_config
     from pacs_assets.pipeline.identity_guard import guard_for
-
-    client = None
-    if with_orthanc:
-        client = client_from_config(config.orthanc, timeout=30, retries=1)
-        try:
-            client.system()
-        except OrthancUnavailable as exc:
-            print(f"pacs identity: {exc} Collisions with what Orthanc holds are not shown.", file=sys.stderr)
-            client = None
-    return guard_for(config), client
-
-
-def _collisions(config: PacsConfig) -> list:
     from pacs_assets.pipeline.identity_review import open_collisions
 
-    guard, client = _context(config)
-    return open_collisions(guard, config.index.path, client)
+    client = client_from_config(config.orthanc, timeout=30, retries=1)
+    try:
+        client.system()
+    except OrthancUnavailable as exc:
+        print(f"pacs identity: {exc} Collisions with what Orthanc holds are not shown.", file=sys.stderr)
+        client = None
+    guard = guard_for(config)
+    return guard, open_collisions(guard, config.index.path, client)
 
 
 def run_list(args: argparse.Namespace) -> int:
@@ -84,7 +78,7 @@ def run_list(args: argparse.Namespace) -> int:
 
     config = load_config(args.config)
     try:
-        found = _collisions(config)
+        _, found = _collisions(config)
         with connection.session(config.index.path, read_only=True) as con:
             held = held_by_person(con)
     except FileNotFoundError as exc:
@@ -137,12 +131,12 @@ def run_decide(args: argparse.Namespace) -> int:
     from pacs_assets.pipeline.identity_review import decide
 
     config = load_config(args.config)
-    found = {c.id: c for c in _collisions(config)}
+    guard, collisions = _collisions(config)
+    found = {c.id: c for c in collisions}
     collision = found.get(args.collision)
     if collision is None:
         print(f"pacs identity: no open collision '{args.collision}' (`pacs identity` lists them).", file=sys.stderr)
         return 2
-    guard, _ = _context(config, with_orthanc=False)
     try:
         decision = decide(guard, config.index.path, collision, verdict=args.verdict, by=args.by, why=args.why,
                           keep=args.keep, decisions_file=config.identity.decisions_path)

@@ -77,10 +77,6 @@ class DecisionBook:
         da, db = self._latest.get(a), self._latest.get(b)
         return da is not None and da is db and da.verdict == SAME
 
-    def decided_apart(self, a: str, b: str) -> bool:
-        da, db = self._latest.get(a), self._latest.get(b)
-        return da is not None and da is db and da.verdict == DIFFERENT
-
     @property
     def last_made_at(self) -> dt.datetime | None:
         return dt.datetime.fromisoformat(self.decisions[-1].made_at) if self.decisions else None

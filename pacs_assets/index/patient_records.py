@@ -13,7 +13,7 @@ from collections.abc import Iterable, Sequence
 
 import duckdb
 
-from pacs_assets.index.connection import session, transaction
+from pacs_assets.index.connection import transaction
 from pacs_assets.index.staging import Staging
 
 # One person record: (nas_id, patient_id, name, birth date, sex, studies, files, first date, last date).
@@ -104,23 +104,29 @@ def holds_in_window(con: duckdb.DuckDBPyConnection, nas_id: str, start: dt.date,
                             "AND partition_date < ? LIMIT 1", [nas_id, start, end]).fetchall())
 
 
+# The holds in force: the file_status view's rule for 'held' (the hold's file version is the inventory's and its
+# last attempt, if any, failed), read from the holds outward so that only the held files' attempts are read,
+# not the whole ledger the view ranks.
+CURRENT_HOLDS = """
+    WITH held AS (
+        SELECT h.* FROM identity_holds h
+        JOIN inventory f ON f.nas_id = h.nas_id AND f.file_path = h.file_path AND f.change_token = h.change_token
+        WHERE f.status = 'ok' AND ($nas IS NULL OR h.nas_id = $nas)),
+    last AS (
+        SELECT a.nas_id, a.file_path, a.change_token, arg_max(a.status, a.attempt_id) AS status
+        FROM import_history a SEMI JOIN held USING (nas_id, file_path, change_token)
+        GROUP BY ALL)
+    SELECT held.* FROM held LEFT JOIN last USING (nas_id, file_path, change_token)
+    WHERE coalesce(last.status, 'failed') = 'failed'"""
+
+
 def held_counts(con: duckdb.DuckDBPyConnection, nas_id: str | None = None) -> dict[str, int]:
     """{kind: files} of the files held now (a hold whose file was since sent or changed does not count)."""
-    return dict(con.execute("""
-        SELECT kind, count(*) FROM identity_holds h
-        WHERE ($nas IS NULL OR h.nas_id = $nas)
-          AND EXISTS (SELECT 1 FROM file_status s WHERE s.nas_id = h.nas_id AND s.file_path = h.file_path
-                        AND s.change_token = h.change_token AND s.status = 'held')
-        GROUP BY kind ORDER BY kind""", {"nas": nas_id}).fetchall())
+    return dict(con.execute(f"SELECT kind, count(*) FROM ({CURRENT_HOLDS}) GROUP BY kind ORDER BY kind",
+                            {"nas": nas_id}).fetchall())
 
 
 def held_by_person(con: duckdb.DuckDBPyConnection) -> dict[str, int]:
     """{person record key: files held now}."""
-    return dict(con.execute("""
-        SELECT person_key, count(*) FROM file_status s JOIN identity_holds h USING (nas_id, file_path, change_token)
-        WHERE s.status = 'held' GROUP BY person_key""").fetchall())
-
-
-def read_records(index_path: str | os.PathLike, patient_ids: Iterable[str]) -> list[tuple]:
-    with session(index_path, read_only=True) as con:
-        return records_for_ids(con, patient_ids)
+    return dict(con.execute(f"SELECT person_key, count(*) FROM ({CURRENT_HOLDS}) GROUP BY person_key",
+                            {"nas": None}).fetchall())

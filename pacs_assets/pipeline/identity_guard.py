@@ -133,18 +133,15 @@ class Plan:
     def variant_count(self) -> int:
         return sum(1 for c in self.collisions if c.verdict != DIFFERENT)
 
-    def _person(self, rec: FileRecord) -> PersonRecord:
+    def person_of(self, rec: FileRecord) -> PersonRecord:
         fields = (rec.patient_id, rec.patient_name, rec.patient_birth_date, rec.patient_sex)
         person = self._people.get(fields)
         if person is None:  # normalizing a name costs microseconds: once per person, not per file
             person = self._people[fields] = PersonRecord.of(self.nas_id, *fields)
         return person
 
-    def person_of(self, rec: FileRecord) -> PersonRecord:
-        return self._person(rec)
-
     def route(self, rec: FileRecord) -> Route:
-        person = self._person(rec)
+        person = self.person_of(rec)
         held = (self.held.get(person.key) or self.held_in_uid.get((rec.study_instance_uid, person.key))
                 or self.held_in_uid.get((rec.series_instance_uid, person.key)))
         if held:
