@@ -15,7 +15,7 @@ import yaml
 from pydantic import Field, ValidationError
 
 from pacs_assets.errors import ConfigError
-from pacs_assets.nas.base import NAS_ID_PATTERN, NasBase, StrictModel
+from pacs_assets.nas.base import NAS_ID_PATTERN, NasSettings, StrictModel
 
 # Re-exported: the settings models of the NAS kinds, where callers have always found them.
 from pacs_assets.nas.dicom_folder.settings import DicomFolderNas
@@ -145,5 +145,5 @@ def load_config(path: str | os.PathLike | None = None) -> PacsConfig:
     return config.model_copy(update={"nas": nas, "index": index, "identity": identity, "source_file": path})
 
 
-__all__ = ["ConfigError", "DicomFolderNas", "FirebirdCatalog", "FirebirdJpeg2000Nas", "NasBase", "NasConfig",
+__all__ = ["ConfigError", "DicomFolderNas", "FirebirdCatalog", "FirebirdJpeg2000Nas", "NasSettings", "NasConfig",
            "PacsConfig", "load_config", "NAS_ID_PATTERN"]

@@ -12,7 +12,7 @@ from __future__ import annotations
 from dagster import Backoff, ConfigurableResource, EnvVar, RetryPolicy
 
 from pacs_assets.config import PacsConfig
-from pacs_assets.nas.base import NasBase, NasSource
+from pacs_assets.nas.base import NasSettings, NasSource
 from pacs_assets.nas.registry import source_for
 from pacs_assets.orthanc.api import OrthancApi
 from pacs_assets.orthanc.connect import connect
@@ -48,7 +48,7 @@ class NasSourceResource:
     the secrets) and the kind's source built from them. A plain object, which Dagster hands to the steps as it
     is: a ConfigurableResource would hold the settings only as config values (JSON), validated again per use."""
 
-    def __init__(self, settings: NasBase):
+    def __init__(self, settings: NasSettings):
         self.settings = settings
 
     def source(self) -> NasSource:

@@ -15,7 +15,7 @@ from pacs_assets.identity.model import DIFFERENT, VARIANT
 from pacs_assets.index import consistency
 from pacs_assets.index.connection import session
 from pacs_assets.index.patient_records import held_counts
-from pacs_assets.nas.base import KindCheck, NasBase
+from pacs_assets.nas.base import KindCheck, NasSettings
 from pacs_assets.orthanc.api import OrthancApi
 from pacs_assets.orthanc.client import OrthancUnavailable
 from pacs_assets.pipeline.identity_guard import IdentityGuard, index_collisions
@@ -81,7 +81,7 @@ def held_files(index_path: str | os.PathLike, nas_id: str) -> tuple[bool, dict]:
                         "held_by_kind": f"| kind | files held |\n|---|---|\n{table}" if counts else "none"}
 
 
-def kind_check(spec: KindCheck, nas: NasBase, index_path: str | os.PathLike,
+def kind_check(spec: KindCheck, nas: NasSettings, index_path: str | os.PathLike,
                client: OrthancApi) -> tuple[bool, dict]:
     """A kind's own check (``NasKind.checks``), handed the index's query for this NAS: the kind never reads the
     index itself, and the SQL stays in index/consistency.py."""

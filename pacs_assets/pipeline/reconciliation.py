@@ -23,7 +23,7 @@ from collections.abc import Callable
 from pacs_assets.index import consistency
 from pacs_assets.index.reconciliation import date_ranges, dates_to_rebuild, dates_to_upload, reconcile_inventory
 from pacs_assets.index.staging import Staging
-from pacs_assets.nas.base import NasBase, NasSource
+from pacs_assets.nas.base import NasSettings, NasSource
 from pacs_assets.orthanc.api import OrthancApi
 from pacs_assets.pipeline.hierarchy import build_hierarchy
 from pacs_assets.pipeline.inventory import walk_into
@@ -51,7 +51,7 @@ class Reconciled:
         return out
 
 
-def reconcile(source: NasSource, nas: NasBase, index_path: str | os.PathLike, *, today: dt.date,
+def reconcile(source: NasSource, nas: NasSettings, index_path: str | os.PathLike, *, today: dt.date,
               progress: Callable[[int, int], None] | None = None) -> Reconciled:
     """Walk everything; merge the dates that changed in one transaction. Raises ConfigError / NasOutage."""
     started = time.monotonic()
