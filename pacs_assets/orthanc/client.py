@@ -1,4 +1,5 @@
-"""The Orthanc REST client: uploads with persistent sessions, timeouts and retries that only retry what can succeed.
+"""The REST client of one Orthanc node (reads: orthanc/api.py; several nodes: orthanc/nodes.py): uploads with
+persistent sessions, timeouts and retries that only retry what can succeed.
 
 Retried: connection errors, timeouts, 5xx, and 409 (a concurrent identical upload). Never retried: 4xx,
 which Orthanc uses for a file it cannot parse — retrying junk wastes hours (seen in a public importer).
