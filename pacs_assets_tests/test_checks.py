@@ -86,14 +86,41 @@ def test_the_sweep_counts_the_same_by_listing_orthanc_and_by_finding_each_uid(tm
     index = tmp_path / "index.duckdb"
     with duckdb.connect(str(index), read_only=True) as con:
         ids = [r[0] for r in con.execute("SELECT orthanc_instance_id FROM file_status WHERE status = 'imported' "
-                                         "ORDER BY 1 LIMIT 2").fetchall()]
-    for orthanc_id in ids:
+                                         "ORDER BY 1").fetchall()]
+
+    def delete(orthanc_id: str) -> None:
         assert requests.delete(f"{orthanc_env.url}/instances/{orthanc_id}", auth=orthanc_env.auth).status_code == 200
+
+    for orthanc_id in ids[:2]:
+        delete(orthanc_id)
     client = OrthancClient(orthanc_env.url, orthanc_env.username, orthanc_env.password)
-    listed, real = [], OrthancClient.instance_ids
-    # Pages of 3: the paging is exercised too.
-    monkeypatch.setattr(OrthancClient, "instance_ids", lambda self, page=0: listed.append(1) or real(self, page=3))
+    finds, real_find = [], OrthancClient.find_instance_ids
+    monkeypatch.setattr(OrthancClient, "find_instance_ids", lambda self, uids: finds.append(1) or real_find(self, uids))
+    deletions, real_list = [0], OrthancClient.instance_ids
+
+    def listing(self, page=0):  # pages of 3, so the paging is exercised
+        for n, ids_page in enumerate(real_list(self, page=3)):
+            yield ids_page
+            if n == 0 and deletions[0]:  # an instance just listed is deleted: the next pages shift by one
+                deletions[0] -= 1
+                delete(ids_page[0])
+
+    monkeypatch.setattr(OrthancClient, "instance_ids", listing)
     by_list = reconciliation.orthanc_sweep(index, "ct", client)
+    assert by_list["missing_in_orthanc"] == 2 and by_list["checked"] > 2 and not finds  # an exact list: no lookup
     monkeypatch.setattr(reconciliation, "LIST_FACTOR", 0)  # Orthanc "too big": find every UID
     by_find = reconciliation.orthanc_sweep(index, "ct", client)
-    assert listed and by_list == by_find and by_find["missing_in_orthanc"] == 2 and by_find["checked"] > 2
+    assert by_list == by_find and finds
+
+    # A deletion while the list is read hides another instance from it: that read is not exact and the list
+    # is read again (exact: no lookup), which no longer holds the deleted one.
+    monkeypatch.setattr(reconciliation, "LIST_FACTOR", 50)
+    finds.clear()
+    deletions[0] = 1
+    assert reconciliation.orthanc_sweep(index, "ct", client)["missing_in_orthanc"] == 3 and not finds
+    # A deletion during each of the three reads: never exact, so what the last read missed is looked up, and a
+    # present instance hidden by the shift is found, not counted. The instance deleted after it was listed
+    # counts at the next sweep.
+    deletions[0] = 3
+    assert reconciliation.orthanc_sweep(index, "ct", client)["missing_in_orthanc"] == 5 and finds
+    assert deletions == [0] and reconciliation.orthanc_sweep(index, "ct", client)["missing_in_orthanc"] == 6

@@ -94,19 +94,22 @@ def catch_up(source: NasSource, client: OrthancApi, index_path: str | os.PathLik
 
 def orthanc_sweep(index_path: str | os.PathLike, nas_id: str, client: OrthancApi,
                   start: dt.date | None = None, end: dt.date | None = None) -> dict[str, int]:
-    """Every instance the ledger says is in Orthanc (in [start, end), or all), looked up in batches.
+    """Every instance the ledger says is in Orthanc (in [start, end), or all): how many Orthanc lacks.
 
     When Orthanc holds at most ``LIST_FACTOR`` times as many instances as there are to check (a whole-NAS
-    sweep), its instance list is read first (a few pages) and only the IDs it lacks are looked up; the
-    answer is the same: an instance is missing when ``/tools/find`` does not find it.
+    sweep), its instance list is read (~4 us an instance) and compared with the ledger's Orthanc IDs. When
+    that list is exact (``OrthancApi.held_instance_ids``: nothing came or went while it was read), what it
+    lacks is missing, whatever the number: an emptied or replaced Orthanc costs no more than a healthy one.
+    Otherwise, and for a window small against Orthanc, the unlisted instances are looked up by SOP Instance
+    UID in batched ``/tools/find`` queries (~0.3 ms each): an instance is missing when it is not found.
     """
     batches = list(consistency.stored_instances(index_path, nas_id, start, end, batch=FIND_BATCH))
     checked = sum(len(batch) for batch in batches)
     if checked and (client.get_json("/statistics").get("CountInstances") or 0) <= LIST_FACTOR * checked:
-        held: set[str] = set()
-        for page in client.instance_ids():
-            held.update(page)
+        held, exact = client.held_instance_ids()
         unsure = [row for batch in batches for row in batch if row[1] not in held]
+        if exact:
+            return {"checked": checked, "missing_in_orthanc": len(unsure)}
         batches = [unsure[i:i + FIND_BATCH] for i in range(0, len(unsure), FIND_BATCH)]
     missing = 0
     for batch in batches:
