@@ -5,8 +5,8 @@
   added, changed or deleted. Its own materialization says when it ran and what it found (counts).
 - ``<nas>/reconciliation_catch_up`` (pool ``orthanc_upload``) rebuilds the hierarchy of exactly the dates
   whose instances lag the inventory and uploads exactly the dates with instances not yet in Orthanc,
-  recording ``dicom_index`` / ``orthanc_instances`` materializations for those dates only. Its check sweeps
-  every stored instance against Orthanc in batches.
+  recording ``dicom_index`` / ``orthanc_instances`` materializations for those dates only. Its check proves
+  every stored instance is in Orthanc (pipeline/orthanc_sweep.py: what changed since the last full sweep).
 
 An unchanged NAS thus costs one walk and two materializations, whatever the number of partitions: Dagster's
 bookkeeping per partition and asset, for ten years of daily partitions, would be minutes per night
@@ -144,11 +144,13 @@ def build_reconciliation(nas: NasConfig, config: PacsConfig) -> tuple[list, list
 
     @asset_check(asset=catch_up_key, name="every_stored_instance_in_orthanc",
                  required_resource_keys={"index", "orthanc"},
-                 description="The whole-NAS sweep: every file recorded as imported or duplicate is in Orthanc "
-                             "(batched /tools/find queries, ~100 instances each).")
+                 description="The whole-NAS sweep: every file recorded as imported or duplicate is in Orthanc. "
+                             "Nightly it checks what changed since the last clean full sweep (Orthanc's "
+                             "/changes and instance count); a full sweep compares Orthanc's instance list, at "
+                             "least weekly and whenever anything is in doubt.")
     def every_stored_instance_in_orthanc(context: AssetCheckExecutionContext) -> AssetCheckResult:
-        passed, metadata = work.indexed_instances_in_orthanc(context.resources.index.path, nas.id,
-                                                            context.resources.orthanc.client())
+        passed, metadata = work.every_stored_instance_in_orthanc(context.resources.index.path, nas.id,
+                                                                context.resources.orthanc.client())
         return AssetCheckResult(passed=passed, metadata=metadata)
 
     job = define_asset_job(reconciliation_job_name(nas.id), selection=AssetSelection.assets(walk_key, catch_up_key),

@@ -155,3 +155,11 @@ CREATE TABLE IF NOT EXISTS orthanc_arrivals (
     from_nas BOOLEAN NOT NULL,  -- the SOP instance is known on a NAS (instances table) when the row was written
     last_updated TIMESTAMP
 );
+
+-- The last whole-NAS Orthanc sweep of each NAS that found nothing missing (pipeline/orthanc_sweep.py): Orthanc's
+-- instance count and last change Seq when its exact list was read, and the ledger's last attempt it covered.
+-- A later sweep checks only what changed since; this row is its proof of the rest.
+CREATE TABLE IF NOT EXISTS orthanc_sweeps (
+    nas_id VARCHAR NOT NULL, orthanc VARCHAR NOT NULL, instance_count BIGINT NOT NULL, last_seq BIGINT NOT NULL,
+    last_attempt_id BIGINT NOT NULL, full_at TIMESTAMP NOT NULL
+);

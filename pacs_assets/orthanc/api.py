@@ -118,26 +118,28 @@ class OrthancApi(ABC):
                 return
             since += len(ids)
 
-    def held_instance_ids(self, page: int = 10_000, tries: int = 3) -> tuple[set[str], bool]:
-        """Every instance ID Orthanc holds, and whether that set is exact (a snapshot).
+    def held_instance_ids(self, page: int = 10_000, tries: int = 3) -> tuple[set[str], tuple[int, int] | None]:
+        """Every instance ID Orthanc holds, and, when that set is exact (a snapshot), its mark: Orthanc's
+        (instance count, last change Seq) while it was read.
 
         The pages are offsets into Orthanc's table, so an instance deleted meanwhile shifts them and hides
         another. Orthanc 1.10.1 logs no change for a deletion (it even erases the instance's ``NewInstance``),
         so the listing is bracketed instead: the instance count and the last change's Seq, before and after.
         Unchanged, and the count equal to the IDs listed, means no instance came or went for good while
-        listing: the set is exact. Otherwise it is listed again, up to ``tries`` times, then returned as not
-        exact (an ID missing from it may still be there)."""
+        listing: the set is exact. Otherwise it is listed again, up to ``tries`` times, then returned without
+        a mark (an ID missing from it may still be there)."""
         held: set[str] = set()
         for _ in range(tries):
-            before = self._listing_mark()
+            before = self.listing_mark()
             held = set()
             for ids in self.instance_ids(page):
                 held.update(ids)
-            if before == self._listing_mark() and before[0] == len(held):
-                return held, True
-        return held, False
+            if before == self.listing_mark() and before[0] == len(held):
+                return held, before
+        return held, None
 
-    def _listing_mark(self) -> tuple[int, int]:
+    def listing_mark(self) -> tuple[int, int]:
+        """(instance count, last change Seq): two cheap reads of Orthanc's index."""
         count = int(self.get_json("/statistics").get("CountInstances") or 0)
         last = self.get_json("/changes", "/changes", {"last": ""}).get("Last")
         return count, int(last or 0)

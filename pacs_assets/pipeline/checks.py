@@ -19,6 +19,7 @@ from pacs_assets.nas.base import KindCheck, NasSettings
 from pacs_assets.orthanc.api import OrthancApi
 from pacs_assets.orthanc.client import OrthancUnavailable
 from pacs_assets.pipeline.identity_guard import IdentityGuard, index_collisions
+from pacs_assets.pipeline.orthanc_sweep import nightly_sweep
 from pacs_assets.pipeline.reconciliation import orthanc_sweep
 
 
@@ -49,10 +50,22 @@ def no_uid_conflicts(index_path: str | os.PathLike, nas_id: str) -> tuple[bool, 
 def indexed_instances_in_orthanc(index_path: str | os.PathLike, nas_id: str, client: OrthancApi,
                                  start: dt.date | None = None, end: dt.date | None = None) -> tuple[bool, dict]:
     """Every file of the window [start, end) (all dates if None) that the ledger says is in Orthanc really is,
-    asked in batched ``/tools/find`` queries by SOP Instance UID and matched by Orthanc ID."""
+    matched by Orthanc ID (``orthanc_sweep``: Orthanc's instance list, or ``/tools/find`` by SOP Instance UID)."""
     try:
         client.system()
         counts = orthanc_sweep(index_path, nas_id, client, start, end)
+    except OrthancUnavailable as exc:
+        return False, {"error": str(exc)}
+    return counts["missing_in_orthanc"] == 0, counts
+
+
+def every_stored_instance_in_orthanc(index_path: str | os.PathLike, nas_id: str,
+                                    client: OrthancApi) -> tuple[bool, dict]:
+    """The whole-NAS check: every file the ledger says is in Orthanc really is (``nightly_sweep``: what changed
+    since the last clean full sweep, or a full sweep)."""
+    try:
+        client.system()
+        counts = nightly_sweep(index_path, nas_id, client)
     except OrthancUnavailable as exc:
         return False, {"error": str(exc)}
     return counts["missing_in_orthanc"] == 0, counts

@@ -4,8 +4,8 @@ whose content changed (their hierarchy, then their uploads).
 ``reconcile`` is the one place besides an explicit backfill that walks everything. On an unchanged NAS it
 writes nothing to the index and reports no changed date, so no partition is materialized again.
 ``catch_up`` rebuilds the hierarchy of the dates whose instances lag the inventory and uploads the dates
-with instances not yet in Orthanc; ``orthanc_sweep`` checks every stored instance against Orthanc in
-batched ``/tools/find`` queries (the whole-NAS check belongs here, not to every run).
+with instances not yet in Orthanc; ``orthanc_sweep`` checks every stored instance against Orthanc's
+instance list (the whole-NAS check belongs here, not to every run).
 
 The same concept on three layers: the Dagster assets and job (defs/reconciliation.py), the work
 (pipeline/reconciliation.py), the SQL (index/reconciliation.py).
@@ -97,22 +97,33 @@ def orthanc_sweep(index_path: str | os.PathLike, nas_id: str, client: OrthancApi
     """Every instance the ledger says is in Orthanc (in [start, end), or all): how many Orthanc lacks.
 
     When Orthanc holds at most ``LIST_FACTOR`` times as many instances as there are to check (a whole-NAS
-    sweep), its instance list is read (~4 us an instance) and compared with the ledger's Orthanc IDs. When
+    sweep), its instance list is read (~4-11 us an instance) and compared with the ledger's Orthanc IDs. When
     that list is exact (``OrthancApi.held_instance_ids``: nothing came or went while it was read), what it
     lacks is missing, whatever the number: an emptied or replaced Orthanc costs no more than a healthy one.
     Otherwise, and for a window small against Orthanc, the unlisted instances are looked up by SOP Instance
     UID in batched ``/tools/find`` queries (~0.3 ms each): an instance is missing when it is not found.
     """
+    return full_sweep(index_path, nas_id, client, start, end)[0]
+
+
+def full_sweep(index_path: str | os.PathLike, nas_id: str, client: OrthancApi, start: dt.date | None = None,
+               end: dt.date | None = None) -> tuple[dict[str, int], tuple[int, int] | None]:
+    """``orthanc_sweep``, and the mark (instance count, last change Seq) of Orthanc's exact list if it read one."""
     batches = list(consistency.stored_instances(index_path, nas_id, start, end, batch=FIND_BATCH))
     checked = sum(len(batch) for batch in batches)
     if checked and (client.get_json("/statistics").get("CountInstances") or 0) <= LIST_FACTOR * checked:
-        held, exact = client.held_instance_ids()
+        held, mark = client.held_instance_ids()
         unsure = [row for batch in batches for row in batch if row[1] not in held]
-        if exact:
-            return {"checked": checked, "missing_in_orthanc": len(unsure)}
+        if mark is not None:
+            return {"checked": checked, "missing_in_orthanc": len(unsure)}, mark
         batches = [unsure[i:i + FIND_BATCH] for i in range(0, len(unsure), FIND_BATCH)]
+    return {"checked": checked, "missing_in_orthanc": missing_of(client, batches)}, None
+
+
+def missing_of(client: OrthancApi, batches: list[list[tuple[str, str]]]) -> int:
+    """How many of these (SOP Instance UID, Orthanc ID) Orthanc does not hold: one ``/tools/find`` a batch."""
     missing = 0
     for batch in batches:
         found = client.find_instance_ids([sop for sop, _ in batch])
         missing += sum(1 for _, orthanc_id in batch if orthanc_id not in found)
-    return {"checked": checked, "missing_in_orthanc": missing}
+    return missing

@@ -1,0 +1,85 @@
+"""The nightly whole-NAS Orthanc check: after a clean full sweep it reads only what changed, and an instance
+deleted from Orthanc is noticed the next night whatever else happened meanwhile."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import duckdb
+import pydicom
+import requests
+from pydicom.uid import generate_uid
+
+from pacs_assets.orthanc.client import OrthancClient
+from pacs_assets.pipeline import orthanc_sweep
+from pacs_assets.sample.dicom_nas import make_dicom_nas
+from pacs_assets_tests.harness import NAS, SAMPLE_START, materialize_nas, write_config
+
+
+def test_nightly_sweep_reads_what_changed_and_notices_every_deletion(tmp_path, orthanc_env, monkeypatch):
+    manifest = make_dicom_nas(tmp_path / "nas", patients=4, start_date=SAMPLE_START)
+    config = write_config(tmp_path / "pacs.yaml", NAS, orthanc_url=orthanc_env.url)
+    assert materialize_nas(config, "ct").success
+    index = tmp_path / "index.duckdb"
+    client = OrthancClient(orthanc_env.url, orthanc_env.username, orthanc_env.password)
+    session = requests.Session()
+    session.auth = orthanc_env.auth
+    listings, real_list = [], OrthancClient.instance_ids
+    monkeypatch.setattr(OrthancClient, "instance_ids", lambda self, page=10_000: listings.append(1) or
+                        real_list(self, page))
+
+    def night(**kw) -> dict:
+        listings.clear()
+        out = orthanc_sweep.nightly_sweep(index, "ct", client, **kw)
+        assert (out["sweep"] == "full") == bool(listings)
+        return out
+
+    def imported() -> list[str]:
+        with duckdb.connect(str(index), read_only=True) as con:
+            return [r[0] for r in con.execute("SELECT orthanc_instance_id FROM file_status WHERE status = "
+                                              "'imported' ORDER BY 1").fetchall()]
+
+    def foreign_instance() -> bytes:  # a modality's instance, sent straight to Orthanc
+        ds = pydicom.dcmread(manifest.root / manifest.paths("ok")[0])
+        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+        path = tmp_path / f"{ds.SOPInstanceUID}.dcm"
+        ds.save_as(path)
+        return path.read_bytes()
+
+    ids = imported()
+    first = night()
+    assert first == {"checked": len(ids), "missing_in_orthanc": 0, "sweep": "full"}
+    assert night() == {"checked": 0, "missing_in_orthanc": 0, "sweep": "changes"}
+    session.post(f"{orthanc_env.url}/instances", data=foreign_instance()).raise_for_status()
+    assert night() == {"checked": 0, "missing_in_orthanc": 0, "sweep": "changes"}
+
+    # One of ours deleted while a modality's instance arrives: the count alone would not change.
+    session.delete(f"{orthanc_env.url}/instances/{ids[0]}").raise_for_status()
+    session.post(f"{orthanc_env.url}/instances", data=foreign_instance()).raise_for_status()
+    assert night() == {"checked": len(ids), "missing_in_orthanc": 1, "sweep": "full"}
+    assert night()["sweep"] == "full"  # still missing: no mark to lean on
+    session.post(f"{orthanc_env.url}/instances",
+                 data=(manifest.root / _path_of(index, ids[0])).read_bytes()).raise_for_status()
+    assert night() == {"checked": len(ids), "missing_in_orthanc": 0, "sweep": "full"}
+
+    # A file imported after the mark, then deleted from Orthanc before the night: Orthanc's count and changes
+    # look untouched (its NewInstance change went with it), so the ledger's new entry is looked up.
+    new = manifest.root / manifest.paths("ok")[0]
+    ds = pydicom.dcmread(new)
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    ds.save_as(new.with_name("new_one.dcm"))
+    assert materialize_nas(config, "ct").success
+    (added,) = set(imported()) - set(ids)
+    session.delete(f"{orthanc_env.url}/instances/{added}").raise_for_status()
+    assert night() == {"checked": 1, "missing_in_orthanc": 1, "sweep": "changes"}
+    assert night()["sweep"] == "full"
+    # Whatever the changes say, a full sweep at least every FULL_EVERY.
+    session.post(f"{orthanc_env.url}/instances", data=new.with_name("new_one.dcm").read_bytes()).raise_for_status()
+    assert night()["sweep"] == "full" and night()["sweep"] == "changes"
+    later = dt.datetime.now(dt.UTC).replace(tzinfo=None) + orthanc_sweep.FULL_EVERY
+    assert night(now=later)["sweep"] == "full"
+
+
+def _path_of(index, orthanc_id: str) -> str:
+    with duckdb.connect(str(index), read_only=True) as con:
+        return con.execute("SELECT file_path FROM file_status WHERE orthanc_instance_id = ?", [orthanc_id]).fetchall()[0][0]
