@@ -181,8 +181,10 @@ def identity_share(config: Path, reconcile_seconds: float) -> dict:
     return {"seconds": seconds, "collisions": len(found), "ratio": seconds / reconcile_seconds}
 
 
-def reconcile_run(defs, instance, walk: float, what: str) -> dict:
-    """The reconciliation job once, in-process, against the best ``os.walk`` + ``stat``."""
+def reconcile_run(defs, instance, root: Path, what: str) -> dict:
+    """The reconciliation job once, in-process, against the best of two ``os.walk`` + ``stat`` run just before
+    it (the machine's load drifts: each run gets its own baseline)."""
+    walk = min(baseline_walk(root) for _ in range(2))
     t = time.perf_counter()
     result = defs.resolve_job_def("ct_reconciliation_job").execute_in_process(instance=instance)
     seconds = time.perf_counter() - t
@@ -200,7 +202,7 @@ def reconcile_run(defs, instance, walk: float, what: str) -> dict:
     return out
 
 
-def reconcile_in_full_orthanc(config: Path, root: Path, site: Path, instance, walk: float) -> dict:
+def reconcile_in_full_orthanc(config: Path, root: Path, site: Path, instance) -> dict:
     """The same job against an Orthanc that holds every instance of the NAS (the real nightly case), seeded
     into its own index (benchmarks/orthanc_index.py), with a check that it answers like a real one."""
     from pacs_assets.config import load_config
@@ -223,8 +225,8 @@ def reconcile_in_full_orthanc(config: Path, root: Path, site: Path, instance, wa
         try:
             defs = build_definitions(load_config(config))
             # The first night after the seeding has no mark: a full sweep, as at least once a week.
-            full = reconcile_run(defs, instance, walk, "Orthanc holding the NAS, full sweep")
-            out = reconcile_run(defs, instance, walk, "Orthanc holding the NAS, the next night")
+            full = reconcile_run(defs, instance, root, "Orthanc holding the NAS, full sweep")
+            out = reconcile_run(defs, instance, root, "Orthanc holding the NAS, the next night")
             out["full_sweep"] = full
         finally:
             raw["orthanc"]["url"] = empty_url
@@ -277,10 +279,9 @@ def bench_size(n: int, work: Path, template_holder: dict, reconcile: bool, rss: 
         config.write_text(yaml.safe_dump(raw))
         defs = build_definitions(load_config(config))
         if reconcile:
-            walk = min(baseline_walk(root) for _ in range(2))
-            out["reconcile"] = reconcile_run(defs, instance, walk, "empty Orthanc")
+            out["reconcile"] = reconcile_run(defs, instance, root, "empty Orthanc")
             out["reconcile"]["identity"] = identity_share(config, out["reconcile"]["seconds"])
-            out["reconcile_full"] = reconcile_in_full_orthanc(config, root, site, instance, walk)
+            out["reconcile_full"] = reconcile_in_full_orthanc(config, root, site, instance)
         day = today - dt.timedelta(days=1)
         folder = root / "NEWPAT" / f"{day:%Y%m%d}_CT" / "S001"
         template = template_holder.setdefault("t", next((root / "bulk").rglob("*.dcm")).read_bytes())

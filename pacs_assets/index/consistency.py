@@ -26,24 +26,18 @@ def unaccounted_files(index_path: str | os.PathLike, nas_id: str, start: dt.date
 
 
 def stored_instances(index_path: str | os.PathLike, nas_id: str, start: dt.date | None = None,
-                     end: dt.date | None = None, batch: int = 100,
-                     after_attempt: int | None = None) -> Iterator[list[tuple[str, str]]]:
+                     end: dt.date | None = None, batch: int = 100) -> Iterator[list[tuple[str, str]]]:
     """(SOP Instance UID, Orthanc ID) of every file the ledger says is in Orthanc (imported or duplicate), in
-    the procedure dates [start, end) or all of them, and only those recorded after ``after_attempt`` if given,
-    in batches (one ``/tools/find`` each: its cost in Orthanc 1.10.1 grows faster than the list, so batches
-    stay ~100)."""
+    the procedure dates [start, end) or all of them, in batches (one ``/tools/find`` each: its cost in
+    Orthanc 1.10.1 grows faster than the list, so batches stay ~100)."""
     window = "AND i.partition_date >= $start AND i.partition_date < $end" if start is not None else ""
-    params = {"nas": nas_id, **({"start": start, "end": end} if start is not None else {})}
-    if after_attempt is not None:
-        window += " AND h.attempt_id > $after"
-        params["after"] = after_attempt
     with session(index_path, read_only=True) as con:
         rows = con.execute(f"""
             SELECT DISTINCT i.sop_instance_uid, h.orthanc_instance_id FROM instances i
             JOIN import_history h ON h.nas_id = i.nas_id AND h.file_path = i.file_path
                                  AND h.change_token = i.change_token AND h.status IN ('imported', 'duplicate')
             WHERE i.nas_id = $nas AND h.orthanc_instance_id IS NOT NULL {window}
-            ORDER BY 1""", params).fetchall()
+            ORDER BY 1""", {"nas": nas_id, **({"start": start, "end": end} if start is not None else {})}).fetchall()
     for i in range(0, len(rows), batch):
         yield rows[i:i + batch]
 

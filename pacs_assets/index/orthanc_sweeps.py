@@ -39,5 +39,20 @@ def save_mark(index_path: str | os.PathLike, nas_id: str, mark: SweepMark | None
 
 def last_attempt_id(index_path: str | os.PathLike, nas_id: str) -> int:
     with session(index_path, read_only=True) as con:
-        return con.execute("SELECT coalesce(max(attempt_id), 0) FROM import_history WHERE nas_id = $nas",
-                           {"nas": nas_id}).fetchall()[0][0]
+        return _last_attempt(con, nas_id)
+
+
+def entries_since(index_path: str | os.PathLike, nas_id: str, after: int) -> tuple[int, list[tuple[str, str]]]:
+    """(the ledger's last attempt, (SOP Instance UID, Orthanc ID) of the NAS's files in Orthanc by an attempt
+    after ``after``), read together: an entry recorded later is after the returned attempt."""
+    with session(index_path, read_only=True) as con:
+        return _last_attempt(con, nas_id), con.execute("""
+            SELECT DISTINCT i.sop_instance_uid, h.orthanc_instance_id FROM import_history h
+            JOIN instances i ON h.nas_id = i.nas_id AND h.file_path = i.file_path AND h.change_token = i.change_token
+            WHERE h.nas_id = $nas AND h.attempt_id > $after AND h.status IN ('imported', 'duplicate')
+              AND h.orthanc_instance_id IS NOT NULL ORDER BY 1""", {"nas": nas_id, "after": after}).fetchall()
+
+
+def _last_attempt(con, nas_id: str) -> int:
+    return con.execute("SELECT coalesce(max(attempt_id), 0) FROM import_history WHERE nas_id = $nas",
+                       {"nas": nas_id}).fetchall()[0][0]

@@ -18,8 +18,7 @@ from __future__ import annotations
 import datetime as dt
 import os
 
-from pacs_assets.index import consistency
-from pacs_assets.index.orthanc_sweeps import SweepMark, last_attempt_id, last_mark, save_mark
+from pacs_assets.index.orthanc_sweeps import SweepMark, entries_since, last_attempt_id, last_mark, save_mark
 from pacs_assets.orthanc.api import OrthancApi
 from pacs_assets.orthanc.changes import read_changes
 from pacs_assets.pipeline.reconciliation import FIND_BATCH, full_sweep, missing_of
@@ -54,13 +53,11 @@ def _since(index_path: str | os.PathLike, nas_id: str, client: OrthancApi, mark:
     arrived = {orthanc_id for _, orthanc_id, _ in scan.new_instances}
     if not scan.done or scan.orthanc_last is not None or count != mark.instance_count + len(arrived):
         return None
-    attempt = last_attempt_id(index_path, nas_id)
-    rows = [row for batch in consistency.stored_instances(index_path, nas_id, after_attempt=mark.last_attempt_id)
-            for row in batch]
+    attempt, rows = entries_since(index_path, nas_id, mark.last_attempt_id)
     unsure = [row for row in rows if row[1] not in arrived]
     missing = missing_of(client, [unsure[i:i + FIND_BATCH] for i in range(0, len(unsure), FIND_BATCH)])
     if missing:  # the next sweep is a full one, until nothing is missing
         save_mark(index_path, nas_id, None)
-    else:
+    elif (count, last, attempt) != (mark.instance_count, mark.last_seq, mark.last_attempt_id):  # else no write
         save_mark(index_path, nas_id, SweepMark(client.url, count, last, attempt, mark.full_at))
     return {"checked": len(rows), "missing_in_orthanc": missing, "sweep": "changes"}
