@@ -351,10 +351,10 @@ def main(argv: list[str] | None = None) -> int:
               f"{verdict(growth, 1.2)}")
     for r in results:
         if "reconcile" in r:
-            for c, orthanc in ((r["reconcile_full"], "Orthanc holding it"),
-                               (r["reconcile_full"]["full_sweep"], "same, weekly full sweep"),
+            for c, orthanc in ((r["reconcile_full"], "full Orthanc, nightly"),
+                               (r["reconcile_full"]["full_sweep"], "full Orthanc, weekly sweep"),
                                (r["reconcile"], "empty Orthanc")):
-                print(f"{'reconciliation, unchanged NAS of ' + format(r['files'], ',') + ', ' + orthanc:58} "
+                print(f"{'reconcile ' + format(r['files'], ',') + ' unchanged files, ' + orthanc:58} "
                       f"{c['seconds']:8.1f}s {c['baseline_walk_seconds']:8.2f}s {c['ratio']:7.2f} <= 3 "
                       f"{verdict(c['ratio'], 3)}")
                 print(f"{'  steps (s)':58} " + ", ".join(f"{k} {v}" for k, v in c["steps"].items()))
