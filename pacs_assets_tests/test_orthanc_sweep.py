@@ -11,7 +11,7 @@ import requests
 from pydicom.uid import generate_uid
 
 from pacs_assets.orthanc.client import OrthancClient
-from pacs_assets.pipeline import orthanc_sweep
+from pacs_assets.pipeline import orthanc_sweep, reconciliation
 from pacs_assets.sample.dicom_nas import make_dicom_nas
 from pacs_assets_tests.harness import NAS, SAMPLE_START, materialize_nas, write_config
 
@@ -78,6 +78,16 @@ def test_nightly_sweep_reads_what_changed_and_notices_every_deletion(tmp_path, o
     assert night()["sweep"] == "full" and night()["sweep"] == "changes"
     later = dt.datetime.now(dt.UTC).replace(tzinfo=None) + orthanc_sweep.FULL_EVERY
     assert night(now=later)["sweep"] == "full"
+
+    # Orthanc far bigger than the NAS: the full sweep looks every entry up by UID instead of listing; Orthanc
+    # unchanged all along, it leaves a mark too.
+    monkeypatch.setattr(reconciliation, "LIST_FACTOR", 0)
+    later += orthanc_sweep.FULL_EVERY
+    listings.clear()
+    assert orthanc_sweep.nightly_sweep(index, "ct", client, now=later) == {
+        "checked": len(ids) + 1, "missing_in_orthanc": 0, "sweep": "full"} and not listings
+    session.delete(f"{orthanc_env.url}/instances/{ids[1]}").raise_for_status()
+    assert orthanc_sweep.nightly_sweep(index, "ct", client, now=later)["missing_in_orthanc"] == 1
 
 
 def _path_of(index, orthanc_id: str) -> str:

@@ -108,16 +108,21 @@ def orthanc_sweep(index_path: str | os.PathLike, nas_id: str, client: OrthancApi
 
 def full_sweep(index_path: str | os.PathLike, nas_id: str, client: OrthancApi, start: dt.date | None = None,
                end: dt.date | None = None) -> tuple[dict[str, int], tuple[int, int] | None]:
-    """``orthanc_sweep``, and the mark (instance count, last change Seq) of Orthanc's exact list if it read one."""
+    """``orthanc_sweep``, and the mark (instance count, last change Seq) Orthanc kept all along the sweep, if it
+    did: then what the sweep saw is what Orthanc held at that mark."""
     batches = list(consistency.stored_instances(index_path, nas_id, start, end, batch=FIND_BATCH))
     checked = sum(len(batch) for batch in batches)
-    if checked and (client.get_json("/statistics").get("CountInstances") or 0) <= LIST_FACTOR * checked:
+    before = client.listing_mark()
+    if checked and before[0] <= LIST_FACTOR * checked:
         held, mark = client.held_instance_ids()
         unsure = [row for batch in batches for row in batch if row[1] not in held]
         if mark is not None:
             return {"checked": checked, "missing_in_orthanc": len(unsure)}, mark
         batches = [unsure[i:i + FIND_BATCH] for i in range(0, len(unsure), FIND_BATCH)]
-    return {"checked": checked, "missing_in_orthanc": missing_of(client, batches)}, None
+        # What the list held may have gone since: no mark (the next sweep is a full one).
+        return {"checked": checked, "missing_in_orthanc": missing_of(client, batches)}, None
+    missing = missing_of(client, batches)  # every entry looked up: unchanged all along, they answer for the mark
+    return {"checked": checked, "missing_in_orthanc": missing}, before if client.listing_mark() == before else None
 
 
 def missing_of(client: OrthancApi, batches: list[list[tuple[str, str]]]) -> int:
