@@ -17,11 +17,13 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import TYPE_CHECKING
 
 from pacs_assets.cli.output import print_json, write_output
 from pacs_assets.cli.search import dicom_date
-from pacs_assets.config import PacsConfig, load_config
-from pacs_assets.identity.collisions import UID_KINDS
+
+if TYPE_CHECKING:  # the settings models (pydantic) load when a command runs, not when `pacs` starts
+    from pacs_assets.config import PacsConfig
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -73,9 +75,9 @@ def _collisions(config: PacsConfig) -> tuple[object, list]:
 
 
 def run_list(args: argparse.Namespace) -> int:
+    from pacs_assets.config import load_config
     from pacs_assets.index import connection
     from pacs_assets.index.patient_records import held_by_person
-
     config = load_config(args.config)
     try:
         _, found = _collisions(config)
@@ -90,6 +92,8 @@ def run_list(args: argparse.Namespace) -> int:
 
 
 def _collision_json(c, held: int) -> dict:
+    from pacs_assets.identity.collisions import UID_KINDS
+
     by_uid = c.kind in UID_KINDS.values()
     return {"id": c.id, "kind": c.kind, "verdict": c.verdict, "patient_id_sent": None if by_uid else c.anchor,
             "uid": c.anchor if by_uid else None,
@@ -128,8 +132,8 @@ def print_collisions(document: dict) -> None:
 
 
 def run_decide(args: argparse.Namespace) -> int:
+    from pacs_assets.config import load_config
     from pacs_assets.pipeline.identity_review import decide
-
     config = load_config(args.config)
     guard, collisions = _collisions(config)
     found = {c.id: c for c in collisions}
@@ -156,8 +160,8 @@ def run_decide(args: argparse.Namespace) -> int:
 def run_decisions(args: argparse.Namespace) -> int:
     import dataclasses
 
+    from pacs_assets.config import load_config
     from pacs_assets.identity.decisions import DecisionBook, decisions_path
-
     config = load_config(args.config)
     book = DecisionBook.load(decisions_path(config.index.path, config.identity.decisions_path))
     rows = [dataclasses.asdict(d) for d in book.decisions]
@@ -172,10 +176,10 @@ def run_decisions(args: argparse.Namespace) -> int:
 
 
 def run_separate(args: argparse.Namespace) -> int:
+    from pacs_assets.config import load_config
     from pacs_assets.orthanc.client import client_from_config
     from pacs_assets.pipeline.identity_guard import guard_for
     from pacs_assets.pipeline.identity_review import separate
-
     config = load_config(args.config)
     try:
         plan = separate(guard_for(config), config.index.path, client_from_config(config.orthanc), args.patient_id,
