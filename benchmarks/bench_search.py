@@ -17,6 +17,7 @@ the real `pacs search` command (a new Python process each, its p50 against the g
 from __future__ import annotations
 
 import argparse
+import compileall
 import datetime as dt
 import os
 import random
@@ -31,7 +32,9 @@ from pathlib import Path
 import duckdb
 import yaml
 
+import pacs_assets
 from pacs_assets.cli import history as history_cli
+from pacs_assets.cli import search as search_cli
 from pacs_assets.cli import status as status_cli
 from pacs_assets.config import load_config
 from pacs_assets.index import connection, ledger, queries
@@ -231,6 +234,9 @@ def cli_startup(config_path: Path, work: Path, runs: int) -> None:
     """
     env = {**os.environ, "PACS_CONFIG": str(config_path), "XDG_CACHE_HOME": str(work / "cache")}
     command = pacs_command() + ["search", "mueller"]
+    # As installed from a wheel: the product's bytecode compiled (an editable checkout under
+    # PYTHONDONTWRITEBYTECODE would compile every module at every start). __pycache__ is git-ignored.
+    compileall.compile_dir(Path(pacs_assets.__file__).parent, quiet=1)
 
     def timed(cmd: list[str]) -> float:
         started = time.perf_counter()
@@ -238,15 +244,21 @@ def cli_startup(config_path: Path, work: Path, runs: int) -> None:
         return time.perf_counter() - started
 
     first = timed(command)
-    cli_t, bare_t = [], []
+    config = load_config(config_path)
+    cli_t, bare_t, inner_t = [], [], []
     for _ in range(runs):
         bare_t.append(timed([sys.executable, "-c", "pass"]))
         cli_t.append(timed(command))
-    p50, bare = statistics.median(cli_t), statistics.median(bare_t)
+        started = time.perf_counter()  # the same search in this process: open, query, close, no printing
+        search_cli.search(config, queries.SearchQuery(name="mueller"))
+        inner_t.append(time.perf_counter() - started)
+    p50, bare, inner = statistics.median(cli_t), statistics.median(bare_t), statistics.median(inner_t)
     print(f"\nthe real command ({' '.join(Path(c).name for c in command[:1])} ...), a new process each time:")
     print(f"  first run, configuration validated and cached: {first * 1000:.0f} ms")
     print(line("pacs search mueller", cli_t))
     print(line("python -c pass (baseline)", bare_t))
+    print(line("same search in-process (no start)", inner_t))
+    print(f"  start-up: {(p50 - bare - inner) * 1000:.0f} ms above `python -c pass` and the search itself (p50s)")
     print(f"  `pacs search` p50 {p50 * 1000:.0f} ms   goal <= {CLI_GOAL_MS} ms   "
           f"{'met' if p50 * 1000 <= CLI_GOAL_MS else 'BELOW'}   ({p50 / bare:.1f}x `python -c pass`, "
           f"{(p50 - bare) * 1000:.0f} ms above it)")
