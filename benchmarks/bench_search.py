@@ -32,7 +32,6 @@ from pathlib import Path
 import duckdb
 import yaml
 
-import pacs_assets
 from pacs_assets.cli import history as history_cli
 from pacs_assets.cli import search as search_cli
 from pacs_assets.cli import status as status_cli
@@ -236,7 +235,7 @@ def cli_startup(config_path: Path, work: Path, runs: int) -> None:
     command = pacs_command() + ["search", "mueller"]
     # As installed from a wheel: the product's bytecode compiled (an editable checkout under
     # PYTHONDONTWRITEBYTECODE would compile every module at every start). __pycache__ is git-ignored.
-    compileall.compile_dir(Path(pacs_assets.__file__).parent, quiet=1)
+    compileall.compile_dir(PACKAGE, quiet=1)
 
     def timed(cmd: list[str]) -> float:
         started = time.perf_counter()
@@ -264,6 +263,7 @@ def cli_startup(config_path: Path, work: Path, runs: int) -> None:
           f"{(p50 - bare) * 1000:.0f} ms above it)")
 
 
+PACKAGE = Path(__file__).resolve().parents[1] / "pacs_assets"  # the product, compiled before the runs
 CLI_GOAL_MS = 150  # issue 15: `pacs search` as a new process, p50
 
 
