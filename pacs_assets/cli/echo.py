@@ -31,6 +31,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from pacs_assets.config import load_config
+
     config = load_config(args.config)
     result = echo(config, calling_aet=args.calling_aet)
     if args.json:

@@ -53,6 +53,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"pacs history: --from {args.date_from} is after --to {args.date_to}.", file=sys.stderr)
         return 2
     from pacs_assets.config import load_config
+
     config = load_config(args.config)
     try:
         result = history(config, nas_id=args.nas, status=args.status, date_from=args.date_from,

@@ -78,6 +78,7 @@ def run_list(args: argparse.Namespace) -> int:
     from pacs_assets.config import load_config
     from pacs_assets.index import connection
     from pacs_assets.index.patient_records import held_by_person
+
     config = load_config(args.config)
     try:
         _, found = _collisions(config)
@@ -134,6 +135,7 @@ def print_collisions(document: dict) -> None:
 def run_decide(args: argparse.Namespace) -> int:
     from pacs_assets.config import load_config
     from pacs_assets.pipeline.identity_review import decide
+
     config = load_config(args.config)
     guard, collisions = _collisions(config)
     found = {c.id: c for c in collisions}
@@ -162,6 +164,7 @@ def run_decisions(args: argparse.Namespace) -> int:
 
     from pacs_assets.config import load_config
     from pacs_assets.identity.decisions import DecisionBook, decisions_path
+
     config = load_config(args.config)
     book = DecisionBook.load(decisions_path(config.index.path, config.identity.decisions_path))
     rows = [dataclasses.asdict(d) for d in book.decisions]
@@ -180,6 +183,7 @@ def run_separate(args: argparse.Namespace) -> int:
     from pacs_assets.orthanc.client import client_from_config
     from pacs_assets.pipeline.identity_guard import guard_for
     from pacs_assets.pipeline.identity_review import separate
+
     config = load_config(args.config)
     try:
         plan = separate(guard_for(config), config.index.path, client_from_config(config.orthanc), args.patient_id,

@@ -42,6 +42,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from pacs_assets.config import load_config
+
     config = load_config(args.config)
     try:
         result = status(config, args.nas)
