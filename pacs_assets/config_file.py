@@ -77,7 +77,7 @@ def _code_stamp() -> list:
             st = os.stat(file)
         except FileNotFoundError:
             continue  # a folder that is no kind
-        stamp.append([file.name, st.st_size, st.st_mtime_ns])
+        stamp.append([file.relative_to(_PACKAGE).as_posix(), st.st_size, st.st_mtime_ns])
     return stamp
 
 
