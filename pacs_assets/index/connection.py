@@ -18,7 +18,12 @@ from collections.abc import Iterator
 from importlib import resources
 from pathlib import Path
 
-import duckdb
+try:
+    # The engine's own module, which the ``duckdb`` package wraps and re-exports (same classes, same exceptions):
+    # the wrapper's relation API costs ~100 ms of a new process's start, and a `pacs search` never uses it.
+    import _duckdb as duckdb
+except ImportError:  # a DuckDB release whose engine module has another name
+    import duckdb
 
 LOCK_WAIT_SECONDS = float(os.environ.get("PACS_INDEX_LOCK_WAIT", "120"))
 # DuckDB would take up to 80 % of RAM for a big merge; capped, it spills to disk and a run's memory
@@ -82,7 +87,8 @@ def connect(path: str | os.PathLike, *, read_only: bool = False,
     deadline = time.monotonic() + wait
     delay = 0.02
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    if not read_only:
+        path.parent.mkdir(parents=True, exist_ok=True)
     while True:
         try:
             if read_only and not path.exists():
