@@ -9,7 +9,7 @@ import io
 import logging
 import struct
 import warnings
-from functools import lru_cache
+from functools import cache, lru_cache
 
 from pydicom import dcmread
 from pydicom.datadict import dictionary_VR, tag_for_keyword
@@ -78,17 +78,10 @@ def _value(ds, keyword: str):
 
 
 
-
-
-_TAGS: dict[str, tuple[int, str]] = {}
-
-
+@cache
 def _tag_vr(keyword: str) -> tuple[int, str]:
-    found = _TAGS.get(keyword)
-    if found is None:
-        tag = tag_for_keyword(keyword)
-        found = _TAGS[keyword] = (tag, dictionary_VR(tag))
-    return found
+    tag = tag_for_keyword(keyword)
+    return tag, dictionary_VR(tag)
 
 
 def _fast_value(ds, keyword: str):

@@ -23,6 +23,8 @@ from pydicom.valuerep import EXPLICIT_VR_LENGTH_32, VR
 
 # The first read: a small file whole, a big one's header (the rest is read only if the header goes on).
 FIRST_READ = 16 * 1024
+# A header (everything before Pixel Data) longer than this goes to pydicom: the walk holds what it read in memory.
+MAX_HEADER = 16 * 1024 * 1024
 KEYWORDS = ("PatientID", "PatientName", "PatientBirthDate", "PatientSex", "StudyInstanceUID", "StudyDate",
             "StudyDescription", "AccessionNumber", "SeriesInstanceUID", "SeriesDate", "Modality",
             "SeriesDescription", "SOPInstanceUID", "SOPClassUID", "SeriesNumber", "InstanceNumber",
@@ -92,8 +94,8 @@ class _Bytes:
 
     def grow(self, end: int) -> bytes:
         while len(self.data) < end:
-            if self.eof:
-                raise NotPlain  # an element runs past the end of the file: pydicom decides what that means
+            if self.eof or end > MAX_HEADER:
+                raise NotPlain  # past the end of the file (pydicom decides what that means), or too long a header
             asked = max(end - len(self.data), len(self.data))
             more = self.fp.read(asked)
             self.eof = len(more) < asked
