@@ -132,7 +132,7 @@ class DicomFolderSource(NasSource):
         if pool is None or len(todo) < POOL_THRESHOLD:
             return lambda: list(self._parse(todo, None).values())
         results = pool.map(_parse_chunk, self._chunks(todo))
-        return lambda: [r for records in results for r in records]
+        return lambda: list({r.file_path: r for records in results for r in records}.values())  # as _parse
 
     def _chunks(self, todo: list[tuple[str, int, int]]) -> list[tuple[str, str, list[tuple[str, int, int]], int]]:
         step = max(16, len(todo) // (self.workers * 4))
