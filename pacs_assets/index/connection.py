@@ -112,11 +112,17 @@ def session(path: str | os.PathLike, *, read_only: bool = False) -> Iterator[duc
 @contextlib.contextmanager
 def transaction(path: str | os.PathLike) -> Iterator[duckdb.DuckDBPyConnection]:
     """A short read-write transaction: all of it lands, or none of it."""
-    with session(path) as con:
-        con.execute("BEGIN TRANSACTION")
-        try:
-            yield con
-        except BaseException:
-            con.execute("ROLLBACK")
-            raise
-        con.execute("COMMIT")
+    with session(path) as con, in_transaction(con):
+        yield con
+
+
+@contextlib.contextmanager
+def in_transaction(con: duckdb.DuckDBPyConnection) -> Iterator[duckdb.DuckDBPyConnection]:
+    """One transaction on an open connection: all of it lands, or none of it."""
+    con.execute("BEGIN TRANSACTION")
+    try:
+        yield con
+    except BaseException:
+        con.execute("ROLLBACK")
+        raise
+    con.execute("COMMIT")
