@@ -83,7 +83,7 @@ def _create(con, path: Path) -> None:
         con.execute("DROP TABLE main.scan_cache")
 
 
-def _discard(path: Path, reason: str) -> None:
+def discard(path: Path, reason: str) -> None:
     log.warning("Scan cache %s ignored and rebuilt: %s; its files are read again.", path.name, reason)
     for p in (path, path.with_name(path.name + ".wal")):
         p.unlink(missing_ok=True)
@@ -103,15 +103,23 @@ def attach(con: duckdb.DuckDBPyConnection, index_path: str | os.PathLike, nas_id
         try:
             con.execute(f"ATTACH '{path}' AS {ALIAS}")
             _check(con)
+            _check_nas(con, path, nas_id, str(root), verify)  # reads the NAS's rows when verifying
+            return
         except (duckdb.Error, Damaged) as exc:
             if isinstance(exc, duckdb.Error) and _is_lock_error(exc):
                 raise
             with contextlib.suppress(duckdb.Error):
                 con.execute(f"DETACH {ALIAS}")
-            _discard(path, str(exc).splitlines()[0])
-    if ALIAS not in {r[0] for r in con.execute("SELECT database_name FROM duckdb_databases()").fetchall()}:
-        _create(con, path)
+            discard(path, str(exc).splitlines()[0])
+    _create(con, path)
     _check_nas(con, path, nas_id, str(root), verify)
+
+
+def damaged(exc: BaseException) -> bool:
+    """Whether a DuckDB error says a file's blocks are missing or corrupt (DuckDB checksums every block)."""
+    text = str(exc)
+    return isinstance(exc, duckdb.Error) and ("Could not read enough bytes" in text or "orrupt" in text
+                                              or "checksum" in text)
 
 
 def _check_nas(con, path: Path, nas_id: str, root: str, verify: bool) -> None:

@@ -118,5 +118,11 @@ class Staging:
                     scan_cache.attach(con, self.index_path, *self.nas, verify=verify)
                 with in_transaction(con) if atomic else contextlib.nullcontext(con):
                     yield con
+        except Exception as exc:
+            # A cache block found missing or corrupt only now (a folder run reads part of it): the run fails
+            # once, and the next one starts from an empty cache instead of failing again.
+            if cache and scan_cache.damaged(exc):
+                scan_cache.discard(scan_cache.cache_path(self.index_path), str(exc).splitlines()[0])
+            raise
         finally:
             self.con = tuned(duckdb.connect(str(self.path)))
