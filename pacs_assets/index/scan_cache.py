@@ -64,6 +64,7 @@ def _check(con) -> None:
 
 
 def _create(con, path: Path) -> None:
+    path.with_name(path.name + ".wal").unlink(missing_ok=True)  # a lost file's log must not replay into the new one
     con.execute(f"ATTACH '{path}' AS {ALIAS}")
     with contextlib.suppress(OSError):
         os.chmod(path, 0o600)  # patient data, like the index
@@ -74,12 +75,11 @@ def _create(con, path: Path) -> None:
     # An index from before the cache had its own file kept it as a table: move it once (cache first, then drop).
     if con.execute("SELECT count(*) FROM duckdb_tables() WHERE database_name = ? AND table_name = 'scan_cache'",
                    [_index_db(con)]).fetchall()[0][0]:
-        con.execute(f"INSERT INTO {ALIAS}.scan_cache SELECT * FROM main.scan_cache")
+        con.execute(f"INSERT INTO {ALIAS}.scan_cache BY NAME SELECT * FROM main.scan_cache")
         con.execute(f"INSERT INTO {ALIAS}.cache_nas SELECT nas_id, NULL, 0, 0 FROM "
                     f"(SELECT DISTINCT nas_id FROM {ALIAS}.scan_cache)")
         for (nas_id,) in con.execute(f"SELECT nas_id FROM {ALIAS}.cache_nas").fetchall():
             _set_totals(con, nas_id)
-        con.execute("CHECKPOINT")
         con.execute("DROP TABLE main.scan_cache")
 
 

@@ -1,5 +1,5 @@
-"""A whole walk matches the scan cache in SQL (index/inventory.py StagingCache, stage_unchanged): the rows it
-stages must be exactly those a walk from scratch gives, including the procedure dates that depend on "today"."""
+"""A whole walk matches the scan cache in SQL (index/walk_cache.py StagingCache; the merge reads the unchanged
+rows from the cache file): the rows it leaves in the index must be exactly those a walk from scratch gives, including the procedure dates that depend on "today"."""
 
 from __future__ import annotations
 
