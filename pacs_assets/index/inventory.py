@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from pacs_assets.index import scan_cache
 from pacs_assets.index.connection import in_transaction
 from pacs_assets.index.staging import Staging
-from pacs_assets.index.walk_cache import FOLDER_CHUNK, scopes, sql_text
+from pacs_assets.index.walk_cache import FOLDER_CHUNK, scopes, slices, sql_text
 from pacs_assets.nas import names
 from pacs_assets.nas.base import FileRecord
 
@@ -62,50 +62,52 @@ def add_records(staging: Staging, records: Sequence[FileRecord], scanned_at: dt.
         con.unregister("_frame")
 
 
-def new_rows_sql(nas_id: str, scope: str = "true", columns: Sequence[str] = INVENTORY_COLUMNS) -> str:
-    """Every file the walk found (in ``scope``) as its new inventory row: what it staged, and the cached row of
-    each unchanged file, re-dated where ``redated`` says. A walked file whose cached row is gone by now
-    (another run replaced it) has none: the merge leaves its index row as it is (it is read next time)."""
+def new_rows_sql(nas_id: str, where: str = "true", columns: Sequence[str] = INVENTORY_COLUMNS) -> str:
+    """Every file the walk found (in the slice ``where``) as its new inventory row: what it staged, and the
+    cached row of each unchanged file, re-dated where ``redated`` says. A walked file whose cached row is gone by
+    now (another run replaced it) has none: the merge leaves its index row as it is (it is read next time)."""
     staged = ", ".join(f'"{c}"' for c in columns)
     moved = {"procedure_date": "coalesce(r.procedure_date, c.procedure_date)",
              "date_source": "coalesce(r.date_source, c.date_source)"}
     cached = ", ".join(f'{moved[c]} AS "{c}"' if c in moved else f'c."{c}"' for c in columns)
-    return f"""(SELECT {staged} FROM staging.inventory WHERE {scope}
+    return f"""(SELECT {staged} FROM staging.inventory WHERE {where}
         UNION ALL
-        SELECT {cached} FROM (SELECT * FROM sc.scan_cache WHERE nas_id = {sql_text(nas_id)} AND {scope}) c
-        JOIN staging.walked w ON c.file_path = w.file_path AND c.change_token = w.change_token
+        SELECT {cached} FROM (SELECT * FROM sc.scan_cache WHERE nas_id = {sql_text(nas_id)} AND {where}) c
+        JOIN (SELECT file_path, change_token FROM staging.walked WHERE {where}) w
+          ON c.file_path = w.file_path AND c.change_token = w.change_token
         LEFT JOIN staging.redated r ON r.file_path = c.file_path
-        WHERE c.file_path NOT IN (SELECT file_path FROM staging.inventory))"""
+        WHERE c.file_path NOT IN (SELECT file_path FROM staging.inventory WHERE {where}))"""
 
 
 def _in_window(column: str, window: tuple[dt.date, dt.date] | None) -> str:
     return "true" if window is None else f"{column} >= DATE '{window[0]}' AND {column} < DATE '{window[1]}'"
 
 
-def stage_diff(con, nas_id: str, scope: str = "true", window: tuple[dt.date, dt.date] | None = None) -> None:
-    """Add to the temp table ``_diff`` (file_path, old_date, new_date, kind) the files of ``scope`` whose index row
-    in the window must change: 'added' (a new row in the window), 'deleted' (not walked any more) or
-    'changed' (token, date, status or reason differ; a row that leaves the window has its new date there)."""
+def stage_diff(con, nas_id: str, where: str = "true", window: tuple[dt.date, dt.date] | None = None) -> None:
+    """Add to the temp table ``_diff`` (file_path, old_date, new_date, kind) the files of the slice ``where``
+    whose index row in the window must change: 'added' (a new row in the window), 'deleted' (not walked any
+    more) or 'changed' (token, date, status or reason differ; a row that leaves the window has its new date)."""
     con.execute("CREATE TEMP TABLE IF NOT EXISTS _diff "
                 "(file_path VARCHAR, old_date DATE, new_date DATE, kind VARCHAR)")
     con.execute(f"""INSERT INTO _diff
         SELECT coalesce(n.file_path, o.file_path), o.procedure_date, n.procedure_date,
                CASE WHEN o.file_path IS NULL THEN 'added' WHEN n.file_path IS NULL THEN 'deleted' ELSE 'changed' END
         FROM (SELECT {", ".join(DIFF_COLUMNS)} FROM inventory
-              WHERE nas_id = ? AND {scope} AND {_in_window("procedure_date", window)}) o
-        FULL OUTER JOIN {new_rows_sql(nas_id, scope, DIFF_COLUMNS)} n ON o.file_path = n.file_path
+              WHERE nas_id = ? AND {where} AND {_in_window("procedure_date", window)}) o
+        FULL OUTER JOIN {new_rows_sql(nas_id, where, DIFF_COLUMNS)} n ON o.file_path = n.file_path
         WHERE CASE WHEN o.file_path IS NULL THEN {_in_window("n.procedure_date", window)}
-                   WHEN n.file_path IS NULL THEN o.file_path NOT IN (SELECT file_path FROM staging.walked)
+                   WHEN n.file_path IS NULL THEN o.file_path NOT IN (SELECT file_path FROM staging.walked
+                                                                     WHERE {where})
                    ELSE {_DIFFERS} END""", [nas_id])
 
 
-def apply_diff(con, nas_id: str, scope: str = "true", window: tuple[dt.date, dt.date] | None = None) -> None:
-    """Rewrite the index rows ``_diff`` names (within ``scope``): the old row goes wherever its date, the new
-    one comes in if its date is in the window."""
-    con.execute(f"DELETE FROM inventory WHERE nas_id = ? AND {scope} AND file_path IN (SELECT file_path FROM _diff)",
+def apply_diff(con, nas_id: str, where: str = "true", window: tuple[dt.date, dt.date] | None = None) -> None:
+    """Rewrite the index rows ``_diff`` names (in the slice ``where``): the old row goes wherever its date, the
+    new one comes in if its date is in the window."""
+    con.execute(f"DELETE FROM inventory WHERE nas_id = ? AND {where} AND file_path IN (SELECT file_path FROM _diff)",
                 [nas_id])
     cols = ", ".join(f'"{c}"' for c in INVENTORY_COLUMNS)
-    con.execute(f"INSERT INTO inventory ({cols}) SELECT {cols} FROM {new_rows_sql(nas_id, scope)} "
+    con.execute(f"INSERT INTO inventory ({cols}) SELECT {cols} FROM {new_rows_sql(nas_id, where)} "
                 f"WHERE file_path IN (SELECT file_path FROM _diff WHERE {_in_window('new_date', window)})")
 
 
@@ -125,10 +127,12 @@ def record_deleted(con, gone_sql: str, params: list) -> int:
         ) h USING (nas_id, file_path, change_token)""").fetchall()[0][0]
 
 
-def forget_returned(con, nas_id: str) -> None:
+def forget_returned(con, nas_id: str, split: Sequence[str]) -> None:
     """Files the walk found again (same path) are no longer deleted; their import history says the rest."""
-    con.execute("DELETE FROM deleted_files WHERE nas_id = ? AND (file_path IN (SELECT file_path FROM staging.walked) "
-                "OR file_path IN (SELECT file_path FROM staging.inventory))", [nas_id])
+    for where in split:
+        con.execute("DELETE FROM deleted_files WHERE nas_id = ? AND (file_path IN (SELECT file_path FROM "
+                    f"staging.walked WHERE {where}) OR file_path IN (SELECT file_path FROM staging.inventory "
+                    f"WHERE {where}))", [nas_id])
 
 
 def merge_inventory(staging: Staging, nas_id: str, start: dt.date, end: dt.date,
@@ -139,24 +143,24 @@ def merge_inventory(staging: Staging, nas_id: str, start: dt.date, end: dt.date,
     With ``folders`` (the walk saw only those, not their subfolders), only those folders' rows change: files
     gone from them are deleted, rows in folders not walked stay as they are.
     """
-    window, parts = (start, end), scopes(folders)
+    window, split = (start, end), slices(staging, folders)
     with staging.attached_to_index(cache=True) as con:
-        scan_cache.replace_rows(con, nas_id, parts)  # first: a cache row is a fact about a file, true either way
+        scan_cache.replace_rows(con, nas_id, split)  # first: a cache row is a fact about a file, true either way
         with in_transaction(con):
-            for scope in parts:
-                stage_diff(con, nas_id, scope, window)
+            for where in split:
+                stage_diff(con, nas_id, where, window)
             # Files of the window that the walk no longer found anywhere: deleted on the NAS.
             record_deleted(con, """
                 SELECT o.nas_id, o.file_path, o.change_token, o.procedure_date, o.status
                 FROM inventory o JOIN _diff d ON d.file_path = o.file_path AND d.kind = 'deleted'
                 WHERE o.nas_id = ?""", [nas_id])
-            forget_returned(con, nas_id)
+            forget_returned(con, nas_id, split)
             if con.execute("SELECT count(*) FROM _diff").fetchall()[0][0]:
-                for scope in parts:
-                    apply_diff(con, nas_id, scope, window)
+                for where in split:
+                    apply_diff(con, nas_id, where, window)
             counts: dict[str, int] = {}
-            for scope in parts:
-                rows = new_rows_sql(nas_id, scope, ["status", "procedure_date"])
+            for where in split:
+                rows = new_rows_sql(nas_id, where, ["status", "procedure_date"])
                 in_window = _in_window("procedure_date", window)
                 for status, n in con.execute(f"SELECT status, count(*) FROM {rows} WHERE {in_window} "
                                              "GROUP BY status").fetchall():

@@ -20,6 +20,7 @@ from pacs_assets.index import scan_cache
 from pacs_assets.index.connection import in_transaction, session
 from pacs_assets.index.inventory import apply_diff, record_deleted, stage_diff
 from pacs_assets.index.staging import Staging
+from pacs_assets.index.walk_cache import slices
 
 
 def date_ranges(dates) -> list[tuple[dt.date, dt.date]]:
@@ -39,10 +40,12 @@ def reconcile_inventory(staging: Staging, nas_id: str) -> dict[dt.date, dict[str
     A file that moved to another date counts as changed on both. Only the rows that differ are rewritten; the
     scan cache is refreshed first (its own transaction: index/scan_cache.py).
     """
+    split = slices(staging, None)
     with staging.attached_to_index(cache=True) as con:
-        scan_cache.replace_rows(con, nas_id, ["true"])
+        scan_cache.replace_rows(con, nas_id, split)
         with in_transaction(con):
-            stage_diff(con, nas_id)
+            for where in split:
+                stage_diff(con, nas_id, where)
             rows = con.execute("""
                 SELECT d, kind, count(*) FROM (
                     SELECT old_date AS d, kind FROM _diff WHERE old_date IS NOT NULL
@@ -61,7 +64,8 @@ def reconcile_inventory(staging: Staging, nas_id: str) -> dict[dt.date, dict[str
                 # Files that came back: no longer deleted (their import history says the rest).
                 con.execute("DELETE FROM deleted_files WHERE nas_id = ? AND file_path IN "
                             "(SELECT file_path FROM _diff WHERE kind = 'added')", [nas_id])
-                apply_diff(con, nas_id)
+                for where in split:
+                    apply_diff(con, nas_id, where)
     return dict(changes)
 
 

@@ -152,18 +152,19 @@ def _set_totals(con, nas_id: str) -> None:
     con.execute(f"UPDATE {ALIAS}.cache_nas SET files = ?, checksum = ? WHERE nas_id = ?", [n, x, nas_id])
 
 
-def replace_rows(con: duckdb.DuckDBPyConnection, nas_id: str, scopes: Sequence[str]) -> None:
-    """In one cache transaction: within each scope (an SQL condition on the cache's columns: what the walk
-    covered), delete the NAS's rows whose path the walk did not find or staged again, insert the staged rows
-    (``staging.inventory``), and keep the NAS's row count and checksum in step from the rows touched only."""
-    stale = ("(file_path NOT IN (SELECT file_path FROM staging.walked) "
-             "OR file_path IN (SELECT file_path FROM staging.inventory))")
+def replace_rows(con: duckdb.DuckDBPyConnection, nas_id: str, split: Sequence[str]) -> None:
+    """In one cache transaction: within each slice (an SQL condition on ``file_path`` and ``folder``: what the
+    walk covered, part by part), delete the NAS's rows whose path the walk did not find or staged again, insert
+    the staged rows (``staging.inventory``), and keep the NAS's row count and checksum in step from the rows
+    touched only."""
     con.execute("BEGIN TRANSACTION")
     try:
         n_old = x_old = 0
-        for scope in scopes:
-            n, x = _totals(con, nas_id, f"AND ({scope}) AND {stale}")
-            con.execute(f"DELETE FROM {ALIAS}.scan_cache WHERE nas_id = ? AND ({scope}) AND {stale}", [nas_id])
+        for where in split:
+            stale = (f"AND ({where}) AND (file_path NOT IN (SELECT file_path FROM staging.walked WHERE {where}) "
+                     f"OR file_path IN (SELECT file_path FROM staging.inventory WHERE {where}))")
+            n, x = _totals(con, nas_id, stale)
+            con.execute(f"DELETE FROM {ALIAS}.scan_cache WHERE nas_id = ? {stale}", [nas_id])
             n_old, x_old = n_old + n, x_old ^ x
         con.execute(f"INSERT INTO {ALIAS}.scan_cache SELECT * FROM staging.inventory")
         # A row hashes alike in either table (same columns): the inserted rows' checksum, read from staging.

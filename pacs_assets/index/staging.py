@@ -55,22 +55,26 @@ def remove_stale_staging(index_path: str | os.PathLike) -> int:
 class Staging:
     """A private DuckDB file for one run: the run's scratch space."""
 
-    def __init__(self, index_path: str | os.PathLike):
+    def __init__(self, index_path: str | os.PathLike, *, memory_limit: str | None = None):
+        """``memory_limit``: DuckDB's cap for this staging file and the index sessions it opens (default: the
+        index's own, connection.py)."""
         self.index_path = Path(index_path)
+        self.memory_limit = memory_limit
         base = self.index_path.parent / STAGING_DIR
         base.mkdir(mode=0o700, parents=True, exist_ok=True)
         os.chmod(base, 0o700)
         remove_stale_staging(self.index_path)
         self.dir = Path(tempfile.mkdtemp(prefix=f"{os.getpid()}-", dir=base))  # mkdtemp: mode 0700
         self.path = self.dir / "staging.duckdb"
-        self.con = tuned(duckdb.connect(str(self.path)))
+        self.con = self._tuned(duckdb.connect(str(self.path)))
         os.chmod(self.path, 0o600)
         self.con.execute(schema_sql().split("CREATE SEQUENCE")[0])  # the table shapes, without the ledger/view
         # The NAS this run walks (nas_id, root): whose scan cache rows ``attached_to_index(cache=True)`` checks.
         self.nas: tuple[str, str] | None = None
         # Rows of the scan cache a non-bulk source asks for by path (index/walk_cache.py), and what a walk met.
         self.con.execute("CREATE TABLE cache AS SELECT * FROM inventory WHERE false")
-        self.con.execute("CREATE TABLE walked (file_path VARCHAR, size BIGINT, mtime_ns BIGINT, change_token VARCHAR)")
+        self.con.execute("CREATE TABLE walked (file_path VARCHAR, size BIGINT, mtime_ns BIGINT, change_token VARCHAR, "
+                         "folder VARCHAR)")
         self.con.execute("CREATE TABLE redated (file_path VARCHAR, procedure_date DATE, date_source VARCHAR)")
 
     def close(self) -> None:
@@ -111,6 +115,7 @@ class Staging:
         self.con.close()
         try:
             with session(self.index_path) as con:
+                self._tuned(con)
                 con.execute(f"ATTACH '{self.path}' AS staging")
                 if cache:
                     if self.nas is None:
@@ -125,4 +130,10 @@ class Staging:
                 scan_cache.discard(scan_cache.cache_path(self.index_path), str(exc).splitlines()[0])
             raise
         finally:
-            self.con = tuned(duckdb.connect(str(self.path)))
+            self.con = self._tuned(duckdb.connect(str(self.path)))
+
+    def _tuned(self, con: duckdb.DuckDBPyConnection) -> duckdb.DuckDBPyConnection:
+        tuned(con)
+        if self.memory_limit:
+            con.execute(f"SET memory_limit = '{self.memory_limit}'")
+        return con

@@ -43,6 +43,23 @@ def scopes(folders: Sequence[str] | None) -> list[str]:
             for i in range(0, len(folders), FOLDER_CHUNK)]
 
 
+# Files per part of a whole walk's SQL: a join's hash table holds one part at a time, so the memory of matching
+# and merging a walk does not grow with the NAS; each part reads the tables again (a few ms per 100,000 rows).
+PART_ROWS = 50_000
+
+
+def parts(staging: Staging) -> list[str]:
+    """Conditions on ``file_path`` that split what a walk staged into parts of ~PART_ROWS files (one: "true")."""
+    k = -(-(staging.count("walked") + staging.count("inventory")) // PART_ROWS)
+    return [f"hash(file_path) % {k} = {i}" for i in range(k)] if k > 1 else ["true"]
+
+
+def slices(staging: Staging, folders: Sequence[str] | None) -> list[str]:
+    """Conditions on ``file_path`` and ``folder`` (of ``walked``, ``inventory`` or the cache) that cover what a
+    walk saw, slice by slice: its scope (everything, or chunks of folders) split into parts."""
+    return [f"({scope}) AND ({part})" for scope in scopes(folders) for part in parts(staging)]
+
+
 def known_files(staging: Staging, folders: Sequence[str] | None) -> int:
     """How many files the scan cache knows for the staging's NAS (in ``folders``). A whole walk also checks
     the NAS's rows against their checksum here, before any of them is trusted."""
@@ -95,7 +112,7 @@ class StagingCache(ScanCache):
         con = self.staging.con
         con.register("_offer", pd.DataFrame(files, columns=["file_path", "size", "mtime_ns", "change_token"]))
         try:
-            con.execute("INSERT INTO walked SELECT * FROM _offer")
+            con.execute("INSERT INTO walked SELECT *, regexp_replace(file_path, '/?[^/]*$', '') FROM _offer")
         finally:
             con.unregister("_offer")
         self.offered += len(files)
@@ -105,20 +122,30 @@ class StagingCache(ScanCache):
     def unmatched(self, batch_size: int) -> Iterator[list[tuple[str, int, int]]]:
         # One short look at the cache: which walked files it lacks, and which of those it holds have a
         # fallback procedure date (it may depend on "today": re-dated below, as a parse would date them).
+        split = slices(self.staging, self.folders)
+        con = self.staging.con
+        con.execute("CREATE OR REPLACE TABLE unmatched (file_path VARCHAR, size BIGINT, mtime_ns BIGINT)")
+        con.execute("CREATE OR REPLACE TABLE _redate (file_path VARCHAR, study_date VARCHAR, series_date VARCHAR, "
+                    "mtime_ns BIGINT, procedure_date DATE, date_source VARCHAR)")
         with self.staging.attached_to_index(cache=True) as con:
-            nas = [self.staging.nas[0]]
-            con.execute("""CREATE OR REPLACE TABLE staging.unmatched AS
-                SELECT row_number() OVER (ORDER BY w.file_path) AS k, w.file_path, w.size, w.mtime_ns
-                FROM staging.walked w WHERE NOT EXISTS (SELECT 1 FROM sc.scan_cache c
-                    WHERE c.nas_id = ? AND c.file_path = w.file_path AND c.change_token = w.change_token)
-                ORDER BY k""", nas)
-            con.execute("""CREATE OR REPLACE TABLE staging._redate AS
-                SELECT row_number() OVER () AS k, c.file_path, c.study_date, c.series_date, c.mtime_ns,
-                       c.procedure_date, c.date_source
-                FROM sc.scan_cache c
-                JOIN staging.walked w ON c.file_path = w.file_path AND c.change_token = w.change_token
-                WHERE c.nas_id = ? AND NOT (c.date_source = 'study_date' AND c.procedure_date >= ?
-                                            AND c.procedure_date <= ?)""", [*nas, self.start, self.today])
+            for part in split:
+                cache = f"(SELECT * FROM sc.scan_cache WHERE nas_id = {sql_text(self.staging.nas[0])} AND {part})"
+                con.execute(f"""INSERT INTO staging.unmatched
+                    SELECT w.file_path, w.size, w.mtime_ns FROM (SELECT * FROM staging.walked WHERE {part}) w
+                    WHERE NOT EXISTS (SELECT 1 FROM {cache} c
+                                      WHERE c.file_path = w.file_path AND c.change_token = w.change_token)""")
+                con.execute(f"""INSERT INTO staging._redate
+                    SELECT c.file_path, c.study_date, c.series_date, c.mtime_ns, c.procedure_date, c.date_source
+                    FROM {cache} c
+                    JOIN (SELECT * FROM staging.walked WHERE {part}) w
+                      ON c.file_path = w.file_path AND c.change_token = w.change_token
+                    WHERE NOT (c.date_source = 'study_date' AND c.procedure_date >= ? AND c.procedure_date <= ?)""",
+                            [self.start, self.today])
+        con = self.staging.con
+        # Numbered, read page by page (the caller writes to staging between pages), in path order.
+        con.execute("CREATE OR REPLACE TABLE unmatched AS SELECT row_number() OVER (ORDER BY file_path) AS k, * "
+                    "FROM unmatched ORDER BY k")
+        con.execute("CREATE OR REPLACE TABLE _redate AS SELECT row_number() OVER () AS k, * FROM _redate")
         self._redate()
         con = self.staging.con
         total = self.unmatched_total = self.staging.count("unmatched")

@@ -17,6 +17,7 @@ import os
 import time
 from collections.abc import Callable, Sequence
 
+from pacs_assets.index.connection import WALK_MEMORY_LIMIT
 from pacs_assets.index.inventory import add_records, carry_over_links, carry_over_unread, merge_inventory
 from pacs_assets.index.staging import Staging
 from pacs_assets.index.walk_cache import StagingCache, known_files
@@ -64,7 +65,7 @@ def take_inventory(source: NasSource, nas: NasBase, index_path: str | os.PathLik
     if folders is not None and not kind_of(nas).has_folders:
         folders = None  # a catalog-backed kind: every scan is whole
     started = time.monotonic()
-    with Staging(index_path) as staging:
+    with Staging(index_path, memory_limit=WALK_MEMORY_LIMIT) as staging:
         seen = walk_into(staging, source, nas, today=today, folders=folders, progress=progress)
         counts = merge_inventory(staging, nas.id, start, end, folders)
     return InventoryResult(seen.files, seen.known, counts, time.monotonic() - started, seen.not_read, seen.kept,
