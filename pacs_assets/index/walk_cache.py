@@ -49,8 +49,9 @@ PART_ROWS = 50_000
 
 
 def parts(staging: Staging) -> list[str]:
-    """Conditions on ``file_path`` that split what a walk staged into parts of ~PART_ROWS files (one: "true")."""
-    k = -(-(staging.count("walked") + staging.count("inventory")) // PART_ROWS)
+    """Conditions on ``file_path`` that split what a walk staged into parts of ~PART_ROWS files (one: "true").
+    A row it parsed (all columns, in the diff and the merge) weighs as three walked ones (path and token)."""
+    k = -(-(staging.count("walked") + 3 * staging.count("inventory")) // PART_ROWS)
     return [f"hash(file_path) % {k} = {i}" for i in range(k)] if k > 1 else ["true"]
 
 
