@@ -206,7 +206,7 @@ def bench_rss_only(n: int, work: Path, distinct: int = DISTINCT) -> dict:
 def print_rss_only(results: list[dict]) -> None:
     print(f"load average {os.getloadavg()[0]:.2f}")
     print(f"{'what':58} {'peak':>9} {'seconds':>9} {'ratio':>7} goal")
-    for prev, r in zip([None, *results], results, strict=True):
+    for prev, r in zip([None, *results[:-1]], results, strict=True):
         ratio = r["rss"]["peak_kb"] / prev["rss"]["peak_kb"] if prev else None
         goal = 1.25 if prev and prev["files"] < 200_000 else 1.5
         what = f"peak RSS of the whole walk (steady state), {r['files']:,} files"
