@@ -434,13 +434,15 @@ def _target(kind: str, work: Path):
 def node_run(kind: str, root: Path, n: int, pristine: Path, work: Path) -> dict:
     import psutil
 
-    from pacs_assets.orthanc.client import build_client
+    from pacs_assets.orthanc.connect import connect
+    from pacs_assets.orthanc.orthanc_settings import OrthancSettings
     from pacs_assets_tests.services.orthanc_cluster import process_cpu_seconds
 
     me = psutil.Process()
     with index_copy(pristine, work) as index:
         with _target(kind, work) as (urls, auth, pids):
-            client = build_client(urls, *auth)  # more than one URL: OrthancNodes, as orthanc.more_urls builds it
+            # More than one URL: OrthancNodes, as the site's orthanc.more_urls builds it.
+            client = connect(OrthancSettings(url=urls[0], more_urls=urls[1:]), *auth)
             cpu0 = {k: process_cpu_seconds(p) for k, p in pids.items()}
             mine0 = sum(me.cpu_times()[:2])
             res = upload(root, index, client)

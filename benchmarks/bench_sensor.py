@@ -21,11 +21,11 @@ import time
 from pathlib import Path
 
 from benchmarks.common import throwaway_orthanc
-from pacs_assets.config import NasBase
+from pacs_assets.config import NasSettings
 from pacs_assets.nas.watch import NasWatch
 from pacs_assets.sample.bulk_dicom_nas import make_bulk_dicom_nas
 
-DEFAULT_INTERVAL = NasBase.model_fields["sensor_interval_seconds"].default
+DEFAULT_INTERVAL = NasSettings.model_fields["sensor_interval_seconds"].default
 
 
 def walk_and_stat(root: Path) -> int:

@@ -28,13 +28,13 @@ import time
 from pathlib import Path
 
 from pacs_assets.defs.sensors import TICK_BUDGET_SECONDS
-from pacs_assets.nas.base import NasBase
+from pacs_assets.nas.base import NasSettings
 from pacs_assets.nas.dicom_folder import KIND as DICOM_FOLDER
 from pacs_assets.nas.watch import RECENT_SECONDS, NasWatch
 from pacs_assets.sample.bulk_dicom_nas import make_bulk_dicom_nas
 from pacs_assets_tests.services.flaky_fs import FlakyShare, fault
 
-DEFAULT_INTERVAL = NasBase.model_fields["sensor_interval_seconds"].default
+DEFAULT_INTERVAL = NasSettings.model_fields["sensor_interval_seconds"].default
 PATIENTS, STUDIES = 8, 4  # per day, per patient: 1 + 8 + 32 = 41 folders a day
 FILLED_DAYS = 2  # the newest days hold a file per study
 LANDING_FILES = 3

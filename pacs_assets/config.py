@@ -12,10 +12,10 @@ from pathlib import Path
 from typing import Annotated, Union
 
 import yaml
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, ValidationError
 
 from pacs_assets.errors import ConfigError
-from pacs_assets.nas.base import NAS_ID_PATTERN, NasBase, StrictModel
+from pacs_assets.nas.base import NAS_ID_PATTERN, NasSettings, StrictModel
 
 # Re-exported: the settings models of the NAS kinds, where callers have always found them.
 from pacs_assets.nas.dicom_folder.settings import DicomFolderNas
@@ -24,6 +24,7 @@ from pacs_assets.nas.firebird_jpeg2000.settings import (
     FirebirdJpeg2000Nas,
 )
 from pacs_assets.nas.registry import KINDS
+from pacs_assets.orthanc.orthanc_settings import OrthancSettings
 
 DEFAULT_CONFIG_PATHS = (Path("pacs.yaml"), Path("/etc/pacs_assets/pacs.yaml"))
 
@@ -35,40 +36,6 @@ class _Strict(StrictModel):
 # A union built from the registry: the `X | Y` form cannot be built from a tuple, so Union stays (noqa).
 NasConfig = Annotated[Union[tuple(kind.settings for kind in KINDS.values())], Field(discriminator="kind")]  # noqa: UP007
 KIND_NAMES = ", ".join(KINDS)
-
-
-class OrthancConfig(_Strict):
-    url: str = "http://127.0.0.1:8042"
-    # More Orthanc nodes sharing the index (PostgreSQL) and storage of ``url``: uploads spread across all.
-    more_urls: list[str] = Field(default_factory=list)
-    username_env: str = "ORTHANC_USERNAME"
-    password_env: str = "ORTHANC_PASSWORD"
-    timeout_seconds: float = 60.0
-    concurrency: int = Field(default=4, ge=1, le=32)
-    retries: int = Field(default=4, ge=0, le=20)
-    run_retries: int = Field(default=2, ge=0, le=10)  # Dagster step retries when Orthanc is down
-    run_retry_delay_seconds: float = Field(default=60.0, ge=0)
-    # Before an upload starts, how long to wait (sleeping, with backoff) for an Orthanc that does not answer.
-    outage_wait_seconds: float = Field(default=120.0, ge=0)
-    changes_sensor_interval_seconds: int = Field(default=30, ge=5)  # orthanc_changes_sensor
-    dicom_aet: str = "ORTHANC"
-    dicom_port: int = 4242
-
-    @field_validator("url")
-    @classmethod
-    def _http(cls, value: str) -> str:
-        if not value.startswith(("http://", "https://")):
-            raise ValueError("must start with http:// or https://")
-        return value.rstrip("/")
-
-    @field_validator("more_urls")
-    @classmethod
-    def _all_http(cls, values: list[str]) -> list[str]:
-        return [cls._http(v) for v in values]
-
-    @property
-    def urls(self) -> list[str]:
-        return [self.url, *self.more_urls]
 
 
 class IndexConfig(_Strict):
@@ -88,7 +55,7 @@ class IdentityConfig(_Strict):
 
 class PacsConfig(_Strict):
     nas: list[NasConfig] = Field(min_length=1)
-    orthanc: OrthancConfig = OrthancConfig()
+    orthanc: OrthancSettings = OrthancSettings()
     index: IndexConfig
     identity: IdentityConfig = IdentityConfig()
     privacy: PrivacyConfig = PrivacyConfig()
@@ -178,5 +145,5 @@ def load_config(path: str | os.PathLike | None = None) -> PacsConfig:
     return config.model_copy(update={"nas": nas, "index": index, "identity": identity, "source_file": path})
 
 
-__all__ = ["ConfigError", "DicomFolderNas", "FirebirdCatalog", "FirebirdJpeg2000Nas", "NasBase", "NasConfig",
+__all__ = ["ConfigError", "DicomFolderNas", "FirebirdCatalog", "FirebirdJpeg2000Nas", "NasSettings", "NasConfig",
            "PacsConfig", "load_config", "NAS_ID_PATTERN"]

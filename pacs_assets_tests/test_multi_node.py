@@ -89,6 +89,14 @@ def test_a_node_killed_mid_run_loses_nothing(tmp_path, cluster):
     assert _count(cluster, 1) == n  # the restarted node sees everything: one index
 
 
+def _connect(urls: list[str], auth: tuple[str, str], **kw):
+    """A client of these nodes, built the way the site's ``orthanc.url`` + ``more_urls`` build it."""
+    from pacs_assets.orthanc.connect import connect
+    from pacs_assets.orthanc.orthanc_settings import OrthancSettings
+
+    return connect(OrthancSettings(url=urls[0], more_urls=urls[1:]), *auth, **kw)
+
+
 def _indexed_window(tmp_path, n: int, files_per_series: int):
     """A plain-DICOM NAS of ``n`` files, inventoried and indexed: (source, index, start, end)."""
     from pacs_assets.config import DicomFolderNas
@@ -113,17 +121,18 @@ def test_answers_lost_at_six_points_leave_every_file_imported_once(tmp_path, clu
     refuses uploads until the file has failed over, services/lost_answers.py): no timing luck. The other
     node answers AlreadyStored for those very bytes; each such file is imported once, confirmed after the
     failover, and the one real second copy on the NAS stays the only duplicate."""
-    from pacs_assets.orthanc.client import CONFIRMED, build_client
+    from pacs_assets.orthanc.client import CONFIRMED
     from pacs_assets.pipeline.upload import upload_window
     from pacs_assets_tests.services.lost_answers import LostAnswers
 
     n, drops = 300, {3, 8, 13, 18, 23, 28}
     source, index, start, end = _indexed_window(tmp_path, n, files_per_series=100)
     with LostAnswers(cluster.urls, drop_at=drops) as proxy:
-        client = build_client(proxy.urls, *cluster.auth, retries=2, backoff=0.01)
+        client = _connect(proxy.urls, cluster.auth, retries=2, backoff=0.01)
         client.down_seconds = 0  # a dead node is tried again at once: more uploads reach the next drop point
         done = upload_window(source, client, index, "ct", start, end, concurrency=4)
-    assert len(proxy.dropped) == len(drops), (proxy.posts, proxy.refused)  # every drop point was reached
+    reached = (proxy.posts, proxy.refused, proxy.not_stored)
+    assert len(proxy.dropped) == len(drops), reached  # every drop point was reached
     assert {k: v for k, v in done.totals.items() if v} == {"imported": n, "duplicate": 1}, done.totals
     assert +done.summary.counts == {"imported": n, "duplicate": 1}
     assert _count(cluster, 0) == n
@@ -144,7 +153,6 @@ def test_serialization_failures_between_nodes_are_retried_never_failed(cluster_d
     configured `retries`, and every file ends imported."""
     from pacs_assets.config import DicomFolderNas
     from pacs_assets.nas.dicom_folder.source import DicomFolderSource
-    from pacs_assets.orthanc.client import build_client
     from pacs_assets.pipeline.hierarchy import build_hierarchy
     from pacs_assets.pipeline.inventory import take_inventory
     from pacs_assets.pipeline.upload import upload_window
@@ -160,7 +168,7 @@ def test_serialization_failures_between_nodes_are_retried_never_failed(cluster_d
     with OrthancCluster(cluster_dir / "cluster", nodes=2, max_retries=0).throwaway() as cluster:
         # Every collision reaches the client here, so give it more retries than the default 4 (0.5 s backoff);
         # before the fix, a client of several nodes retried any answer once.
-        client = build_client(cluster.urls, *cluster.auth, retries=8)
+        client = _connect(cluster.urls, cluster.auth, retries=8)
         done = upload_window(source, client, index, "ct", start, end, concurrency=8)
         assert _count(cluster, 0) == n
     assert done.summary.counts["imported"] == n, dict(done.summary.counts)
@@ -206,14 +214,13 @@ def test_a_confirmed_import_another_file_had_stored_is_recorded_duplicate(tmp_pa
 def test_a_node_that_refused_the_connection_cannot_have_stored_the_file(tmp_path, orthanc):
     """Only an answer lost after the request went out makes AlreadyStored ours: a node that refused the
     connection never saw the file, so the next node's AlreadyStored (another copy stored it) stays duplicate."""
-    from pacs_assets.orthanc.client import build_client
     from pacs_assets_tests.services.process import free_port
 
     make_bulk_dicom_nas(tmp_path / "nas", 1, files_per_series=1, days=1)
     data = next((tmp_path / "nas").rglob("*.dcm")).read_bytes()
     assert requests.post(f"{orthanc.url}/instances", data=data, auth=orthanc.auth,
                          timeout=30).json()["Status"] == "Success"  # another copy, stored before
-    client = build_client([f"http://127.0.0.1:{free_port()}", orthanc.url], *orthanc.auth, retries=1, backoff=0.01)
+    client = _connect([f"http://127.0.0.1:{free_port()}", orthanc.url], orthanc.auth, retries=1, backoff=0.01)
     result = client.upload(data)
     assert (result.status, result.answer_lost, result.node) == ("duplicate", False, orthanc.url)
     assert "unreachable; sent to" in result.error_message

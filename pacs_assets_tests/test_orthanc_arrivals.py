@@ -69,7 +69,9 @@ class Site:
         assert proc.returncode == 0, proc.stderr[-2000:]
 
     def tick(self):
-        with build_sensor_context(instance=self.instance, cursor=self.cursor, definitions=self.defs) as context:
+        # The resources, as Dagster's code server hands them to a sensor (credentials resolved from EnvVar).
+        with build_sensor_context(instance=self.instance, cursor=self.cursor, definitions=self.defs,
+                                  resources=self.defs.resources) as context:
             data = self.sensor.evaluate_tick(context)
         self.cursor = data.cursor
         return data
@@ -227,7 +229,9 @@ def test_a_replaced_orthanc_database_is_read_from_the_start(tmp_path, orthanc_en
     assert request.run_key == f"orthanc:0:{site.last_seq()}"
 
 
-def test_orthanc_down_is_a_skip_with_one_sentence(tmp_path):
+def test_orthanc_down_is_a_skip_with_one_sentence(tmp_path, monkeypatch):
+    monkeypatch.setenv("ORTHANC_USERNAME", "pacs")  # the sensor's resource resolves them (EnvVar) before any call
+    monkeypatch.setenv("ORTHANC_PASSWORD", "irrelevant")
     url = f"http://127.0.0.1:{free_port()}"
     site = Site(tmp_path, url)
     site.cursor = "42"

@@ -45,10 +45,11 @@ def echo(config: PacsConfig, *, calling_aet: str = CALLING_AET) -> dict:
 
 
 def rest_echo(config: PacsConfig, timeout: float) -> dict:
-    from pacs_assets.orthanc.client import OrthancUnavailable, client_from_config
+    from pacs_assets.orthanc.client import OrthancUnavailable
+    from pacs_assets.orthanc.connect import connect
 
     o = config.orthanc
-    client = client_from_config(o, timeout=timeout, retries=0)
+    client = connect(o, *o.credentials_from_environment(), timeout=timeout, retries=0)
     started = time.perf_counter()
     try:
         info = client.system()

@@ -58,11 +58,13 @@ def _who_why(p: argparse.ArgumentParser) -> None:
 
 def _collisions(config: PacsConfig) -> tuple[object, list]:
     """(the site's identity guard, the open collisions): with what Orthanc holds when Orthanc answers."""
-    from pacs_assets.orthanc.client import OrthancUnavailable, client_from_config
+    from pacs_assets.orthanc.client import OrthancUnavailable
+    from pacs_assets.orthanc.connect import connect
     from pacs_assets.pipeline.identity_guard import guard_for
     from pacs_assets.pipeline.identity_review import open_collisions
 
-    client = client_from_config(config.orthanc, timeout=30, retries=1)
+    o = config.orthanc
+    client = connect(o, *o.credentials_from_environment(), timeout=30, retries=1)
     try:
         client.system()
     except OrthancUnavailable as exc:
@@ -172,13 +174,14 @@ def run_decisions(args: argparse.Namespace) -> int:
 
 
 def run_separate(args: argparse.Namespace) -> int:
-    from pacs_assets.orthanc.client import client_from_config
+    from pacs_assets.orthanc.connect import connect
     from pacs_assets.pipeline.identity_guard import guard_for
     from pacs_assets.pipeline.identity_review import separate
 
     config = load_config(args.config)
+    client = connect(config.orthanc, *config.orthanc.credentials_from_environment())
     try:
-        plan = separate(guard_for(config), config.index.path, client_from_config(config.orthanc), args.patient_id,
+        plan = separate(guard_for(config), config.index.path, client, args.patient_id,
                         by=args.by, why=args.why, keep=args.keep, decisions_file=config.identity.decisions_path,
                         dry_run=args.dry_run)
     except ValueError as exc:

@@ -23,7 +23,8 @@ def _cmd_sample(args: argparse.Namespace) -> int:
 
 def _cmd_check(args: argparse.Namespace) -> int:
     from pacs_assets.nas.registry import source_for
-    from pacs_assets.orthanc.client import OrthancUnavailable, client_from_config
+    from pacs_assets.orthanc.client import OrthancUnavailable
+    from pacs_assets.orthanc.connect import connect
 
     config = load_config(args.config)
     problems = []
@@ -35,7 +36,7 @@ def _cmd_check(args: argparse.Namespace) -> int:
             problems.append(str(exc))
     o = config.orthanc
     try:
-        info = client_from_config(o, timeout=10, retries=0).system()
+        info = connect(o, *o.credentials_from_environment(), timeout=10, retries=0).system()
         print(f"Orthanc {info.get('Version')} at {o.url} answers")
     except OrthancUnavailable as exc:
         problems.append(str(exc))

@@ -128,10 +128,11 @@ def orthanc_statistics(config: PacsConfig) -> dict:
     """Orthanc's own counts (GET /statistics), or {'url', 'error'} with one sentence."""
     import requests
 
-    from pacs_assets.orthanc.client import OrthancUnavailable, client_from_config
+    from pacs_assets.orthanc.client import OrthancUnavailable
+    from pacs_assets.orthanc.connect import connect
 
     o = config.orthanc
-    client = client_from_config(o, timeout=min(o.timeout_seconds, 10.0), retries=0)
+    client = connect(o, *o.credentials_from_environment(), timeout=min(o.timeout_seconds, 10.0), retries=0)
     try:
         version = client.system().get("Version")
         stats = client.statistics()

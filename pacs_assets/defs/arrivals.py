@@ -35,11 +35,7 @@ from pydantic import Field
 from pacs_assets.config import ConfigError, PacsConfig
 from pacs_assets.defs.resources import IndexResource, OrthancResource, orthanc_retry_policy
 from pacs_assets.orthanc.changes import read_changes
-from pacs_assets.orthanc.client import (
-    OrthancClient,
-    OrthancUnavailable,
-    client_from_config,
-)
+from pacs_assets.orthanc.client import OrthancUnavailable
 from pacs_assets.pipeline.arrivals import record_arrivals
 
 ARRIVALS_KEY = AssetKey(["orthanc", "arrivals"])
@@ -73,13 +69,11 @@ def _count_table(title: str, counts: Counter) -> MetadataValue:
 
 
 def build_arrivals_asset(site: PacsConfig):
-    orthanc_cfg = site.orthanc
-
     @asset(key=ARRIVALS_KEY, group_name=ARRIVALS_GROUP, kinds={"duckdb", "python"}, owners=OWNERS,
            description="Every instance Orthanc received, from its /changes feed (NewInstance), in the index "
                        "table orthanc_arrivals: modality C-STOREs, and our NAS imports flagged from_nas. Run "
                        "config: the Seq range (since, until]; a rerun of a range rewrites the same rows.",
-           retry_policy=orthanc_retry_policy(orthanc_cfg))
+           retry_policy=orthanc_retry_policy(site.orthanc))
     def orthanc_arrivals(context: AssetExecutionContext, config: OrthancArrivalsConfig, index: IndexResource,
                          orthanc: OrthancResource) -> MaterializeResult:
         if config.until < config.since:
@@ -116,12 +110,6 @@ def build_arrivals_asset(site: PacsConfig):
 
 # -- the sensor -----------------------------------------------------------------------------------------
 
-def sensor_client(site: PacsConfig) -> OrthancClient:
-    """Orthanc as the site config names it, credentials from the environment at tick time."""
-    return client_from_config(site.orthanc, timeout=min(site.orthanc.timeout_seconds, SENSOR_HTTP_TIMEOUT),
-                              retries=1, backoff=0.2)
-
-
 def _parse_cursor(cursor: str | None) -> int:
     try:
         return max(int(cursor), 0) if cursor else 0
@@ -138,9 +126,10 @@ def build_orthanc_changes_sensor(site: PacsConfig, job_name: str = ARRIVALS_JOB,
             default_status=DefaultSensorStatus.STOPPED,
             description="Follows Orthanc's /changes feed (cursor: the last Seq seen) and records the instances "
                         "that arrived, modality C-STOREs included, via one orthanc/arrivals run per tick.")
-    def orthanc_changes_sensor(context: SensorEvaluationContext):
+    def orthanc_changes_sensor(context: SensorEvaluationContext, orthanc: OrthancResource):
         since = _parse_cursor(context.cursor)
-        client = sensor_client(site)
+        # A tick must end soon: a short timeout, one retry.
+        client = orthanc.client(timeout=min(orthanc.timeout_seconds, SENSOR_HTTP_TIMEOUT), retries=1, backoff=0.2)
         try:
             client.system()
             scan = read_changes(client, since, budget=tick_budget_seconds, max_new=max_instances_per_run)

@@ -172,7 +172,7 @@ def build_nas_assets(nas: NasConfig, config: PacsConfig) -> list:
                                  on_staged=lambda n: setattr(progress, "total", n),
                                  progress=lambda s: progress.tick(s.done),
                                  with_paths=config.privacy.log_patient_data,
-                                 outage_wait_seconds=config.orthanc.outage_wait_seconds,
+                                 outage_wait_seconds=orthanc.outage_wait_seconds,
                                  identity=guard_for(config))
         except OrthancRefused as exc:  # a wrong password does not get better by waiting: fail now, no retry
             raise Failure(description=str(exc), allow_retries=False) from None

@@ -127,7 +127,7 @@ def build_reconciliation(nas: NasConfig, config: PacsConfig) -> tuple[list, list
         try:
             done = catch_up(source, orthanc.client(), index.path, nas.id, on_rebuilt=rebuilt,
                             concurrency=orthanc.concurrency, run_id=context.run.run_id,
-                            outage_wait_seconds=config.orthanc.outage_wait_seconds,
+                            outage_wait_seconds=orthanc.outage_wait_seconds,
                             identity=guard_for(config))
         except OrthancRefused as exc:
             raise Failure(description=str(exc), allow_retries=False) from None

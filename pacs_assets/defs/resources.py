@@ -12,9 +12,11 @@ from __future__ import annotations
 from dagster import Backoff, ConfigurableResource, EnvVar, RetryPolicy
 
 from pacs_assets.config import PacsConfig
-from pacs_assets.nas.base import NasBase, NasSource
+from pacs_assets.nas.base import NasSettings, NasSource
 from pacs_assets.nas.registry import source_for
-from pacs_assets.orthanc.client import OrthancClient, build_client
+from pacs_assets.orthanc.api import OrthancApi
+from pacs_assets.orthanc.connect import connect
+from pacs_assets.orthanc.orthanc_settings import OrthancSettings
 
 
 class IndexResource(ConfigurableResource):
@@ -23,18 +25,22 @@ class IndexResource(ConfigurableResource):
     path: str
 
 
-class OrthancResource(ConfigurableResource):
-    url: str
-    more_urls: list[str] = []  # more nodes on the same index and storage (orthanc/nodes.py)
+class OrthancResource(ConfigurableResource, OrthancSettings):
+    """Orthanc for every asset, check and sensor: the site's ``orthanc:`` settings themselves (this class adds
+    no setting, so a new option is declared once, in orthanc/orthanc_settings.py) plus the credentials, which Dagster
+    resolves from the variables the settings name (``EnvVar``: the UI shows the names, never the secrets)."""
+
     username: str | None = None
     password: str | None = None
-    timeout_seconds: float = 60.0
-    concurrency: int = 4
-    retries: int = 4
 
-    def client(self) -> OrthancClient:
-        return build_client([self.url, *self.more_urls], self.username, self.password,
-                            timeout=self.timeout_seconds, retries=self.retries)
+    @classmethod
+    def from_settings(cls, settings: OrthancSettings) -> OrthancResource:
+        return cls(**dict(settings), username=EnvVar(settings.username_env), password=EnvVar(settings.password_env))
+
+    def client(self, *, timeout: float | None = None, retries: int | None = None,
+               backoff: float = 0.5) -> OrthancApi:
+        """The client of one node or several (orthanc/connect.py); a sensor passes a shorter timeout."""
+        return connect(self, self.username, self.password, timeout=timeout, retries=retries, backoff=backoff)
 
 
 class NasSourceResource:
@@ -42,15 +48,15 @@ class NasSourceResource:
     the secrets) and the kind's source built from them. A plain object, which Dagster hands to the steps as it
     is: a ConfigurableResource would hold the settings only as config values (JSON), validated again per use."""
 
-    def __init__(self, settings: NasBase):
+    def __init__(self, settings: NasSettings):
         self.settings = settings
 
     def source(self) -> NasSource:
         return source_for(self.settings)
 
 
-def orthanc_retry_policy(orthanc) -> RetryPolicy | None:
-    """The step retry policy of every step that needs Orthanc (an ``OrthancConfig``): a restart of Orthanc is
+def orthanc_retry_policy(orthanc: OrthancSettings) -> RetryPolicy | None:
+    """The step retry policy of every step that needs Orthanc: a restart of Orthanc is
     waited out, with exponential backoff; None when the site turned step retries off."""
     if not orthanc.run_retries:
         return None
@@ -68,13 +74,9 @@ def nas_of(context, nas_id: str) -> NasSourceResource:
 
 
 def build_resources(config: PacsConfig) -> dict[str, ConfigurableResource]:
-    orthanc = config.orthanc
     resources: dict[str, ConfigurableResource] = {
         "index": IndexResource(path=str(config.index.path)),
-        # EnvVar: the UI shows the variable's name, never the secret.
-        "orthanc": OrthancResource(url=orthanc.url, more_urls=orthanc.more_urls, username=EnvVar(orthanc.username_env),
-                                   password=EnvVar(orthanc.password_env), timeout_seconds=orthanc.timeout_seconds,
-                                   concurrency=orthanc.concurrency, retries=orthanc.retries),
+        "orthanc": OrthancResource.from_settings(config.orthanc),
     }
     for nas in config.nas:
         resources[nas_resource_key(nas.id)] = NasSourceResource(nas)

@@ -165,7 +165,10 @@ class IdDomain(StrictModel):
     prefix: str = Field(default="", max_length=16, pattern=r"^[^\\\x00-\x1f]*$")
 
 
-class NasBase(StrictModel):
+class NasSettings(StrictModel):
+    """The settings every NAS has, whatever its kind (one entry of pacs.yaml's ``nas:`` list); each kind's
+    model extends it (nas/<kind>/settings.py)."""
+
     id: str = Field(pattern=NAS_ID_PATTERN)
     root: Path
     # First procedure date the daily partitions cover; older or undated files fall back (see dates.py).
@@ -200,8 +203,8 @@ class KindCheck:
 @dataclasses.dataclass(frozen=True)
 class NasKind:
     name: str  # the ``kind:`` value in pacs.yaml
-    settings: type[NasBase]  # its pydantic model (with ``kind: Literal[name]``)
-    build_source: Callable[[NasBase], NasSource]
+    settings: type[NasSettings]  # its pydantic model (with ``kind: Literal[name]``)
+    build_source: Callable[[NasSettings], NasSource]
     # How the folder watch dates a new file (root, rel, size, mtime_ns) -> (study_date, series_date), or
     # None when only the kind's catalog knows a file's date: the sensor then asks for the range it spans.
     read_dates: Callable[[str, str, int, int], tuple[str | None, str | None]] | None = None

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pacs_assets.nas import dicom_folder, firebird_jpeg2000
-from pacs_assets.nas.base import NasBase, NasKind, NasSource
+from pacs_assets.nas.base import NasKind, NasSettings, NasSource
 
 KINDS: dict[str, NasKind] = {kind.name: kind for kind in (
     dicom_folder.KIND,
@@ -11,10 +11,10 @@ KINDS: dict[str, NasKind] = {kind.name: kind for kind in (
 )}
 
 
-def kind_of(nas: NasBase) -> NasKind:
+def kind_of(nas: NasSettings) -> NasKind:
     return KINDS[nas.kind]
 
 
-def source_for(nas: NasBase) -> NasSource:
+def source_for(nas: NasSettings) -> NasSource:
     """Build the source for one configured NAS."""
     return kind_of(nas).build_source(nas)

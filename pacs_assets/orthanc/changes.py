@@ -13,7 +13,7 @@ import datetime as dt
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-from pacs_assets.orthanc.client import OrthancClient
+from pacs_assets.orthanc.api import OrthancApi
 
 CHANGES_PAGE = 1000
 
@@ -30,7 +30,7 @@ class ChangesScan:
     orthanc_last: int | None = None  # Orthanc's last Seq when it answered below `since` (database replaced)
 
 
-def read_changes(client: OrthancClient, since: int, until: int | None = None, *, budget: float | None = None,
+def read_changes(client: OrthancApi, since: int, until: int | None = None, *, budget: float | None = None,
                  max_new: int | None = None, page: int = CHANGES_PAGE) -> ChangesScan:
     """Page through ``GET /changes`` from ``since`` (exclusive) up to ``until`` (inclusive, None: the end).
 
@@ -80,7 +80,7 @@ def _timestamp(value: str | None) -> dt.datetime | None:
         return None
 
 
-def fetch_arrivals(client: OrthancClient, new_instances: list[tuple[int, str, str | None]], *,
+def fetch_arrivals(client: OrthancApi, new_instances: list[tuple[int, str, str | None]], *,
                    concurrency: int = 4) -> tuple[list[dict], int]:
     """The index rows of these new instances, from Orthanc's own index (no DICOM file is read).
 

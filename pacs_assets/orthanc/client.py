@@ -1,4 +1,5 @@
-"""The Orthanc REST client: uploads with persistent sessions, timeouts and retries that only retry what can succeed.
+"""The REST client of one Orthanc node (reads: orthanc/api.py; several nodes: orthanc/nodes.py): uploads with
+persistent sessions, timeouts and retries that only retry what can succeed.
 
 Retried: connection errors, timeouts, 5xx, and 409 (a concurrent identical upload). Never retried: 4xx,
 which Orthanc uses for a file it cannot parse — retrying junk wastes hours (seen in a public importer).
@@ -17,7 +18,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import http.client
-import os
 import random
 import socket
 import threading
@@ -27,6 +27,7 @@ import requests
 from requests.adapters import HTTPAdapter
 
 from pacs_assets.errors import UploadBodyError
+from pacs_assets.orthanc.api import OrthancApi
 from pacs_assets.orthanc.stream import BytesBody, NoAnswer, Poster
 
 RETRYABLE_STATUS = {409, 429, 500, 502, 503, 504}
@@ -62,7 +63,9 @@ def orthanc_instance_id(patient_id: str | None, study_uid: str, series_uid: str,
     return "-".join(digest[i:i + 8] for i in range(0, 40, 8))
 
 
-class OrthancClient:
+class OrthancClient(OrthancApi):
+    """One Orthanc node."""
+
     def __init__(self, url: str, username: str | None, password: str | None, *, timeout: float = 60.0,
                  retries: int = 4, backoff: float = 0.5, connect_retries: int | None = None):
         self.url = url.rstrip("/")
@@ -88,17 +91,6 @@ class OrthancClient:
 
     def _get(self, path: str, **kw) -> requests.Response:
         return self.session.get(f"{self.url}{path}", timeout=self.timeout, **kw)
-
-    def get_json(self, path: str, what: str | None = None, params: dict | None = None, *,
-                 missing_ok: bool = False):
-        """GET a JSON answer, retrying what can succeed later. ``what`` names the endpoint without any ID
-        (default: the path).
-
-        Returns None for a 404 when ``missing_ok`` (an instance deleted since it arrived); raises
-        OrthancUnavailable with one sentence otherwise.
-        """
-        resp = self._request("GET", path, what or path, params=params, missing_ok=missing_ok)
-        return None if resp is None else resp.json()
 
     def _pause(self, attempt: int) -> None:
         """Jittered exponential backoff before attempt ``attempt + 1``."""
@@ -149,85 +141,6 @@ class OrthancClient:
             return resp.json()
         except ValueError:
             raise OrthancRefused(f"{self.url} answered GET /system with something that is not Orthanc.") from None
-
-    def statistics(self) -> dict:
-        return self._get("/statistics").json()
-
-    def instance_file(self, orthanc_id: str) -> bytes:
-        """The DICOM file Orthanc stores for an instance."""
-        resp = self._get(f"/instances/{orthanc_id}/file")
-        resp.raise_for_status()
-        return resp.content
-
-    def find_instances(self, sop_instance_uids: list[str]) -> dict[str, int]:
-        """{Orthanc instance ID: stored file size} of the instances Orthanc holds with these SOP Instance UIDs:
-        one ``/tools/find`` for the whole list (DICOM list matching, UIDs joined by backslashes)."""
-        if not sop_instance_uids:
-            return {}
-        found = self._request("POST", "/tools/find", "/tools/find", json={
-            "Level": "Instance", "Expand": True, "Query": {"SOPInstanceUID": "\\".join(sop_instance_uids)}}).json()
-        return {item["ID"]: int(item.get("FileSize") or -1) for item in found}
-
-    def find_patient_studies(self, patient_ids: list[str]) -> list[dict]:
-        """The studies Orthanc holds under these PatientIDs (one ``/tools/find``, list matching), each as
-        {'ID', 'PatientID', 'PatientName', 'PatientBirthDate', 'PatientSex', 'StudyInstanceUID', 'Patient'}.
-        Orthanc keeps each study's own copy of the patient tags, so two people merged under one ID show as
-        two. A '*' or '?' in an ID is a wildcard to Orthanc: only exact matches are returned."""
-        if not patient_ids:
-            return []
-        found = self._request("POST", "/tools/find", "/tools/find", json={
-            "Level": "Study", "Expand": True, "Query": {"PatientID": "\\".join(patient_ids)}}).json()
-        wanted, out = set(patient_ids), []
-        for study in found:
-            tags = study.get("PatientMainDicomTags") or {}
-            if tags.get("PatientID") in wanted:
-                out.append({**{k: tags.get(k, "") for k in ("PatientID", "PatientName", "PatientBirthDate",
-                                                             "PatientSex")},
-                            "ID": study["ID"], "Patient": study.get("ParentPatient"),
-                            "StudyInstanceUID": (study.get("MainDicomTags") or {}).get("StudyInstanceUID")})
-        return out
-
-    def study_instance_ids(self, study_id: str) -> list[str]:
-        return [i["ID"] for i in self.get_json(f"/studies/{study_id}/instances", "/studies/{id}/instances")]
-
-    def copy_instance_as(self, instance_id: str, replace: dict) -> str:
-        """Store a copy of an instance with ``replace`` applied and its UIDs kept; returns the copy's ID.
-
-        Orthanc 1.10.1 refuses to change PatientID by ``/studies/{id}/modify`` ("the parent PatientID cannot be
-        manually modified"), but ``/instances/{id}/modify`` returns the modified file without storing it: it
-        is posted back, one instance in memory at a time. The original stays until ``delete_study``."""
-        data = self._request("POST", f"/instances/{instance_id}/modify", "/instances/{id}/modify", json={
-            "Replace": replace, "Keep": ["StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID"],
-            "Force": True}).content
-        answer = self._request("POST", "/instances", "/instances", data=data).json()
-        return answer["ID"]
-
-    def delete_study(self, study_id: str) -> None:
-        self._request("DELETE", f"/studies/{study_id}", "DELETE /studies/{id}", missing_ok=True)
-
-    def find_instance_ids(self, sop_instance_uids: list[str]) -> set[str]:
-        """Orthanc IDs of the instances with these SOP Instance UIDs. Keep lists to ~100: Orthanc 1.10.1 matches
-        the list one by one, so its cost grows faster than the list (docs/speed.md)."""
-        return set(self.find_instances(sop_instance_uids))
-
-    def instance_ids(self, page: int = 10_000):
-        """Every instance ID Orthanc holds, a page at a time (``GET /instances?since=&limit=``). Listing costs
-        ~4 us per instance against ~0.3 ms to find one by UID (20,000 instances, 1.10.1). Not a snapshot: an
-        instance deleted meanwhile shifts the pages, so an ID missing here may still be there."""
-        since = 0
-        while True:
-            ids = self.get_json("/instances", "/instances (the instance list)", params={"since": since, "limit": page})
-            if ids:
-                yield ids
-            if len(ids) < page:
-                return
-            since += len(ids)
-
-    def stored_md5(self, orthanc_id: str) -> str | None:
-        """The MD5 of the DICOM file Orthanc holds for an instance, as Orthanc recorded it on arrival (of the
-        uncompressed bytes), or None when it keeps none (``StoreMD5ForAttachments: false``)."""
-        resp = self._request("GET", f"/instances/{orthanc_id}/attachments/dicom/md5", "the stored file's MD5")
-        return resp.text.strip() or None
 
     @property
     def poster(self) -> Poster:
@@ -306,25 +219,3 @@ class OrthancClient:
         return UploadResult("failed", error_message=f"HTTP {status_code}: {message}",
                             retryable=status_code in RETRYABLE_STATUS or status_code == 401,
                             attempts=attempt, http_status=status_code)
-
-
-def client_from_config(cfg, *, timeout: float | None = None, retries: int | None = None,
-                       backoff: float = 0.5):
-    """The one place a client is built from the site's ``orthanc:`` block; credentials from the environment.
-    With ``more_urls``, an OrthancNodes over every node (orthanc/nodes.py)."""
-    user, password = os.environ.get(cfg.username_env), os.environ.get(cfg.password_env)
-    return build_client(cfg.urls, user, password, timeout=cfg.timeout_seconds if timeout is None else timeout,
-                        retries=cfg.retries if retries is None else retries, backoff=backoff)
-
-
-def build_client(urls: list[str], username: str | None, password: str | None, *, timeout: float = 60.0,
-                 retries: int = 4, backoff: float = 0.5):
-    if len(urls) == 1:
-        return OrthancClient(urls[0], username, password, timeout=timeout, retries=retries, backoff=backoff)
-    from pacs_assets.orthanc.nodes import OrthancNodes
-
-    # One retry per node when it does not answer: it is skipped for the next one, not waited for. An answer
-    # that can succeed later (HTTP 503 "could not serialize access" when two nodes write one series at once)
-    # gets every retry: on PostgreSQL it is routine, not a sign that the node is down.
-    return OrthancNodes([OrthancClient(u, username, password, timeout=timeout, retries=retries,
-                                       connect_retries=min(retries, 1), backoff=backoff) for u in urls])

@@ -18,6 +18,7 @@ import itertools
 import threading
 import time
 
+from pacs_assets.orthanc.api import OrthancApi
 from pacs_assets.orthanc.client import (
     OrthancClient,
     OrthancRefused,
@@ -26,8 +27,9 @@ from pacs_assets.orthanc.client import (
 )
 
 
-class OrthancNodes:
-    """The interface of OrthancClient over one or more nodes."""
+class OrthancNodes(OrthancApi):
+    """One or more nodes behind the interface of one: uploads and ``system`` fail over, reads (OrthancApi's,
+    written once) go to this thread's live node, since every node answers from the same index."""
 
     def __init__(self, clients: list[OrthancClient], *, down_seconds: float = 30.0):
         if not clients:
@@ -93,7 +95,8 @@ class OrthancNodes:
         raise OrthancUnavailable(errors[0] if len(errors) == 1 else
                                  f"No Orthanc node answers ({len(errors)} tried): {errors[0]}")
 
-    def __getattr__(self, name: str):
-        # Reads (get_json, statistics, find_instances, stored_md5, instance_file ...) go to a live node: they
-        # all share one index.
-        return getattr(self._order()[0], name)
+    def _get(self, path: str, **kw):
+        return self._order()[0]._get(path, **kw)
+
+    def _request(self, method: str, path: str, what: str, **kw):
+        return self._order()[0]._request(method, path, what, **kw)

@@ -18,7 +18,8 @@ from collections.abc import Callable
 from pacs_assets.index import ledger
 from pacs_assets.index.staging import Staging
 from pacs_assets.nas.base import FileRecord, NasSource, SendAs
-from pacs_assets.orthanc.client import OrthancClient, orthanc_instance_id
+from pacs_assets.orthanc.api import OrthancApi
+from pacs_assets.orthanc.client import orthanc_instance_id
 
 FOUND = "already in Orthanc (found by its UIDs, same size): recorded without sending"
 BATCH = 100  # UIDs per /tools/find: longer lists cost more per UID on 1.10.1 (docs/speed.md)
@@ -27,7 +28,7 @@ BATCH = 100  # UIDs per /tools/find: longer lists cost more per UID on 1.10.1 (d
 LEDGER_BATCH = 5000  # hits per ledger write: each write opens the index (~10-25 ms), once per 100 cost 5 s per 10,000
 
 
-def _hits(source: NasSource, client: OrthancClient, batch: list[FileRecord], skip: frozenset[str],
+def _hits(source: NasSource, client: OrthancApi, batch: list[FileRecord], skip: frozenset[str],
           send_as: Callable[[FileRecord], SendAs | None]) -> list[tuple[FileRecord, str]]:
     """The files of ``batch`` Orthanc holds (same Orthanc ID, same stored size): one ``/tools/find``. A file
     sent under another identity (``send_as``) is looked for under that one, with the size of what we send."""
@@ -70,7 +71,7 @@ def _rows(hits: list[tuple[FileRecord, str]], kept: dict, seen: set[str], run_id
     return rows
 
 
-def record_already_stored(source: NasSource, client: OrthancClient, staging: Staging,
+def record_already_stored(source: NasSource, client: OrthancApi, staging: Staging,
                           index_path: str | os.PathLike, *, run_id: str | None = None,
                           skip: frozenset[str] = frozenset(),
                           send_as: Callable[[FileRecord], SendAs | None] = lambda record: None) -> int:

@@ -19,8 +19,8 @@ import time
 from collections import Counter
 
 from pacs_assets.index import arrivals as arrivals_sql
+from pacs_assets.orthanc.api import OrthancApi
 from pacs_assets.orthanc.changes import fetch_arrivals, read_changes
-from pacs_assets.orthanc.client import OrthancClient
 
 
 @dataclasses.dataclass
@@ -38,7 +38,7 @@ class ArrivalsSummary:
     seconds: float
 
 
-def record_arrivals(client: OrthancClient, index_path: str | os.PathLike, since: int, until: int, *,
+def record_arrivals(client: OrthancApi, index_path: str | os.PathLike, since: int, until: int, *,
                     concurrency: int = 4) -> ArrivalsSummary:
     """Read changes (since, until], fetch the new instances' identifiers, replace their rows. Raises
     OrthancUnavailable (one sentence) when Orthanc cannot be read."""

@@ -15,8 +15,9 @@ from pacs_assets.identity.model import DIFFERENT, VARIANT
 from pacs_assets.index import consistency
 from pacs_assets.index.connection import session
 from pacs_assets.index.patient_records import held_counts
-from pacs_assets.nas.base import KindCheck, NasBase
-from pacs_assets.orthanc.client import OrthancClient, OrthancUnavailable
+from pacs_assets.nas.base import KindCheck, NasSettings
+from pacs_assets.orthanc.api import OrthancApi
+from pacs_assets.orthanc.client import OrthancUnavailable
 from pacs_assets.pipeline.identity_guard import IdentityGuard, index_collisions
 from pacs_assets.pipeline.reconciliation import orthanc_sweep
 
@@ -45,7 +46,7 @@ def no_uid_conflicts(index_path: str | os.PathLike, nas_id: str) -> tuple[bool, 
     return not (found["uid_conflict_files"] or found["groups_within_nas"] or across), metadata
 
 
-def indexed_instances_in_orthanc(index_path: str | os.PathLike, nas_id: str, client: OrthancClient,
+def indexed_instances_in_orthanc(index_path: str | os.PathLike, nas_id: str, client: OrthancApi,
                                  start: dt.date | None = None, end: dt.date | None = None) -> tuple[bool, dict]:
     """Every file of the window [start, end) (all dates if None) that the ledger says is in Orthanc really is,
     asked in batched ``/tools/find`` queries by SOP Instance UID and matched by Orthanc ID."""
@@ -80,8 +81,8 @@ def held_files(index_path: str | os.PathLike, nas_id: str) -> tuple[bool, dict]:
                         "held_by_kind": f"| kind | files held |\n|---|---|\n{table}" if counts else "none"}
 
 
-def kind_check(spec: KindCheck, nas: NasBase, index_path: str | os.PathLike,
-               client: OrthancClient) -> tuple[bool, dict]:
+def kind_check(spec: KindCheck, nas: NasSettings, index_path: str | os.PathLike,
+               client: OrthancApi) -> tuple[bool, dict]:
     """A kind's own check (``NasKind.checks``), handed the index's query for this NAS: the kind never reads the
     index itself, and the SQL stays in index/consistency.py."""
     return spec.run(nas, functools.partial(consistency.stored_files_of_format, index_path, nas.id), client)

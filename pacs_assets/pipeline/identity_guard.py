@@ -24,7 +24,7 @@ from pacs_assets.index.connection import session
 from pacs_assets.index.ledger import iter_staged
 from pacs_assets.index.staging import Staging
 from pacs_assets.nas.base import FileRecord, IdDomain, SendAs
-from pacs_assets.orthanc.client import OrthancClient
+from pacs_assets.orthanc.api import OrthancApi
 
 ORTHANC_BATCH = 100  # PatientIDs per /tools/find (list matching)
 
@@ -74,7 +74,7 @@ class IdentityGuard:
         record = PersonRecord.of(nas_id, patient_id, name, birth, sex)
         return Member(record, self.sent_id(record), name or "", birth or "", studies or 0, files or 0, first, last)
 
-    def plan(self, staging: Staging, index_path: str | os.PathLike, nas_id: str, client: OrthancClient,
+    def plan(self, staging: Staging, index_path: str | os.PathLike, nas_id: str, client: OrthancApi,
              window: tuple | None = None) -> Plan:
         return plan_uploads(self, staging, index_path, nas_id, client, window)
 
@@ -93,7 +93,7 @@ def guard_for(config) -> IdentityGuard:
                               config.identity.decisions_path)
 
 
-def orthanc_members(client: OrthancClient, sent_ids: list[str]) -> list[Member]:
+def orthanc_members(client: OrthancApi, sent_ids: list[str]) -> list[Member]:
     """One member per distinct person Orthanc holds under these PatientIDs (study-level patient tags). The empty
     ID is not asked: to Orthanc an empty value matches every patient; files without an ID are compared among
     the index's records only."""
@@ -172,7 +172,7 @@ def hold_files(plan: Plan, staging: Staging, index_path: str | os.PathLike, nas_
 
 
 def plan_uploads(guard: IdentityGuard, staging: Staging, index_path: str | os.PathLike, nas_id: str,
-                 client: OrthancClient, window: tuple | None = None) -> Plan:
+                 client: OrthancApi, window: tuple | None = None) -> Plan:
     """Compare the staged files' people with every record that would meet them in Orthanc."""
     people, uids = patient_records.staged_people(staging)
     staged = [PersonRecord.of(nas_id, *row) for row in people]

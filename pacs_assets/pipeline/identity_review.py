@@ -19,7 +19,8 @@ from pacs_assets.identity.decisions import SAME, Decision, append_decision, deci
 from pacs_assets.identity.model import PersonRecord, compare
 from pacs_assets.index import ledger, patient_records
 from pacs_assets.index.connection import session
-from pacs_assets.orthanc.client import OrthancClient, orthanc_instance_id
+from pacs_assets.orthanc.api import OrthancApi
+from pacs_assets.orthanc.client import orthanc_instance_id
 from pacs_assets.pipeline.identity_guard import IdentityGuard, index_collisions, orthanc_members
 
 MAX_ID = 64  # PatientID is LO: 64 characters at most
@@ -35,7 +36,7 @@ def held_people(index_path: str | os.PathLike) -> list[tuple]:
 
 
 def open_collisions(guard: IdentityGuard, index_path: str | os.PathLike,
-                    client: OrthancClient | None = None) -> list[Collision]:
+                    client: OrthancApi | None = None) -> list[Collision]:
     """What the index shows, plus (given a client) the collisions with what Orthanc holds for held files."""
     found = index_collisions(guard, index_path)
     if client is not None:
@@ -107,7 +108,7 @@ def decide(guard: IdentityGuard, index_path: str | os.PathLike, collision: Colli
                            why=why, collision=collision.id, released=held_dates(index_path, set(send_as)))
 
 
-def people_of_orthanc_patient(client: OrthancClient, patient_id: str) -> list[tuple[PersonRecord, list[dict]]]:
+def people_of_orthanc_patient(client: OrthancApi, patient_id: str) -> list[tuple[PersonRecord, list[dict]]]:
     """The people one Orthanc PatientID holds, each with its studies: studies whose patient tags are one
     person by the identity model (same or variant) are grouped together."""
     groups: list[tuple[PersonRecord, list[dict]]] = []
@@ -123,7 +124,7 @@ def people_of_orthanc_patient(client: OrthancClient, patient_id: str) -> list[tu
     return groups
 
 
-def separate(guard: IdentityGuard, index_path: str | os.PathLike, client: OrthancClient, patient_id: str, *,
+def separate(guard: IdentityGuard, index_path: str | os.PathLike, client: OrthancApi, patient_id: str, *,
              by: str, why: str, keep: int = 1, decisions_file: str | os.PathLike | None = None,
              dry_run: bool = False) -> list[dict]:
     """Give each person an Orthanc patient of its own: the studies of every person but the ``keep``-th (by

@@ -21,7 +21,7 @@ from pacs_assets.index.connection import WALK_MEMORY_LIMIT
 from pacs_assets.index.inventory import add_records, carry_over_links, carry_over_unread, merge_inventory
 from pacs_assets.index.staging import Staging
 from pacs_assets.index.walk_cache import StagingCache, known_files
-from pacs_assets.nas.base import NasBase, NasSource
+from pacs_assets.nas.base import NasSettings, NasSource
 from pacs_assets.nas.dates import assign_procedure_date
 from pacs_assets.nas.registry import kind_of
 from pacs_assets.nas.walk import check_root
@@ -54,7 +54,7 @@ class InventoryResult:
     unread: list[tuple[str, str]] = dataclasses.field(default_factory=list)
 
 
-def take_inventory(source: NasSource, nas: NasBase, index_path: str | os.PathLike, start: dt.date, end: dt.date,
+def take_inventory(source: NasSource, nas: NasSettings, index_path: str | os.PathLike, start: dt.date, end: dt.date,
                    *, today: dt.date, folders: Sequence[str] | None = None,
                    progress: Callable[[int, int], None] | None = None) -> InventoryResult:
     """Walk the NAS (or only ``folders``, each without its subfolders) and replace the inventory of the
@@ -72,7 +72,7 @@ def take_inventory(source: NasSource, nas: NasBase, index_path: str | os.PathLik
                            seen.unread)
 
 
-def walk_into(staging: Staging, source: NasSource, nas: NasBase, *, today: dt.date,
+def walk_into(staging: Staging, source: NasSource, nas: NasSettings, *, today: dt.date,
               folders: Sequence[str] | None = None,
               progress: Callable[[int, int], None] | None = None) -> Walked:
     """Stream a walk (whole, or of ``folders``) into staging with procedure dates assigned; refuse an outage.

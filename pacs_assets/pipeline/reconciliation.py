@@ -24,8 +24,8 @@ from pacs_assets.index import consistency
 from pacs_assets.index.connection import WALK_MEMORY_LIMIT
 from pacs_assets.index.reconciliation import date_ranges, dates_to_rebuild, dates_to_upload, reconcile_inventory
 from pacs_assets.index.staging import Staging
-from pacs_assets.nas.base import NasBase, NasSource
-from pacs_assets.orthanc.client import OrthancClient
+from pacs_assets.nas.base import NasSettings, NasSource
+from pacs_assets.orthanc.api import OrthancApi
 from pacs_assets.pipeline.hierarchy import build_hierarchy
 from pacs_assets.pipeline.inventory import walk_into
 from pacs_assets.pipeline.upload import ImportSummary, upload_window
@@ -52,7 +52,7 @@ class Reconciled:
         return out
 
 
-def reconcile(source: NasSource, nas: NasBase, index_path: str | os.PathLike, *, today: dt.date,
+def reconcile(source: NasSource, nas: NasSettings, index_path: str | os.PathLike, *, today: dt.date,
               progress: Callable[[int, int], None] | None = None) -> Reconciled:
     """Walk everything; merge the dates that changed in one transaction. Raises ConfigError / NasOutage."""
     started = time.monotonic()
@@ -70,7 +70,7 @@ class CaughtUp:
     held: Counter = dataclasses.field(default_factory=Counter)  # collision kind -> files held
 
 
-def catch_up(source: NasSource, client: OrthancClient, index_path: str | os.PathLike, nas_id: str, *,
+def catch_up(source: NasSource, client: OrthancApi, index_path: str | os.PathLike, nas_id: str, *,
              on_rebuilt: Callable[[list[dt.date]], None] | None = None, **upload_options) -> CaughtUp:
     """Rebuild the dates whose hierarchy lags, then upload the dates with pending instances, range by range.
 
@@ -93,7 +93,7 @@ def catch_up(source: NasSource, client: OrthancClient, index_path: str | os.Path
     return done
 
 
-def orthanc_sweep(index_path: str | os.PathLike, nas_id: str, client: OrthancClient,
+def orthanc_sweep(index_path: str | os.PathLike, nas_id: str, client: OrthancApi,
                   start: dt.date | None = None, end: dt.date | None = None) -> dict[str, int]:
     """Every instance the ledger says is in Orthanc (in [start, end), or all), looked up in batches.
 

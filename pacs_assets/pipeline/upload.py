@@ -25,9 +25,9 @@ from pacs_assets.index import ledger
 from pacs_assets.index.journal import Journal, Reclaims, merge_journals
 from pacs_assets.index.staging import Staging
 from pacs_assets.nas.base import FileRecord, NasSource, SendAs
+from pacs_assets.orthanc.api import OrthancApi
 from pacs_assets.orthanc.client import (
     CONFIRMED,
-    OrthancClient,
     OrthancRefused,
     OrthancUnavailable,
     UploadResult,
@@ -77,7 +77,7 @@ def _now() -> dt.datetime:
     return dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
 
 
-def _upload_one(source: NasSource, client: OrthancClient, record: FileRecord, run_id: str | None,
+def _upload_one(source: NasSource, client: OrthancApi, record: FileRecord, run_id: str | None,
                 journal: Journal | None, reclaims: Reclaims, send_as: SendAs | None = None) -> tuple[dict, int]:
     sent_id = send_as.patient_id if send_as else record.patient_id  # what Orthanc keys the patient by
     expected = orthanc_instance_id(sent_id, record.study_instance_uid, record.series_instance_uid,
@@ -116,7 +116,7 @@ def _upload_one(source: NasSource, client: OrthancClient, record: FileRecord, ru
 
 def import_records(
     source: NasSource,
-    client: OrthancClient,
+    client: OrthancApi,
     records: Iterable[FileRecord],
     write_ledger: Callable[[list[dict]], None],
     *,
@@ -178,7 +178,7 @@ def import_records(
     return summary
 
 
-def wait_for_orthanc(client: OrthancClient, wait_seconds: float, *, max_delay: float = 15.0) -> dict:
+def wait_for_orthanc(client: OrthancApi, wait_seconds: float, *, max_delay: float = 15.0) -> dict:
     """``GET /system`` until Orthanc answers, for up to ``wait_seconds``, sleeping with exponential backoff
     between tries (a sleep, not a spin: a run waiting out a restart of Orthanc costs no CPU). A refusal
     (HTTP 401, not Orthanc) is raised at once: waiting will not change it."""
@@ -275,7 +275,7 @@ class WindowUpload:
     identity_seconds: float = 0.0  # what the identity guard cost this upload (benchmarks/bench_incremental.py)
 
 
-def upload_window(source: NasSource, client: OrthancClient, index_path: str | os.PathLike, nas_id: str,
+def upload_window(source: NasSource, client: OrthancApi, index_path: str | os.PathLike, nas_id: str,
                   start: dt.date, end: dt.date, *, concurrency: int = 4, run_id: str | None = None,
                   on_staged: Callable[[int], None] | None = None,
                   progress: Callable[[ImportSummary], None] | None = None,

@@ -1,16 +1,19 @@
 """A node that dies after storing a file, at chosen uploads and without timing luck: HTTP proxies on
 127.0.0.1 in front of the nodes of a cluster (services/orthanc_cluster.py).
 
-``LostAnswers(urls, drop_at={10, 30, ...})`` gives one proxy URL per node. The Nth ``POST /instances``
-(N in ``drop_at``, counted over all nodes) is forwarded to Orthanc, its answer read (the file is stored),
-then the client's connection is reset instead of answering: the answer is lost, as when a node is killed
-between its commit and its reply. That node then refuses every upload (reads it, resets the connection,
-forwards nothing) until the dropped file has reached another node, which is what a client does when a node
-does not answer: so each drop forces a failover, whatever the threads do. A failover always finds a live
-node: a drop point met while a node is dead, or while a refused upload has not reached a live node yet,
-moves to the next upload after that, and a file already dropped or refused once is never dropped. Other
-requests (``GET``, ``/tools/find``) always pass, so a check of
-the stored MD5 never races a drop.
+``LostAnswers(urls, drop_at={10, 30, ...})`` gives one proxy URL per node. From the Nth ``POST /instances``
+on (N in ``drop_at``, counted over all nodes), the next upload is a candidate: it is forwarded to Orthanc and,
+if Orthanc stored it (``"Status": "Success"``), the client's connection is reset instead of answering: the
+answer is lost, as when a node is killed between its commit and its reply. A candidate Orthanc did not store
+(a 503 after colliding with the other node's transactions, which can take seconds when both write one
+series) is answered as it is, and the next upload becomes the candidate: a drop point is never spent on a
+file Orthanc did not keep, and the node is not "dead" while Orthanc is still deciding. After a drop, that
+node refuses every upload (reads it, resets the connection, forwards nothing) until the dropped file has
+reached another node, which is what a client does when a node does not answer: so each drop forces a
+failover, whatever the threads do. A failover always finds a live node: no candidate is chosen while a node
+is dead, while a refused upload has not reached a live node yet, or while another candidate is in flight,
+and a file already dropped or refused once is never a candidate. Other requests (``GET``, ``/tools/find``)
+always pass, so a check of the stored MD5 never races a drop.
 
 Everything runs in daemon threads of the test process; ``close`` stops the listeners and connections.
 """
@@ -19,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import http.client
+import json
 import socket
 import struct
 import threading
@@ -41,6 +45,8 @@ class LostAnswers:
         self.drop_at = sorted(drop_at)
         self.posts = 0  # POST /instances forwarded, all nodes
         self.dropped: list[str] = []  # SHA-1 of each body whose answer was dropped
+        self.not_stored = 0  # candidates Orthanc answered with anything but a stored Success: passed on
+        self._candidate: str | None = None  # the upload in flight that is dropped if Orthanc stores it
         self.refused = 0  # uploads refused by a "dead" node
         self._dead: dict[int, str] = {}  # dead node -> the dropped body that must reach another node first
         self._failing_over: set[str] = set()  # bodies a dead node refused, not yet forwarded by a live one
@@ -83,7 +89,8 @@ class LostAnswers:
             threading.Thread(target=self._serve, args=(client, index, host, port), daemon=True).start()
 
     def _verdict(self, index: int, digest: str) -> str:
-        """'forward', 'drop' (forward, then lose the answer) or 'refuse' (the node is dead) for an upload."""
+        """'forward', 'candidate' (forward, then lose the answer if Orthanc stored the file: ``_settle``) or
+        'refuse' (the node is dead) for an upload."""
         with self._lock:
             if index in self._dead:
                 self.refused += 1
@@ -96,12 +103,27 @@ class LostAnswers:
             self._failing_over.discard(digest)
             self.posts += 1
             due = len(self.dropped) < len(self.drop_at) and self.posts >= self.drop_at[len(self.dropped)]
-            if due and not self._dead and not self._failing_over and digest not in self._troubled:
-                self._troubled.add(digest)
-                self.dropped.append(digest)
-                self._dead[index] = digest
-                return "drop"
+            calm = not self._dead and not self._failing_over and self._candidate is None
+            if due and calm and digest not in self._troubled:
+                self._candidate = digest
+                return "candidate"
             return "forward"
+
+    def _settle(self, index: int, digest: str, status: int, data: bytes) -> bool:
+        """True to drop a candidate's answer: Orthanc stored the file, and the node "dies" now."""
+        try:
+            stored = status == 200 and json.loads(data).get("Status") == "Success"
+        except (ValueError, AttributeError):
+            stored = False
+        with self._lock:
+            self._candidate = None
+            if not stored:
+                self.not_stored += 1
+                return False
+            self._troubled.add(digest)
+            self.dropped.append(digest)
+            self._dead[index] = digest
+            return True
 
     def _serve(self, client: socket.socket, index: int, host: str, port: int) -> None:
         reader = client.makefile("rb")
@@ -116,9 +138,10 @@ class LostAnswers:
                     name, value = header.decode("latin-1").split(":", 1)
                     headers[name.strip()] = value.strip()
                 body = reader.read(int(headers.get("Content-Length", 0)))
-                verdict = "forward"
+                verdict, digest = "forward", ""
                 if method == "POST" and path.rstrip("/").endswith("/instances"):
-                    verdict = self._verdict(index, hashlib.sha1(body).hexdigest())
+                    digest = hashlib.sha1(body).hexdigest()
+                    verdict = self._verdict(index, digest)
                 if verdict == "refuse":
                     _reset(client)
                     return
@@ -130,10 +153,14 @@ class LostAnswers:
                                      headers={k: v for k, v in headers.items() if k.lower() not in HOP_BY_HOP})
                     answer = upstream.getresponse()
                     data = answer.read()
+                except OSError:
+                    if verdict == "candidate":  # no answer from Orthanc: the next upload is the candidate
+                        self._settle(index, digest, 0, b"")
+                    raise
                 finally:
                     upstream.close()
-                if verdict == "drop":  # Orthanc stored it and answered; the client never hears it
-                    _reset(client)
+                if verdict == "candidate" and self._settle(index, digest, answer.status, data):
+                    _reset(client)  # Orthanc stored it and answered; the client never hears it
                     return
                 head = [f"HTTP/1.1 {answer.status} {answer.reason}"]
                 head += [f"{k}: {v}" for k, v in answer.getheaders() if k.lower() not in HOP_BY_HOP]

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pacs_assets.nas.base import NasBase
+from pacs_assets.nas.base import NasSettings
 
 
-class DicomFolderNas(NasBase):
+class DicomFolderNas(NasSettings):
     kind: Literal["dicom_folder"]

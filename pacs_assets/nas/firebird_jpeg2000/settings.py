@@ -7,7 +7,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from pacs_assets.nas.base import NasBase, StrictModel
+from pacs_assets.nas.base import NasSettings, StrictModel
 
 
 class FirebirdCatalog(StrictModel):
@@ -24,7 +24,7 @@ class FirebirdCatalog(StrictModel):
     snapshot_dir: Path | None = None
 
 
-class FirebirdJpeg2000Nas(NasBase):
+class FirebirdJpeg2000Nas(NasSettings):
     kind: Literal["firebird_jpeg2000"]
     firebird: FirebirdCatalog
     # SQL mapping the vendor schema to our attributes; None = the documented default (catalog.py).
