@@ -30,6 +30,9 @@ LOCK_WAIT_SECONDS = float(os.environ.get("PACS_INDEX_LOCK_WAIT", "120"))
 # stays flat however large the NAS.
 DUCKDB_SETTINGS = {"memory_limit": os.environ.get("PACS_DUCKDB_MEMORY_LIMIT", "256MB"),
                    "preserve_insertion_order": False}
+# A walk's matching and merge run slice by slice (index/walk_cache.py PART_ROWS), so they need little; a lower
+# cap keeps DuckDB's buffers (read blocks of the cache and the index, staged rows) from growing with the NAS.
+WALK_MEMORY_LIMIT = os.environ.get("PACS_WALK_MEMORY_LIMIT", "128MB")
 
 
 @functools.cache
@@ -118,11 +121,17 @@ def session(path: str | os.PathLike, *, read_only: bool = False) -> Iterator[duc
 @contextlib.contextmanager
 def transaction(path: str | os.PathLike) -> Iterator[duckdb.DuckDBPyConnection]:
     """A short read-write transaction: all of it lands, or none of it."""
-    with session(path) as con:
-        con.execute("BEGIN TRANSACTION")
-        try:
-            yield con
-        except BaseException:
-            con.execute("ROLLBACK")
-            raise
-        con.execute("COMMIT")
+    with session(path) as con, in_transaction(con):
+        yield con
+
+
+@contextlib.contextmanager
+def in_transaction(con: duckdb.DuckDBPyConnection) -> Iterator[duckdb.DuckDBPyConnection]:
+    """One transaction on an open connection: all of it lands, or none of it."""
+    con.execute("BEGIN TRANSACTION")
+    try:
+        yield con
+    except BaseException:
+        con.execute("ROLLBACK")
+        raise
+    con.execute("COMMIT")
