@@ -1,7 +1,7 @@
 """Streaming a body to ``POST /instances`` over one persistent ``http.client`` connection per thread.
 
 Chosen by measurement (benchmarks/README.md): http.client costs the least client CPU per upload of the
-HTTP layers tried (0.4 ms per 9 KB file, ~1.5 ms for requests). It opens the connection (TLS included); the
+HTTP layers tried (requests costs several times as much per small file). It opens the connection (TLS included); the
 request and the answer go over its socket directly: the request head and a small body in one write (one
 segment, one wake-up of Orthanc; http.client writes them apart), and the answer read without the e-mail
 header parser. The body is sent in bounded chunks with ``Content-Length`` (never chunked transfer encoding)
