@@ -37,6 +37,7 @@ from benchmarks.common import bench_module, median, storescu_folder, throwaway_o
 NAS_ID = "bench"
 PARTITIONS_START = dt.date(2000, 1, 1)
 INDEX_GOAL = 0.9  # ours / baseline, one core
+INDEX_GOAL_ALL_CORES = 1.7  # ours with the default workers (2 on the project's machine) / the one-process baseline
 IMPORT_GOAL = 0.9  # ours / storescu ceiling
 JOURNAL_GOAL = 0.95  # with the journal / without, same files, same run: "the same within noise"
 RSS_FLAT = 1.25  # peak(large) / peak(small) at most this to call it flat
@@ -398,7 +399,7 @@ def render(report: dict) -> str:
                      f"{q['ours_w1']:6.2f}  {'>=0.9':>6}  {_verdict(q['ours_w1'], INDEX_GOAL)}")
         label = f"ours: inventory path, workers={ix['workers_default']} (default, all cores)"
         lines.append(f"{'':10} {label:58} {r['ours_default']:8.0f} f/s {q['ours_default']:6.2f}  "
-                     f"{'>=0.9':>6}  {_verdict(q['ours_default'], INDEX_GOAL)}")
+                     f"{'>=1.7':>6}  {_verdict(q['ours_default'], INDEX_GOAL_ALL_CORES)}")
         lines.append(f"{'':10} {'ours: re-scan, warm scan cache (unchanged NAS)':58} {r['rescan']:8.0f} f/s "
                      f"{q['rescan']:6.2f}")
         for p in ix["problems"]:

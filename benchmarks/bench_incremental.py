@@ -16,12 +16,19 @@ b) the reconciliation job on the unchanged largest NAS with 10 years of daily pa
 c) peak RSS of the reconciliation's whole-NAS walk (``pipeline.reconciliation.reconcile``) on each NAS, in a fresh
    child process (VmHWM from /proc/<pid>/status: ru_maxrss would include what the parent held before the
    exec). Prints the ratio largest / smallest (goal <= 1.25).
+d) ``--rss-only``: c) alone, on NAS devices generated fast (``--sizes``, default 20000,200000,2000000): 20,000
+   real bulk files, then hard-linked copies of that tree (copy001/, copy002/...) up to the size. Only the
+   20,000 are parsed; the copies' scan cache rows are derived from theirs in SQL (a link holds the very same
+   bytes, size and mtime), a first reconciliation fills the index from the cache (its peak is printed too),
+   and the second, the steady state, is measured. Prints each size's ratio to the previous one (goals:
+   <= 1.25 for 20,000 -> 200,000, <= 1.5 for 200,000 -> 2,000,000).
 
 The bulk NAS is indexed once with the real pipeline functions (timed, printed) and its ledger marked
 imported (uploading 200,000 bulk files would only measure Orthanc). Everything is deleted at the end.
 
     python -m benchmarks.bench_incremental [--quick] [--sizes 20000,200000] [--study-files 200] [--workdir DIR]
         [--skip-reconcile] [--skip-rss]
+    python -m benchmarks.bench_incremental --rss-only [--sizes 20000,200000,2000000] [--workdir DIR]
 """
 
 from __future__ import annotations
@@ -126,6 +133,93 @@ def _rss_child_main(config_path: str) -> int:
     print(json.dumps({"peak_kb": vm_kb("VmHWM"), "floor_kb": floor, "seconds": time.perf_counter() - started,
                       "walked": found.walked, "partitions_changed": len(found.changes)}))
     return 0
+
+
+DISTINCT = 20_000  # real files of a linked NAS (d); the rest are hard links to them
+
+
+def make_linked_nas(root: Path, n: int, start: dt.date, distinct: int = DISTINCT) -> int:
+    """``n`` files fast: min(n, distinct) real bulk files under bulk/, then hard-linked copies of that tree under
+    copyNNN/bulk/ (the last one partial). Returns how many copies."""
+    from pacs_assets.sample.bulk_dicom_nas import make_bulk_dicom_nas
+
+    base = make_bulk_dicom_nas(root / "bulk", min(n, distinct), files_per_series=100, days=YEARS_DAYS,
+                               start_date=start)
+    files = sorted(p.relative_to(root) for p in (root / "bulk").rglob("*.dcm"))
+    left, copy = n - base, 0
+    while left > 0:
+        copy += 1
+        for rel in files[:left]:
+            target = root / f"copy{copy:03d}" / rel
+            target.parent.mkdir(parents=True, exist_ok=True)
+            os.link(root / rel, target)
+        left -= min(left, len(files))
+    return copy
+
+
+def seed_linked(config_path: Path, copies: int) -> float:
+    """Parse bulk/ with the real inventory step, then give each copy the cache rows of the files it links to.
+    Returns seconds."""
+    import duckdb
+
+    from pacs_assets.config import load_config
+    from pacs_assets.index import scan_cache
+    from pacs_assets.nas.registry import source_for
+    from pacs_assets.pipeline.inventory import take_inventory
+
+    cfg = load_config(config_path)
+    nas = cfg.nas[0]
+    started = time.perf_counter()
+    folders = sorted({str(p.parent.relative_to(nas.root)) for p in (nas.root / "bulk").rglob("*.dcm")})
+    take_inventory(source_for(nas), nas, cfg.index.path, nas.partitions_start, dt.date.max, today=dt.date.today(),
+                   folders=folders)
+    with duckdb.connect(str(cfg.index.path)) as con:
+        scan_cache.attach(con, cfg.index.path, nas.id, nas.root)
+        for k in range(1, copies + 1):
+            prefix = f"copy{k:03d}/"
+            con.execute("INSERT INTO sc.scan_cache SELECT * REPLACE (? || file_path AS file_path, "
+                        "? || folder AS folder) FROM sc.scan_cache "
+                        "WHERE nas_id = ? AND starts_with(file_path, 'bulk/')",
+                        [prefix, prefix, nas.id])
+        scan_cache.reseal(con, nas.id)
+    return time.perf_counter() - started
+
+
+def bench_rss_only(n: int, work: Path, distinct: int = DISTINCT) -> dict:
+    today = dt.date.today()
+    start = today - dt.timedelta(days=YEARS_DAYS - 1)
+    site = work / f"rss{n}"
+    root = site / "nas"
+    t = time.perf_counter()
+    copies = make_linked_nas(root, n, start, distinct)
+    _log(f"{n}: linked NAS written in {time.perf_counter() - t:.0f} s ({copies} copies)")
+    config = site / "pacs.yaml"
+    config.write_text(yaml.safe_dump({
+        "nas": [{"id": "ct", "kind": "dicom_folder", "root": str(root), "partitions_start": start.isoformat()}],
+        "orthanc": {"url": "http://127.0.0.1:9", "run_retries": 0}, "index": {"path": str(site / "index.duckdb")}}))
+    out = {"files": n, "seed_seconds": seed_linked(config, copies)}
+    out["rebuild"] = rss_child(config)  # the index filled from the cache
+    out["rss"] = rss_child(config)  # the steady state: the goal's figure
+    for what in ("rebuild", "rss"):
+        _log(f"{n}: {what} walk peak RSS {out[what]['peak_kb'] / 1024:.0f} MB in {out[what]['seconds']:.1f} s, "
+             f"{out[what]['walked']} files, {out[what]['partitions_changed']} dates changed")
+    shutil.rmtree(site, ignore_errors=True)
+    return out
+
+
+def print_rss_only(results: list[dict]) -> None:
+    print(f"load average {os.getloadavg()[0]:.2f}")
+    print(f"{'what':58} {'peak':>9} {'seconds':>9} {'ratio':>7} goal")
+    for prev, r in zip([None, *results[:-1]], results, strict=True):
+        ratio = r["rss"]["peak_kb"] / prev["rss"]["peak_kb"] if prev else None
+        goal = 1.25 if prev and prev["files"] < 200_000 else 1.5
+        what = f"peak RSS of the whole walk (steady state), {r['files']:,} files"
+        tail = f"{ratio:7.2f} <= {goal} {verdict(ratio, goal)}" if prev else ""
+        print(f"{what:58} {r['rss']['peak_kb'] / 1024:7.0f}MB {r['rss']['seconds']:8.1f}s {tail}")
+        print(f"{'  first walk after seeding (index filled from the cache)':58} "
+              f"{r['rebuild']['peak_kb'] / 1024:7.0f}MB {r['rebuild']['seconds']:8.1f}s")
+    for r in results:
+        print(f"(seeding {r['files']:,} files took {r['seed_seconds']:.0f} s)")
 
 
 def baseline_walk(root: Path) -> float:
@@ -319,10 +413,22 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--skip-reconcile", action="store_true")
     ap.add_argument("--skip-rss", action="store_true")
     ap.add_argument("--json", help="write every figure to this file")
+    ap.add_argument("--rss-only", action="store_true", help="only d): peak RSS of the whole walk, linked NAS")
     ap.add_argument("--rss-child", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.rss_child:
         return _rss_child_main(args.rss_child)
+    if args.rss_only:
+        sizes = [int(s) for s in (args.sizes or ("200,2000" if args.quick else "20000,200000,2000000")).split(",")]
+        work = Path(tempfile.mkdtemp(prefix="bench-rss-", dir=args.workdir))
+        try:
+            results = [bench_rss_only(n, work, 100 if args.quick else DISTINCT) for n in sizes]
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+        if args.json:
+            Path(args.json).write_text(json.dumps(results, indent=1))
+        print_rss_only(results)
+        return 0
     sizes = [int(s) for s in (args.sizes or ("200,400" if args.quick else "20000,200000")).split(",")]
     study_files = args.study_files or (10 if args.quick else STUDY_FILES)
     work = Path(tempfile.mkdtemp(prefix="bench-incr-", dir=args.workdir))
@@ -330,8 +436,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         results = [bench_size(n, work, holder, reconcile=not args.skip_reconcile and n == max(sizes),
                               rss=not args.skip_rss, study_files=study_files) for n in sizes]
+        linked = [bench_rss_only(n, work, 50) for n in (100, 1000)] if args.quick else []  # d), a smoke run
     finally:
         shutil.rmtree(work, ignore_errors=True)
+    if linked:
+        print_rss_only(linked)
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1))
     print(f"load average {os.getloadavg()[0]:.2f}")

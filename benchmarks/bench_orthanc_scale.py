@@ -8,9 +8,11 @@ a) rate    ``upload_window`` (the ``orthanc_instances`` asset's work, concurrenc
            Rounds: storescu, ours, storescu; the ratio divides by the mean of the bracketing pair. Goal >= 1.0.
 b) memory  peak RSS (VmHWM) of a child process running ``upload_window``, with a 1 GB multi-frame file in the
            set and without it. Goal: at most +64 MB.
-c) rebuild an imported NAS of 10,000 small files loses its index (index.duckdb, .wal, staging/, journal/);
-           inventory + hierarchy + upload run again. Rerun wall time / first import's (goal <= 0.1) and the
-           POSTs the rerun made (goal 0: ledger rows with attempts > 0, and Orthanc's /changes sequence).
+c) rebuild an imported NAS of 10,000 small files loses its index (index.duckdb, .wal, staging/, journal/;
+           its scan cache, a file of its own, survives); inventory + hierarchy + upload run again. Rerun wall
+           time / first import's (goal <= 0.1) and the POSTs the rerun made (goal 0: ledger rows with
+           attempts > 0, and Orthanc's /changes sequence). Then once more with the scan cache lost too, for
+           comparison (every header read again).
 d) nodes   one Orthanc on PostgreSQL, two on one PostgreSQL (``more_urls``), one on SQLite as the reference,
            same files, ``upload_window``; ratios, plus Orthanc + PostgreSQL CPU seconds per instance (the
            per-core capacity). On 2 cores two nodes cannot scale: the table says so.
@@ -347,14 +349,28 @@ def bench_rss(large_root: Path, work: Path, frames: int, rounds: int) -> dict:
 
 # -- c) index rebuild -------------------------------------------------------------------------------
 
-def lose_index(index: Path) -> None:
-    for p in (index, index.with_name(index.name + ".wal")):
+def lose_index(index: Path, *, cache_too: bool = False) -> None:
+    """The index is lost; its scan cache (its own file beside it) survives unless ``cache_too``."""
+    from pacs_assets.index.scan_cache import cache_path
+
+    lost = [index, index.with_name(index.name + ".wal")]
+    if cache_too:
+        lost += [cache_path(index), cache_path(index).with_name(cache_path(index).name + ".wal")]
+    for p in lost:
         p.unlink(missing_ok=True)
     for folder in ("staging", "journal"):
         shutil.rmtree(index.parent / folder, ignore_errors=True)
 
 
+def rerun(root: Path, index: Path, client) -> tuple[float, dict, dict]:
+    t = time.perf_counter()
+    ix = index_nas(root, index)
+    up = upload(root, index, client)
+    return time.perf_counter() - t, ix, up
+
+
 def bench_rebuild(n: int, work: Path) -> dict:
+    from pacs_assets.index.scan_cache import cache_path
     from pacs_assets.orthanc.client import OrthancClient
 
     site = work / "rebuild"
@@ -364,31 +380,32 @@ def bench_rebuild(n: int, work: Path) -> dict:
     warm(root)
     with throwaway_orthanc(site) as server:
         client = OrthancClient(server.url, server.username, server.password)
-        t = time.perf_counter()
-        first_ix = index_nas(root, index)
-        first_up = upload(root, index, client)
-        first = time.perf_counter() - t
+        first, first_ix, first_up = rerun(root, index, client)
         first_facts = ledger_facts(index)
         seq = last_change(server.url, server.auth)
         _log(f"c) first import of {n}: {first:.1f} s (inventory {first_ix['inventory_seconds']:.1f}, hierarchy "
              f"{first_ix['hierarchy_seconds']:.1f}, upload {first_up['seconds']:.1f})")
         lose_index(index)
-        t = time.perf_counter()
-        re_ix = index_nas(root, index)
-        re_up = upload(root, index, client)
-        rerun = time.perf_counter() - t
+        kept_cache = cache_path(index).is_file()
+        again, re_ix, re_up = rerun(root, index, client)
         facts = ledger_facts(index)
         changes = last_change(server.url, server.auth) - seq
         stored = count_instances(server.url, server.auth)
-        _log(f"c) rerun after losing the index: {rerun:.1f} s (inventory {re_ix['inventory_seconds']:.1f}, "
+        _log(f"c) rerun after losing the index: {again:.1f} s (inventory {re_ix['inventory_seconds']:.1f}, "
              f"hierarchy {re_ix['hierarchy_seconds']:.1f}, upload {re_up['seconds']:.1f}; "
              f"{re_up['already_stored']} found in Orthanc, {facts['posted_rows']} POSTed)")
+        lose_index(index, cache_too=True)  # as before the cache had its own file: every header read again
+        bare, bare_ix, bare_up = rerun(root, index, client)
+        _log(f"c) rerun after losing the index and its scan cache: {bare:.1f} s (inventory "
+             f"{bare_ix['inventory_seconds']:.1f}, upload {bare_up['seconds']:.1f})")
     shutil.rmtree(site, ignore_errors=True)
-    problem = None if first_facts["imported_rows"] == n and re_up["already_stored"] == n and stored == n else \
-        f"first imported {first_facts['imported_rows']}, rerun found {re_up['already_stored']}, Orthanc holds {stored}"
-    return {"files": n, "first_seconds": first, "rerun_seconds": rerun, "ratio": rerun / first,
+    problem = None if first_facts["imported_rows"] == n and re_up["already_stored"] == n and stored == n \
+        and kept_cache else (f"first imported {first_facts['imported_rows']}, rerun found {re_up['already_stored']}, "
+                             f"Orthanc holds {stored}, scan cache kept: {kept_cache}")
+    return {"files": n, "first_seconds": first, "rerun_seconds": again, "ratio": again / first,
             "first": {**first_ix, "upload_seconds": first_up["seconds"]},
             "rerun": {**re_ix, "upload_seconds": re_up["seconds"], "already_stored": re_up["already_stored"]},
+            "no_cache": {**bare_ix, "upload_seconds": bare_up["seconds"], "seconds": bare, "ratio": bare / first},
             "posts": facts["posted_rows"], "changes_seq_delta": changes, "problem": problem}
 
 
@@ -515,6 +532,11 @@ def render(report: dict) -> str:
                      f"{r['inventory_seconds']:.1f} + {r['hierarchy_seconds']:.1f} + {r['upload_seconds']:.1f} s")
         lines.append(f"{'':8} {'  inventory + hierarchy + upload, first import':62} "
                      f"{f['inventory_seconds']:.1f} + {f['hierarchy_seconds']:.1f} + {f['upload_seconds']:.1f} s")
+        b = c["no_cache"]
+        lines.append(f"{'':8} {'  the rerun had the scan cache been lost too / first import':62} "
+                     f"{b['seconds']:9.1f} s {c['first_seconds']:9.1f} s {b['ratio']:7.2f}")
+        lines.append(f"{'':8} {'  inventory + hierarchy + upload, that rerun':62} "
+                     f"{b['inventory_seconds']:.1f} + {b['hierarchy_seconds']:.1f} + {b['upload_seconds']:.1f} s")
         lines.append(f"{'':8} {'POSTs the rerun made (ledger attempts > 0)':62} {c['posts']:>11} {'':11} {'':7} "
                      f"{'0':>7}  {_v(c['posts'] == 0)}")
         lines.append(f"{'':8} {'  Orthanc /changes entries during the rerun':62} {c['changes_seq_delta']:>11}")

@@ -14,6 +14,7 @@ from typing import Annotated, Union
 import yaml
 from pydantic import Field, ValidationError
 
+from pacs_assets.config_file import DEFAULT_CONFIG_PATHS, config_path  # noqa: F401 (re-exported)
 from pacs_assets.errors import ConfigError
 from pacs_assets.nas.base import NAS_ID_PATTERN, NasSettings, StrictModel
 
@@ -25,8 +26,6 @@ from pacs_assets.nas.firebird_jpeg2000.settings import (
 )
 from pacs_assets.nas.registry import KINDS
 from pacs_assets.orthanc.orthanc_settings import OrthancSettings
-
-DEFAULT_CONFIG_PATHS = (Path("pacs.yaml"), Path("/etc/pacs_assets/pacs.yaml"))
 
 
 class _Strict(StrictModel):
@@ -68,20 +67,6 @@ class PacsConfig(_Strict):
                 return nas
         raise ConfigError(f"No NAS with id '{nas_id}' in {self.source_file}; known: "
                           f"{', '.join(n.id for n in self.nas)}.")
-
-
-def config_path(explicit: str | os.PathLike | None = None) -> Path:
-    if explicit:
-        return Path(explicit)
-    if os.environ.get("PACS_CONFIG"):
-        return Path(os.environ["PACS_CONFIG"])
-    for candidate in DEFAULT_CONFIG_PATHS:
-        if candidate.exists():
-            return candidate
-    raise ConfigError(
-        "No configuration found: set PACS_CONFIG to your pacs.yaml "
-        f"(looked for {', '.join(str(p) for p in DEFAULT_CONFIG_PATHS)})."
-    )
 
 
 def _key_path(loc: tuple) -> str:

@@ -46,3 +46,11 @@ def orthanc_cluster(cluster_dir):
         started = list(c.pids().values())
         yield c
     assert started and not any(pid_alive(pid) for pid in started), "a process outlived cluster.stop()"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _private_cache_folder(tmp_path_factory):
+    """`pacs` commands remember validated configurations in the user's cache folder (cli/remembered_config.py):
+    the tests' entries go to a private folder, inherited by the commands they start, not to the home of whoever
+    runs them."""
+    os.environ["XDG_CACHE_HOME"] = str(tmp_path_factory.mktemp("xdg_cache"))

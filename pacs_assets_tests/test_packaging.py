@@ -19,12 +19,16 @@ ALLOWED = {
     "defs": {"defs", "pipeline", "nas", "orthanc", "index", "identity", "config", "errors", "process_identity"},
     "pipeline": {"pipeline", "nas", "orthanc", "index", "identity", "config", "errors"},
     "identity": {"identity", "errors"},
-    "cli": {"cli", "pipeline", "identity", "nas", "orthanc", "index", "config", "errors", "sample", "process_identity"},
+    "cli": {"cli", "pipeline", "identity", "nas", "orthanc", "index", "config", "config_file", "errors", "sample",
+            "process_identity"},
     "index": {"index", "nas", "errors"},  # FileRecord, ScanCache, names: the index stores what nas/ reads
     "orthanc": {"orthanc", "errors"},
     "nas": {"nas", "errors"},  # a kind's own check gets the index's query as an argument (pipeline/checks.py)
     "sample": {"sample", "nas", "errors"},
-    "config": {"nas", "orthanc", "errors"},  # each part's settings: nas/<kind>/settings.py, orthanc/orthanc_settings.py
+    # each part's settings: nas/<kind>/settings.py, orthanc/orthanc_settings.py
+    "config": {"nas", "orthanc", "errors", "config_file"},
+    # where pacs.yaml is (standard library only: `pacs search` starts without pydantic)
+    "config_file": {"errors"},
     "errors": set(),
     "process_identity": set(),  # which process runs a run, alive or not (the executor records, `pacs status` shows)
 }

@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import socket
 import sys
 import time
+from typing import TYPE_CHECKING
 from urllib.parse import urlparse
 
-from pacs_assets.config import PacsConfig, load_config
+if TYPE_CHECKING:  # the settings models (pydantic) load when a command runs, not when `pacs` starts
+    from pacs_assets.config import PacsConfig
+
 
 CALLING_AET = "PACS_ASSETS"
 TIMEOUT_SECONDS = 10.0
@@ -28,6 +30,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from pacs_assets.config import load_config
+
     config = load_config(args.config)
     result = echo(config, calling_aet=args.calling_aet)
     if args.json:
@@ -62,6 +66,8 @@ def rest_echo(config: PacsConfig, timeout: float) -> dict:
 
 def _nodelay(event) -> None:
     """Disable Nagle on the association's socket: small PDUs go out at once (measured: C-STORE ~7x)."""
+    import socket
+
     sock = getattr(getattr(event.assoc.dul, "socket", None), "socket", None)
     if sock is not None:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -120,6 +126,8 @@ def dicom_echo(config: PacsConfig, timeout: float, calling_aet: str = CALLING_AE
 
 def _connect_failure(host: str, port: int, timeout: float, config: PacsConfig) -> str:
     """Why a TCP connection to host:port fails, as one sentence (pynetdicom only logs it)."""
+    import socket
+
     try:
         with socket.create_connection((host, port), timeout=timeout):
             return f"the connection to {host}:{port} opened and closed at once: try again."

@@ -15,12 +15,16 @@ import argparse
 import datetime as dt
 import math
 import sys
-from zoneinfo import ZoneInfo
+from typing import TYPE_CHECKING
 
 from pacs_assets.cli.output import print_json, write_output
 from pacs_assets.cli.search import iso_date, positive_int
-from pacs_assets.config import PacsConfig, load_config
 from pacs_assets.nas.names import shown
+
+if TYPE_CHECKING:  # the settings models (pydantic) load when a command runs, not when `pacs` starts
+    from zoneinfo import ZoneInfo
+
+    from pacs_assets.config import PacsConfig
 
 STATUSES = ("imported", "duplicate", "uid_conflict", "failed", "skipped")
 
@@ -48,6 +52,8 @@ def run(args: argparse.Namespace) -> int:
     if args.date_from and args.date_to and args.date_from > args.date_to:
         print(f"pacs history: --from {args.date_from} is after --to {args.date_to}.", file=sys.stderr)
         return 2
+    from pacs_assets.config import load_config
+
     config = load_config(args.config)
     try:
         result = history(config, nas_id=args.nas, status=args.status, date_from=args.date_from,
@@ -68,6 +74,8 @@ def _utc(day: dt.date, tz: ZoneInfo) -> dt.datetime:
 def history(config: PacsConfig, *, nas_id: str | None = None, status: str | None = None,
             date_from: dt.date | None = None, date_to: dt.date | None = None, patient_id: str | None = None,
             study_uid: str | None = None, page: int = 1, page_size: int = 50) -> dict:
+    from zoneinfo import ZoneInfo
+
     from pacs_assets.index import connection, queries
 
     tz = ZoneInfo(config.timezone)

@@ -17,11 +17,13 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import TYPE_CHECKING
 
 from pacs_assets.cli.output import print_json, write_output
 from pacs_assets.cli.search import dicom_date
-from pacs_assets.config import PacsConfig, load_config
-from pacs_assets.identity.collisions import UID_KINDS
+
+if TYPE_CHECKING:  # the settings models (pydantic) load when a command runs, not when `pacs` starts
+    from pacs_assets.config import PacsConfig
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -75,6 +77,7 @@ def _collisions(config: PacsConfig) -> tuple[object, list]:
 
 
 def run_list(args: argparse.Namespace) -> int:
+    from pacs_assets.config import load_config
     from pacs_assets.index import connection
     from pacs_assets.index.patient_records import held_by_person
 
@@ -92,6 +95,8 @@ def run_list(args: argparse.Namespace) -> int:
 
 
 def _collision_json(c, held: int) -> dict:
+    from pacs_assets.identity.collisions import UID_KINDS
+
     by_uid = c.kind in UID_KINDS.values()
     return {"id": c.id, "kind": c.kind, "verdict": c.verdict, "patient_id_sent": None if by_uid else c.anchor,
             "uid": c.anchor if by_uid else None,
@@ -130,6 +135,7 @@ def print_collisions(document: dict) -> None:
 
 
 def run_decide(args: argparse.Namespace) -> int:
+    from pacs_assets.config import load_config
     from pacs_assets.pipeline.identity_review import decide
 
     config = load_config(args.config)
@@ -158,6 +164,7 @@ def run_decide(args: argparse.Namespace) -> int:
 def run_decisions(args: argparse.Namespace) -> int:
     import dataclasses
 
+    from pacs_assets.config import load_config
     from pacs_assets.identity.decisions import DecisionBook, decisions_path
 
     config = load_config(args.config)
@@ -174,6 +181,7 @@ def run_decisions(args: argparse.Namespace) -> int:
 
 
 def run_separate(args: argparse.Namespace) -> int:
+    from pacs_assets.config import load_config
     from pacs_assets.orthanc.connect import connect
     from pacs_assets.pipeline.identity_guard import guard_for
     from pacs_assets.pipeline.identity_review import separate

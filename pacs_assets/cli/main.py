@@ -8,7 +8,7 @@ import json
 import sys
 from pathlib import Path
 
-from pacs_assets.config import ConfigError, load_config
+from pacs_assets.errors import ConfigError
 
 
 def _cmd_sample(args: argparse.Namespace) -> int:
@@ -22,6 +22,7 @@ def _cmd_sample(args: argparse.Namespace) -> int:
 
 
 def _cmd_check(args: argparse.Namespace) -> int:
+    from pacs_assets.config import load_config
     from pacs_assets.nas.registry import source_for
     from pacs_assets.orthanc.client import OrthancUnavailable
     from pacs_assets.orthanc.connect import connect
@@ -66,7 +67,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_cmd_check)
 
-    # The index and Orthanc, read-only: each command's arguments and logic live in its own module.
+    # The index and Orthanc, read-only: each command's arguments and logic live in its own module. Those modules
+    # import only argparse-level code here; what a command needs (pydantic, duckdb, pynetdicom) loads when it
+    # runs, so every `pacs` process starts light (the lazy-import test guards it).
     from pacs_assets.cli import echo, history, identity, search, status
 
     for command in (search, status, history, identity, echo):

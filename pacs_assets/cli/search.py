@@ -15,12 +15,19 @@ import datetime as dt
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pacs_assets.cli.output import print_json, write_output
-from pacs_assets.config import PacsConfig, load_config
+from pacs_assets.cli.remembered_config import load_validated
 from pacs_assets.nas.names import shown as shown_path
 
-# The index modules (duckdb, and pandas through store) load when a command runs, not when `pacs` builds its parser.
+if TYPE_CHECKING:
+    from pacs_assets.cli.remembered_config import ConfigView
+    from pacs_assets.config import PacsConfig
+
+# A search is a new process each time: it imports only what it uses, when it runs. The index modules load in
+# ``run``; the configuration comes validated from its cache (cli/remembered_config.py), so pydantic loads only when the
+# file or the code changed.
 
 
 def iso_date(text: str) -> dt.date:
@@ -67,7 +74,7 @@ def run(args: argparse.Namespace) -> int:
     if query.date_from and query.date_to and query.date_from > query.date_to:
         print(f"pacs search: --from {query.date_from} is after --to {query.date_to}.", file=sys.stderr)
         return 2
-    config = load_config(args.config)
+    config = load_validated(args.config)
     try:
         result = search(config, query)
     except FileNotFoundError as exc:
@@ -77,7 +84,7 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def search(config: PacsConfig, query) -> dict:
+def search(config: PacsConfig | ConfigView, query) -> dict:
     """The search (a ``queries.SearchQuery``) as a JSON-ready document; the index is open only while it runs."""
     from pacs_assets.index import connection, queries
 

@@ -19,9 +19,13 @@ import argparse
 import datetime as dt
 import os
 import sys
+from typing import TYPE_CHECKING
 
 from pacs_assets.cli.output import print_json, write_output
-from pacs_assets.config import ConfigError, PacsConfig, load_config
+from pacs_assets.errors import ConfigError
+
+if TYPE_CHECKING:  # the settings models (pydantic) load when a command runs, not when `pacs` starts
+    from pacs_assets.config import PacsConfig
 
 RATE_WINDOW = dt.timedelta(minutes=10)
 _EPOCH = dt.datetime.fromtimestamp(0, dt.timezone.utc)
@@ -37,6 +41,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from pacs_assets.config import load_config
+
     config = load_config(args.config)
     try:
         result = status(config, args.nas)

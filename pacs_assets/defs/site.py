@@ -37,8 +37,8 @@ def build_definitions(config: PacsConfig) -> Definitions:
     arrivals = build_orthanc_arrivals(config)  # orthanc/arrivals, its job and the /changes sensor
     assets, jobs, sensors = assets + arrivals.assets, jobs + arrivals.jobs, sensors + arrivals.sensors
     # Every run in one process (jobs, UI launches and `dagster asset materialize` alike): a one-partition run
-    # is seconds of work, while one process per step (3 assets + their checks) cost ~20 s more, and the
-    # multiprocess executor's parent spins a core while a retry waits. Pools and retry policies hold in process. The
+    # is seconds of work, while one process per step (3 assets + their checks) costs more than that work, and
+    # the multiprocess executor's parent spins a core while a retry waits. Pools and retry policies hold in process. The
     # project's in-process executor also sleeps while a step waits for a pool slot, answers SIGINT/SIGTERM there,
     # and frees the slots of dead runs (defs/executor.py).
     return Definitions(assets=assets, asset_checks=checks, jobs=jobs, schedules=schedules, sensors=sensors,

@@ -14,8 +14,6 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping, Sequence
 
-import pandas as pd
-
 from pacs_assets.index.connection import session, transaction
 
 # The columns a writer supplies, with their SQL types (the frame is cast on insert: an all-NULL column of a
@@ -34,6 +32,8 @@ def replace_arrivals(index_path: str | os.PathLike, rows: Sequence[Mapping]) -> 
     """Write arrivals (one short transaction). Returns counts only: written, from_nas, kept_newer."""
     if not rows:
         return {"written": 0, "from_nas": 0, "kept_newer": 0}
+    import pandas as pd  # here, not at module level: every run worker and code server imports this module
+
     frame = pd.DataFrame([[row.get(c) for c in ARRIVAL_COLUMNS] for row in rows], columns=list(ARRIVAL_COLUMNS))
     # Within one write, an instance that arrived twice keeps its latest arrival.
     frame = frame.sort_values("seq").drop_duplicates("orthanc_instance_id", keep="last")

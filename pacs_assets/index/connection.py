@@ -18,13 +18,21 @@ from collections.abc import Iterator
 from importlib import resources
 from pathlib import Path
 
-import duckdb
+try:
+    # The engine's own module, which the ``duckdb`` package wraps and re-exports (same classes, same exceptions):
+    # the wrapper's relation API costs ~100 ms of a new process's start, and a `pacs search` never uses it.
+    import _duckdb as duckdb
+except ImportError:  # a DuckDB release whose engine module has another name
+    import duckdb
 
 LOCK_WAIT_SECONDS = float(os.environ.get("PACS_INDEX_LOCK_WAIT", "120"))
 # DuckDB would take up to 80 % of RAM for a big merge; capped, it spills to disk and a run's memory
 # stays flat however large the NAS.
 DUCKDB_SETTINGS = {"memory_limit": os.environ.get("PACS_DUCKDB_MEMORY_LIMIT", "256MB"),
                    "preserve_insertion_order": False}
+# A walk's matching and merge run slice by slice (index/walk_cache.py PART_ROWS), so they need little; a lower
+# cap keeps DuckDB's buffers (read blocks of the cache and the index, staged rows) from growing with the NAS.
+WALK_MEMORY_LIMIT = os.environ.get("PACS_WALK_MEMORY_LIMIT", "128MB")
 
 
 @functools.cache
@@ -82,7 +90,8 @@ def connect(path: str | os.PathLike, *, read_only: bool = False,
     deadline = time.monotonic() + wait
     delay = 0.02
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    if not read_only:
+        path.parent.mkdir(parents=True, exist_ok=True)
     while True:
         try:
             if read_only and not path.exists():
@@ -112,11 +121,17 @@ def session(path: str | os.PathLike, *, read_only: bool = False) -> Iterator[duc
 @contextlib.contextmanager
 def transaction(path: str | os.PathLike) -> Iterator[duckdb.DuckDBPyConnection]:
     """A short read-write transaction: all of it lands, or none of it."""
-    with session(path) as con:
-        con.execute("BEGIN TRANSACTION")
-        try:
-            yield con
-        except BaseException:
-            con.execute("ROLLBACK")
-            raise
-        con.execute("COMMIT")
+    with session(path) as con, in_transaction(con):
+        yield con
+
+
+@contextlib.contextmanager
+def in_transaction(con: duckdb.DuckDBPyConnection) -> Iterator[duckdb.DuckDBPyConnection]:
+    """One transaction on an open connection: all of it lands, or none of it."""
+    con.execute("BEGIN TRANSACTION")
+    try:
+        yield con
+    except BaseException:
+        con.execute("ROLLBACK")
+        raise
+    con.execute("COMMIT")

@@ -59,6 +59,10 @@ def _json_default(value):
     return value.isoformat()  # dates and datetimes; anything else is a bug worth a TypeError
 
 
+# Built once: json.dumps with options builds an encoder per call, a cost paid twice per upload.
+_ENCODE = json.JSONEncoder(default=_json_default, ensure_ascii=False, separators=(",", ":")).encode
+
+
 class Journal:
     """The journal of one upload run; ``started`` and ``answered`` may be called from any thread."""
 
@@ -88,7 +92,7 @@ class Journal:
         self._write({"k": row["attempt_key"], "a": row})
 
     def _write(self, entry: dict) -> None:
-        line = (json.dumps(entry, default=_json_default, ensure_ascii=False, separators=(",", ":")) + "\n").encode()
+        line = (_ENCODE(entry) + "\n").encode()
         if os.write(self._fd, line) != len(line):  # one write per line: appends from threads never interleave
             raise OSError(f"short write to the upload journal {self.path}")
         if self._fsync_every:

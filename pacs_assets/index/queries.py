@@ -24,10 +24,10 @@ import dataclasses
 import datetime as dt
 import re
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
-import duckdb
-
-from pacs_assets.index import ledger
+if TYPE_CHECKING:  # `pacs search` is a new process each time: it imports the engine only (connection.py)
+    import duckdb
 
 # Letters strip_accents() leaves alone (they do not decompose into a base letter and a mark).
 _SPELLED_OUT = [("ß", "ss"), ("ł", "l"), ("ø", "o"), ("æ", "ae"), ("œ", "oe"), ("đ", "d"), ("ı", "i")]
@@ -175,15 +175,14 @@ def file_counts(con: duckdb.DuckDBPyConnection, study_uids: Sequence[str]) -> di
 
 # -- status ---------------------------------------------------------------------------------------------
 
-FILE_STATUSES = ledger.FILE_STATUSES  # imported, duplicate, uid_conflict, failed, skipped, pending
-
-
 def nas_status(con: duckdb.DuckDBPyConnection, nas_id: str | None, since: dt.datetime) -> dict[str, dict]:
     """Per NAS: files found, indexed, one count per file_status, and attempts finished since ``since``.
 
     ``since`` is naive UTC, like the ledger's timestamps. Returns {nas_id: {...}} for every NAS the
     index knows (files found, instances or attempts), optionally just ``nas_id``.
     """
+    from pacs_assets.index.ledger import FILE_STATUSES  # imported, duplicate, uid_conflict, failed, held, ...
+
     params = {"nas": nas_id}
     where = "WHERE $nas IS NULL OR nas_id = $nas"
     out: dict[str, dict] = {}

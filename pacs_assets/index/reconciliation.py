@@ -1,8 +1,8 @@
 """The reconciliation's reads and merge: a whole walk against the index, touching only what differs.
 
-``reconcile_inventory`` compares a complete walk (in staging) with the NAS's inventory, and in one
-transaction replaces the inventory of exactly the procedure dates whose files were added, changed (token,
-date, status) or deleted; on an unchanged NAS it writes nothing. ``dates_to_rebuild`` and
+``reconcile_inventory`` compares a complete walk (in staging, and the scan cache for the unchanged files) with
+the NAS's inventory, and in one transaction rewrites exactly the rows of the files that were added, changed
+(token, date, status) or deleted; on an unchanged NAS it writes nothing. ``dates_to_rebuild`` and
 ``dates_to_upload`` find the dates whose hierarchy lags the inventory, and whose instances still wait for
 an upload: what the catch-up after a reconciliation materializes, and nothing else.
 
@@ -16,20 +16,11 @@ import datetime as dt
 import os
 from collections import defaultdict
 
-from pacs_assets.index.connection import session
-from pacs_assets.index.inventory import record_deleted
+from pacs_assets.index import scan_cache
+from pacs_assets.index.connection import in_transaction, session
+from pacs_assets.index.inventory import apply_diff, record_deleted, stage_diff
 from pacs_assets.index.staging import Staging
-
-# What makes a file's row differ between a walk and the index (the token covers the content).
-_DIFFERS = ("o.change_token IS DISTINCT FROM n.change_token OR o.procedure_date IS DISTINCT FROM n.procedure_date "
-            "OR o.date_source IS DISTINCT FROM n.date_source OR o.status IS DISTINCT FROM n.status "
-            "OR o.reason IS DISTINCT FROM n.reason")
-
-_DIFF = f"""
-    SELECT coalesce(n.file_path, o.file_path) AS file_path, o.procedure_date AS old_date, n.procedure_date AS new_date,
-           CASE WHEN o.file_path IS NULL THEN 'added' WHEN n.file_path IS NULL THEN 'deleted' ELSE 'changed' END AS kind
-    FROM (SELECT * FROM {{table}} WHERE nas_id = ?) o FULL OUTER JOIN staging.inventory n ON o.file_path = n.file_path
-    WHERE o.file_path IS NULL OR n.file_path IS NULL OR {_DIFFERS}"""
+from pacs_assets.index.walk_cache import slices
 
 
 def date_ranges(dates) -> list[tuple[dt.date, dt.date]]:
@@ -46,43 +37,35 @@ def date_ranges(dates) -> list[tuple[dt.date, dt.date]]:
 def reconcile_inventory(staging: Staging, nas_id: str) -> dict[dt.date, dict[str, int]]:
     """Merge a complete walk: {procedure date: {'added'|'changed'|'deleted': files}} for the dates that changed.
 
-    A file that moved to another date counts as changed on both. Rows of unchanged dates are not rewritten.
+    A file that moved to another date counts as changed on both. Only the rows that differ are rewritten; the
+    scan cache is refreshed first (its own transaction: index/scan_cache.py).
     """
-    with staging.attached_to_index(atomic=True) as con:
-        con.execute(f"CREATE OR REPLACE TEMP TABLE _diff AS {_DIFF.format(table='inventory')}", [nas_id])
-        rows = con.execute("""
-            SELECT d, kind, count(*) FROM (
-                SELECT old_date AS d, kind FROM _diff WHERE old_date IS NOT NULL
-                UNION ALL
-                SELECT new_date, kind FROM _diff
-                WHERE new_date IS NOT NULL AND (old_date IS NULL OR new_date <> old_date))
-            GROUP BY ALL""").fetchall()
-        changes: dict[dt.date, dict[str, int]] = defaultdict(dict)
-        for day, kind, n in rows:
-            changes[day][kind] = n
-        if changes:
-            con.execute("CREATE OR REPLACE TEMP TABLE _dates AS SELECT DISTINCT d FROM (SELECT old_date AS d "
-                        "FROM _diff "
-                        "UNION SELECT new_date FROM _diff) WHERE d IS NOT NULL")
-            record_deleted(con, """
-                SELECT o.nas_id, o.file_path, o.change_token, o.procedure_date, o.status
-                FROM inventory o JOIN _diff d ON d.file_path = o.file_path AND d.kind = 'deleted'
-                WHERE o.nas_id = ?""", [nas_id])
-            # Files that came back: no longer deleted (their import history says the rest).
-            con.execute("DELETE FROM deleted_files WHERE nas_id = ? AND file_path IN "
-                        "(SELECT file_path FROM _diff WHERE kind = 'added')", [nas_id])
-            con.execute("DELETE FROM inventory WHERE nas_id = ? AND procedure_date IN (SELECT d FROM _dates)", [nas_id])
-            con.execute("INSERT INTO inventory SELECT * FROM staging.inventory WHERE procedure_date IN (SELECT "
-                        "d FROM _dates)")
-        # The scan cache becomes what the walk saw, rewriting only the rows that differ.
-        con.execute("CREATE OR REPLACE TEMP TABLE _stale AS SELECT file_path FROM "
-                    f"({_DIFF.format(table='scan_cache')})",
-                    [nas_id])
-        if con.execute("SELECT count(*) FROM _stale").fetchall()[0][0]:
-            con.execute("DELETE FROM scan_cache WHERE nas_id = ? AND file_path IN (SELECT file_path FROM _stale)",
-                        [nas_id])
-            con.execute("INSERT INTO scan_cache SELECT * FROM staging.inventory "
-                        "WHERE file_path IN (SELECT file_path FROM _stale)")
+    split = slices(staging, None)
+    with staging.attached_to_index(cache=True) as con:
+        scan_cache.replace_rows(con, nas_id, split)
+        with in_transaction(con):
+            for where in split:
+                stage_diff(con, nas_id, where)
+            rows = con.execute("""
+                SELECT d, kind, count(*) FROM (
+                    SELECT old_date AS d, kind FROM _diff WHERE old_date IS NOT NULL
+                    UNION ALL
+                    SELECT new_date, kind FROM _diff
+                    WHERE new_date IS NOT NULL AND (old_date IS NULL OR new_date <> old_date))
+                GROUP BY ALL""").fetchall()
+            changes: dict[dt.date, dict[str, int]] = defaultdict(dict)
+            for day, kind, n in rows:
+                changes[day][kind] = n
+            if changes:
+                record_deleted(con, """
+                    SELECT o.nas_id, o.file_path, o.change_token, o.procedure_date, o.status
+                    FROM inventory o JOIN _diff d ON d.file_path = o.file_path AND d.kind = 'deleted'
+                    WHERE o.nas_id = ?""", [nas_id])
+                # Files that came back: no longer deleted (their import history says the rest).
+                con.execute("DELETE FROM deleted_files WHERE nas_id = ? AND file_path IN "
+                            "(SELECT file_path FROM _diff WHERE kind = 'added')", [nas_id])
+                for where in split:
+                    apply_diff(con, nas_id, where)
     return dict(changes)
 
 

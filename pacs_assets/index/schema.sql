@@ -15,9 +15,8 @@ CREATE TABLE IF NOT EXISTS inventory (
 );
 ALTER TABLE inventory ADD COLUMN IF NOT EXISTS folder VARCHAR;  -- indexes made before the column existed
 
--- What earlier walks read, whatever partition they ran for: an unchanged file is never parsed twice.
-CREATE TABLE IF NOT EXISTS scan_cache AS SELECT * FROM inventory WHERE false;
-ALTER TABLE scan_cache ADD COLUMN IF NOT EXISTS folder VARCHAR;
+
+-- What earlier walks read (the scan cache) lives in its own file beside the index: index/scan_cache.py.
 
 CREATE TABLE IF NOT EXISTS patients (
     nas_id VARCHAR NOT NULL, partition_date DATE NOT NULL, patient_id VARCHAR, patient_name VARCHAR,
@@ -73,9 +72,7 @@ CREATE SEQUENCE IF NOT EXISTS import_attempt_seq;
 -- An incremental run reads and replaces the rows of a few folders: with this index that costs the same on a
 -- NAS of 20 million files as on one of 20,000 (README, Speed). Filled once for rows from before the column.
 UPDATE inventory SET folder = regexp_replace(file_path, '/?[^/]*$', '') WHERE folder IS NULL;
-UPDATE scan_cache SET folder = regexp_replace(file_path, '/?[^/]*$', '') WHERE folder IS NULL;
 CREATE INDEX IF NOT EXISTS inventory_folder ON inventory (folder);
-CREATE INDEX IF NOT EXISTS scan_cache_folder ON scan_cache (folder);
 
 -- Files that vanished from a NAS: their inventory row goes, this record (and their import history) stays.
 -- Nothing is ever deleted from Orthanc because a NAS file disappeared.

@@ -1,6 +1,6 @@
 """A run's private scratch database, beside the index, never locked by anyone else.
 
-Staging holds patient data (it is a copy of inventory rows), so it lives in a 0700 folder under the
+Staging holds patient data (the rows a walk read), so it lives in a 0700 folder under the
 index's own folder, as a 0600 file, and is removed when the run ends. A run killed with SIGKILL cannot
 clean up: the next ``Staging`` of any run removes the folders whose owning process is gone.
 """
@@ -16,7 +16,8 @@ from pathlib import Path
 
 import duckdb
 
-from pacs_assets.index.connection import schema_sql, session, transaction, tuned
+from pacs_assets.index import scan_cache
+from pacs_assets.index.connection import in_transaction, schema_sql, session, tuned
 
 STAGING_DIR = "staging"
 
@@ -54,18 +55,27 @@ def remove_stale_staging(index_path: str | os.PathLike) -> int:
 class Staging:
     """A private DuckDB file for one run: the run's scratch space."""
 
-    def __init__(self, index_path: str | os.PathLike):
+    def __init__(self, index_path: str | os.PathLike, *, memory_limit: str | None = None):
+        """``memory_limit``: DuckDB's cap for this staging file and the index sessions it opens (default: the
+        index's own, connection.py)."""
         self.index_path = Path(index_path)
+        self.memory_limit = memory_limit
         base = self.index_path.parent / STAGING_DIR
         base.mkdir(mode=0o700, parents=True, exist_ok=True)
         os.chmod(base, 0o700)
         remove_stale_staging(self.index_path)
         self.dir = Path(tempfile.mkdtemp(prefix=f"{os.getpid()}-", dir=base))  # mkdtemp: mode 0700
         self.path = self.dir / "staging.duckdb"
-        self.con = tuned(duckdb.connect(str(self.path)))
+        self.con = self._tuned(duckdb.connect(str(self.path)))
         os.chmod(self.path, 0o600)
         self.con.execute(schema_sql().split("CREATE SEQUENCE")[0])  # the table shapes, without the ledger/view
-        self.con.execute("CREATE TABLE cache AS SELECT * FROM scan_cache")
+        # The NAS this run walks (nas_id, root): whose scan cache rows ``attached_to_index(cache=True)`` checks.
+        self.nas: tuple[str, str] | None = None
+        # Rows of the scan cache a non-bulk source asks for by path (index/walk_cache.py), and what a walk met.
+        self.con.execute("CREATE TABLE cache AS SELECT * FROM inventory WHERE false")
+        self.con.execute("CREATE TABLE walked (file_path VARCHAR, size BIGINT, mtime_ns BIGINT, change_token VARCHAR, "
+                         "folder VARCHAR)")
+        self.con.execute("CREATE TABLE redated (file_path VARCHAR, procedure_date DATE, date_source VARCHAR)")
 
     def close(self) -> None:
         with contextlib.suppress(Exception):
@@ -92,17 +102,38 @@ class Staging:
         return self.con.execute(f"SELECT count(*) FROM {table}").fetchall()[0][0]
 
     @contextlib.contextmanager
-    def attached_to_index(self, *, atomic: bool = False) -> Iterator[duckdb.DuckDBPyConnection]:
-        """An index connection (one short lock) with this staging file attached as ``staging``.
+    def attached_to_index(self, *, atomic: bool = False, cache: bool = False,
+                          verify: bool = False) -> Iterator[duckdb.DuckDBPyConnection]:
+        """An index connection (one short lock) with this staging file attached as ``staging``, and with
+        ``cache`` the scan cache of ``self.nas`` as ``sc`` (index/scan_cache.py; ``verify``: its checksum too).
 
         DuckDB allows one writer per file even within a process, so our own connection steps aside.
-        ``atomic``: everything done on the connection lands in one transaction, or nothing does.
+        ``atomic``: everything done on the connection lands in one transaction, or nothing does (the scan
+        cache is another file: DuckDB writes one file per transaction, so such a transaction only reads it).
         """
         self.con.execute("CHECKPOINT")
         self.con.close()
         try:
-            with (transaction if atomic else session)(self.index_path) as con:
+            with session(self.index_path) as con:
+                self._tuned(con)
                 con.execute(f"ATTACH '{self.path}' AS staging")
-                yield con
+                if cache:
+                    if self.nas is None:
+                        raise RuntimeError("Staging.nas must be set before the scan cache is attached")
+                    scan_cache.attach(con, self.index_path, *self.nas, verify=verify)
+                with in_transaction(con) if atomic else contextlib.nullcontext(con):
+                    yield con
+        except Exception as exc:
+            # A cache block found missing or corrupt only now (a folder run reads part of it): the run fails
+            # once, and the next one starts from an empty cache instead of failing again.
+            if cache and scan_cache.damaged(exc):
+                scan_cache.discard(scan_cache.cache_path(self.index_path), str(exc).splitlines()[0])
+            raise
         finally:
-            self.con = tuned(duckdb.connect(str(self.path)))
+            self.con = self._tuned(duckdb.connect(str(self.path)))
+
+    def _tuned(self, con: duckdb.DuckDBPyConnection) -> duckdb.DuckDBPyConnection:
+        tuned(con)
+        if self.memory_limit:
+            con.execute(f"SET memory_limit = '{self.memory_limit}'")
+        return con

@@ -87,9 +87,9 @@ class SendAs:
 class ScanCache(ABC):
     """What earlier runs already read: lets a source skip re-parsing files whose change token is unchanged."""
 
-    # A bulk cache (the index's staging) matches a walk in SQL: the source offers it every file it walked and
-    # parses only what ``unmatched`` hands back. The matched files' records never pass through Python; the
-    # cache's owner stages them (index/inventory.py stage_unchanged).
+    # A bulk cache (index/walk_cache.py) matches a walk in SQL: the source offers it every file it walked and
+    # parses only what ``unmatched`` hands back. The matched files' records never pass through Python, nor are
+    # they copied: the merge reads them from the scan cache file (index/inventory.py new_rows_sql).
     bulk: bool = False
 
     @abstractmethod

@@ -1,8 +1,9 @@
 """The work of ``file_inventory``: walk a NAS (through its source) into staging, then merge one window.
 
 An incremental run walks only the folders that changed (``folders``) and merges only their rows; a run
-without folders (an explicit backfill) walks everything. The index is opened twice: a short read of the
-scan cache (of those folders only), and one transaction for the merge. The walk itself holds no lock.
+without folders (an explicit backfill) walks everything. The index (with the scan cache file attached) is
+opened in short sessions: a count before the walk, one look at the cache for the files it lacks, and the
+merge. The walk itself holds no lock.
 
 The same concept on two layers: the work of ``file_inventory`` (pipeline/inventory.py) and its SQL
 (index/inventory.py).
@@ -16,16 +17,10 @@ import os
 import time
 from collections.abc import Callable, Sequence
 
-from pacs_assets.index.inventory import (
-    StagingCache,
-    add_records,
-    carry_over_links,
-    carry_over_unread,
-    load_cache,
-    merge_inventory,
-    stage_unchanged,
-)
+from pacs_assets.index.connection import WALK_MEMORY_LIMIT
+from pacs_assets.index.inventory import add_records, carry_over_links, carry_over_unread, merge_inventory
 from pacs_assets.index.staging import Staging
+from pacs_assets.index.walk_cache import StagingCache, known_files
 from pacs_assets.nas.base import NasSettings, NasSource
 from pacs_assets.nas.dates import assign_procedure_date
 from pacs_assets.nas.registry import kind_of
@@ -70,7 +65,7 @@ def take_inventory(source: NasSource, nas: NasSettings, index_path: str | os.Pat
     if folders is not None and not kind_of(nas).has_folders:
         folders = None  # a catalog-backed kind: every scan is whole
     started = time.monotonic()
-    with Staging(index_path) as staging:
+    with Staging(index_path, memory_limit=WALK_MEMORY_LIMIT) as staging:
         seen = walk_into(staging, source, nas, today=today, folders=folders, progress=progress)
         counts = merge_inventory(staging, nas.id, start, end, folders)
     return InventoryResult(seen.files, seen.known, counts, time.monotonic() - started, seen.not_read, seen.kept,
@@ -85,10 +80,12 @@ def walk_into(staging: Staging, source: NasSource, nas: NasSettings, *, today: d
     source.check_available()
     scanned_at = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
     walked = 0
-    known = load_cache(staging, nas.id, folders)
+    staging.nas = (nas.id, str(source.root))
+    known = known_files(staging, folders)
     # A bulk scan offers every walked file to the cache and yields only what it must parse (and what is not a
-    # regular file); the unchanged files' rows are copied in SQL afterwards (stage_unchanged).
-    cache = StagingCache(staging, on_offer=lambda _: progress and progress(walked + cache.seen, known))
+    # regular file); the unchanged files' rows stay in the scan cache, which the merge reads.
+    cache = StagingCache(staging, nas.partitions_start, today, folders,
+                         on_offer=lambda _: progress and progress(walked + cache.seen, known))
     for batch in source.scan(cache, folders=folders):
         for rec in batch:
             rec.procedure_date, rec.date_source = assign_procedure_date(
@@ -97,10 +94,9 @@ def walk_into(staging: Staging, source: NasSource, nas: NasSettings, *, today: d
         walked += len(batch)
         if progress:
             progress(walked + cache.seen, known)
-    if cache.offered:
-        walked += stage_unchanged(staging, scanned_at, nas.partitions_start, today)
+    walked += cache.seen
     if folders is not None:
-        carry_over_links(staging, source.root)
+        carry_over_links(staging, source.root, folders)
     kept = carry_over_unread(staging, source.unread)
     # Once more after the walk: a share unmounted while we walked must not read as deleted folders.
     check_root(nas.id, source.root)

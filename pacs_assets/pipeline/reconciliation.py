@@ -21,6 +21,7 @@ from collections import Counter
 from collections.abc import Callable
 
 from pacs_assets.index import consistency
+from pacs_assets.index.connection import WALK_MEMORY_LIMIT
 from pacs_assets.index.reconciliation import date_ranges, dates_to_rebuild, dates_to_upload, reconcile_inventory
 from pacs_assets.index.staging import Staging
 from pacs_assets.nas.base import NasSettings, NasSource
@@ -55,7 +56,7 @@ def reconcile(source: NasSource, nas: NasSettings, index_path: str | os.PathLike
               progress: Callable[[int, int], None] | None = None) -> Reconciled:
     """Walk everything; merge the dates that changed in one transaction. Raises ConfigError / NasOutage."""
     started = time.monotonic()
-    with Staging(index_path) as staging:
+    with Staging(index_path, memory_limit=WALK_MEMORY_LIMIT) as staging:
         seen = walk_into(staging, source, nas, today=today, progress=progress)
         changes = reconcile_inventory(staging, nas.id)
     return Reconciled(seen.files, seen.known, changes, time.monotonic() - started, seen.not_read, seen.kept)

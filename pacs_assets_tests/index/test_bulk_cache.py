@@ -1,5 +1,6 @@
-"""A whole walk matches the scan cache in SQL (index/inventory.py StagingCache, stage_unchanged): the rows it
-stages must be exactly those a walk from scratch gives, including the procedure dates that depend on "today"."""
+"""A whole walk matches the scan cache in SQL (index/walk_cache.py StagingCache; the merge reads the unchanged
+rows from the cache file): the rows it leaves in the index must be exactly those a walk from scratch gives,
+including the procedure dates that depend on "today"."""
 
 from __future__ import annotations
 
@@ -7,7 +8,9 @@ import datetime as dt
 import os
 
 import duckdb
+import pytest
 
+from pacs_assets.index import walk_cache
 from pacs_assets.nas.dicom_folder.settings import DicomFolderNas
 from pacs_assets.nas.dicom_folder.source import DicomFolderSource
 from pacs_assets.pipeline.inventory import take_inventory
@@ -31,7 +34,14 @@ def _walk(nas, index, today):
                           dt.date.max, today=today)
 
 
-def test_cached_rows_equal_a_fresh_walk_as_today_moves(tmp_path):
+@pytest.fixture(params=["one part", "parts of 37 files"])
+def part_rows(request, monkeypatch):
+    """A big NAS is matched and merged in parts (walk_cache.PART_ROWS files each): the same rows either way."""
+    if request.param != "one part":
+        monkeypatch.setattr(walk_cache, "PART_ROWS", 37)
+
+
+def test_cached_rows_equal_a_fresh_walk_as_today_moves(tmp_path, part_rows):
     root = tmp_path / "nas"
     make_bulk_dicom_nas(root / "bulk", 300, files_per_series=10, days=DAYS, start_date=START)
     (root / "notes.txt").write_text("not dicom")
@@ -61,7 +71,7 @@ def test_cached_rows_equal_a_fresh_walk_as_today_moves(tmp_path):
     assert "file_mtime" in seen[1]  # the non-DICOM files: their mtime is now within the range
 
 
-def test_reconciliation_redates_fallbacks_when_today_moves(tmp_path):
+def test_reconciliation_redates_fallbacks_when_today_moves(tmp_path, part_rows):
     root = tmp_path / "nas"
     make_bulk_dicom_nas(root / "bulk", 100, files_per_series=10, days=DAYS, start_date=START)
     nas = DicomFolderNas(id="ct", kind="dicom_folder", root=root, partitions_start=START)

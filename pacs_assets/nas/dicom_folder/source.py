@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
@@ -112,14 +112,31 @@ class DicomFolderSource(NasSource):
             cache.offer(files)
         if problems:
             yield problems
-        pool = None
+        pool, parsing = None, None
         try:
             for todo in cache.unmatched(batch_size):
                 pool = pool or self._pool_if(todo)
-                yield list(self._parse(todo, pool).values())
+                # The workers parse the next batch while the caller stages this one.
+                parsing, ready = self._parse_soon(todo, pool), parsing
+                if ready is not None:
+                    yield ready()
+            if parsing is not None:
+                yield parsing()
         finally:
             if pool is not None:
                 pool.shutdown(cancel_futures=True)
+
+    def _parse_soon(self, todo: list[tuple[str, int, int]],
+                    pool: ProcessPoolExecutor | None) -> Callable[[], list[FileRecord]]:
+        """The records of ``todo``, parsed from now on by the pool (or, without one, when asked)."""
+        if pool is None or len(todo) < POOL_THRESHOLD:
+            return lambda: list(self._parse(todo, None).values())
+        results = pool.map(_parse_chunk, self._chunks(todo))
+        return lambda: list({r.file_path: r for records in results for r in records}.values())  # as _parse
+
+    def _chunks(self, todo: list[tuple[str, int, int]]) -> list[tuple[str, str, list[tuple[str, int, int]], int]]:
+        step = max(16, len(todo) // (self.workers * 4))
+        return [(self.nas_id, str(self.root), todo[i:i + step], self.io_threads) for i in range(0, len(todo), step)]
 
     def _pool_if(self, batch: list) -> ProcessPoolExecutor | None:
         if self.workers < 2 or len(batch) < POOL_THRESHOLD:
@@ -133,9 +150,7 @@ class DicomFolderSource(NasSource):
         parsed: dict[str, FileRecord] = {}
         root = str(self.root)
         if pool is not None and len(todo) >= POOL_THRESHOLD:
-            step = max(16, len(todo) // (self.workers * 4))
-            chunks = [(self.nas_id, root, todo[i:i + step], self.io_threads) for i in range(0, len(todo), step)]
-            for records in pool.map(_parse_chunk, chunks):
+            for records in pool.map(_parse_chunk, self._chunks(todo)):
                 parsed.update((r.file_path, r) for r in records)
         else:
             parsed.update((r.file_path, r) for r in _parse_chunk((self.nas_id, root, todo, self.io_threads)))

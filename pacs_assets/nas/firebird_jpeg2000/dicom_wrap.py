@@ -18,7 +18,7 @@ from pacs_assets.nas.firebird_jpeg2000.jpeg2000 import SECONDARY_CAPTURE, J2kInf
 
 # -- DICOM ---------------------------------------------------------------------------------------------
 # The DICOM file is written by hand (explicit VR little endian, PS3.5 7.1.2): building and writing a
-# pydicom Dataset costs ~4 ms per file, which would make wrapping 15x slower than copying a small file.
+# pydicom Dataset costs many times what copying a small file does (docs/speed.md, the wrap's row).
 # The tests read every wrapped file back with pydicom.
 _LONG_VRS = {"OB", "OD", "OF", "OL", "OV", "OW", "SQ", "SV", "UC", "UN", "UR", "UT", "UV"}
 _BINARY = {"US": "H", "SS": "h", "UL": "I", "SL": "i", "FL": "f", "FD": "d"}

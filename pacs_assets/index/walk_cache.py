@@ -1,0 +1,179 @@
+"""A walk against the scan cache (index/scan_cache.py), without copying the cache: only what identifies a
+walked file (path, size, mtime, change token) is staged, and matched against the cache file in SQL.
+
+A bulk source offers every walked file (table ``walked``); ``unmatched`` then hands back, page by page, the
+files whose token the cache does not hold, the only ones parsed. The unchanged files' rows stay where they
+are: the merge (index/inventory.py ``new_rows_sql``) reads them from the cache, and writes to the index
+only the rows that differ from its own. A source that asks by path (``lookup``: the catalog kind) gets the
+rows of the NAS (or of the walked folders) copied into staging once.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import operator
+from collections.abc import Callable, Iterator, Mapping, Sequence
+
+from pacs_assets.index.staging import Staging
+from pacs_assets.nas.base import FileRecord, ScanCache
+from pacs_assets.nas.dates import assign_procedure_date
+
+RECORD_COLUMNS = FileRecord.columns_()
+_RECORD_FIELDS = operator.attrgetter(*RECORD_COLUMNS)
+# Folders per ``IN (...)`` list: constant lists use the folder index; one statement per chunk.
+FOLDER_CHUNK = 500
+# Cached rows whose procedure date is a fallback, re-dated in Python this many at a time.
+REDATE_PAGE = 20_000
+
+
+def sql_text(value: str) -> str:
+    """A string as an SQL literal (for conditions reused inside several statements)."""
+    return "'" + value.replace("'", "''") + "'"
+
+
+def scopes(folders: Sequence[str] | None) -> list[str]:
+    """SQL conditions covering what a walk saw: everything, or the rows of ``folders``, as constant lists of
+    at most FOLDER_CHUNK folders (constant lists use the folder index; one statement per chunk)."""
+    if folders is None:
+        return ["true"]
+    folders = sorted(set(folders))
+    if not folders:
+        return ["false"]
+    return ["folder IN (" + ", ".join(sql_text(f) for f in folders[i:i + FOLDER_CHUNK]) + ")"
+            for i in range(0, len(folders), FOLDER_CHUNK)]
+
+
+# Files per part of a whole walk's SQL: a join's hash table holds one part at a time, so the memory of matching
+# and merging a walk does not grow with the NAS; each part reads the tables again (a few ms per 100,000 rows).
+PART_ROWS = 50_000
+
+
+def parts(staging: Staging) -> list[str]:
+    """Conditions on ``file_path`` that split what a walk staged into parts of ~PART_ROWS files (one: "true").
+    A row it parsed (all columns, in the diff and the merge) weighs as three walked ones (path and token)."""
+    k = -(-(staging.count("walked") + 3 * staging.count("inventory")) // PART_ROWS)
+    return [f"hash(file_path) % {k} = {i}" for i in range(k)] if k > 1 else ["true"]
+
+
+def slices(staging: Staging, folders: Sequence[str] | None) -> list[str]:
+    """Conditions on ``file_path`` and ``folder`` (of ``walked``, ``inventory`` or the cache) that cover what a
+    walk saw, slice by slice: its scope (everything, or chunks of folders) split into parts."""
+    return [f"({scope}) AND ({part})" for scope in scopes(folders) for part in parts(staging)]
+
+
+def known_files(staging: Staging, folders: Sequence[str] | None) -> int:
+    """How many files the scan cache knows for the staging's NAS (in ``folders``). A whole walk also checks
+    the NAS's rows against their checksum here, before any of them is trusted."""
+    with staging.attached_to_index(cache=True, verify=folders is None) as con:
+        return sum(con.execute(f"SELECT count(*) FROM sc.scan_cache WHERE nas_id = ? AND {scope}",
+                               [staging.nas[0]]).fetchall()[0][0] for scope in scopes(folders))
+
+
+class StagingCache(ScanCache):
+    """The scan cache as a walk sees it. A bulk cache: a walk's files are offered in bulk and matched in SQL."""
+
+    bulk = True
+
+    def __init__(self, staging: Staging, start: dt.date, today: dt.date, folders: Sequence[str] | None = None,
+                 on_offer: Callable[[int], None] | None = None):
+        self.staging, self.start, self.today, self.folders = staging, start, today, folders
+        self.offered = self.unmatched_total = 0
+        self.on_offer = on_offer
+        self._copied = False
+
+    def lookup(self, keys: Mapping[str, str]) -> dict[str, FileRecord]:
+        if not keys:
+            return {}
+        if not self._copied:  # the catalog kind's NAS: small, and its records pass through Python anyway
+            with self.staging.attached_to_index(cache=True) as con:
+                for scope in scopes(self.folders):
+                    con.execute(f"INSERT INTO staging.cache SELECT * FROM sc.scan_cache WHERE nas_id = ? AND {scope}",
+                                [self.staging.nas[0]])
+            self._copied = True
+        con = self.staging.con
+        import pandas as pd
+
+        probe = pd.DataFrame({"file_path": list(keys), "change_token": list(keys.values())})
+        con.register("_probe", probe)
+        try:
+            cols = ", ".join(f'c."{c}"' for c in RECORD_COLUMNS)
+            rows = con.execute(f"SELECT {cols} FROM cache c JOIN _probe p USING (file_path, change_token)").fetchall()
+        finally:
+            con.unregister("_probe")
+        return {row[1]: FileRecord(*row) for row in rows}
+
+    @property
+    def seen(self) -> int:
+        """Offered files that need no parse (all offered ones until ``unmatched`` has been asked)."""
+        return self.offered - self.unmatched_total
+
+    def offer(self, files: Sequence[tuple[str, int, int, str]]) -> None:
+        import pandas as pd
+
+        con = self.staging.con
+        con.register("_offer", pd.DataFrame(files, columns=["file_path", "size", "mtime_ns", "change_token"]))
+        try:
+            con.execute("INSERT INTO walked SELECT *, regexp_replace(file_path, '/?[^/]*$', '') FROM _offer")
+        finally:
+            con.unregister("_offer")
+        self.offered += len(files)
+        if self.on_offer:
+            self.on_offer(self.offered)
+
+    def unmatched(self, batch_size: int) -> Iterator[list[tuple[str, int, int]]]:
+        # One short look at the cache: which walked files it lacks, and which of those it holds have a
+        # fallback procedure date (it may depend on "today": re-dated below, as a parse would date them).
+        split = slices(self.staging, self.folders)
+        con = self.staging.con
+        con.execute("CREATE OR REPLACE TABLE unmatched (file_path VARCHAR, size BIGINT, mtime_ns BIGINT)")
+        con.execute("CREATE OR REPLACE TABLE _redate (file_path VARCHAR, study_date VARCHAR, series_date VARCHAR, "
+                    "mtime_ns BIGINT, procedure_date DATE, date_source VARCHAR)")
+        with self.staging.attached_to_index(cache=True) as con:
+            for part in split:
+                cache = f"(SELECT * FROM sc.scan_cache WHERE nas_id = {sql_text(self.staging.nas[0])} AND {part})"
+                con.execute(f"""INSERT INTO staging.unmatched
+                    SELECT w.file_path, w.size, w.mtime_ns FROM (SELECT * FROM staging.walked WHERE {part}) w
+                    WHERE NOT EXISTS (SELECT 1 FROM {cache} c
+                                      WHERE c.file_path = w.file_path AND c.change_token = w.change_token)""")
+                con.execute(f"""INSERT INTO staging._redate
+                    SELECT c.file_path, c.study_date, c.series_date, c.mtime_ns, c.procedure_date, c.date_source
+                    FROM {cache} c
+                    JOIN (SELECT * FROM staging.walked WHERE {part}) w
+                      ON c.file_path = w.file_path AND c.change_token = w.change_token
+                    WHERE NOT (c.date_source = 'study_date' AND c.procedure_date >= ? AND c.procedure_date <= ?)""",
+                            [self.start, self.today])
+        con = self.staging.con
+        # Numbered, read page by page (the caller writes to staging between pages), in path order.
+        con.execute("CREATE OR REPLACE TABLE unmatched AS SELECT row_number() OVER (ORDER BY file_path) AS k, * "
+                    "FROM unmatched ORDER BY k")
+        con.execute("CREATE OR REPLACE TABLE _redate AS SELECT row_number() OVER () AS k, * FROM _redate")
+        self._redate()
+        con = self.staging.con
+        total = self.unmatched_total = self.staging.count("unmatched")
+        for lo in range(0, total, batch_size):
+            yield [tuple(r) for r in con.execute("SELECT file_path, size, mtime_ns FROM unmatched WHERE k > ? "
+                                                 "AND k <= ?",
+                                                 [lo, lo + batch_size]).fetchall()]
+
+    def _redate(self) -> None:
+        """Stage (``redated``) the new procedure date of every cached fallback-dated row whose date moved.
+
+        A cached date taken from a valid StudyDate stays right (SQL checked it is still in range); every
+        other one gets nas/dates.py's rule again, so the dates are exactly those a parse would give."""
+        import pandas as pd
+
+        con = self.staging.con
+        total = self.staging.count("_redate")
+        for lo in range(0, total, REDATE_PAGE):
+            rows = con.execute("SELECT file_path, study_date, series_date, mtime_ns, procedure_date, date_source "
+                               "FROM _redate WHERE k > ? AND k <= ?", [lo, lo + REDATE_PAGE]).fetchall()
+            fixed = [(path, *new) for path, study, series, mtime, *old in rows
+                     if (new := assign_procedure_date(study, series, mtime, self.start, self.today)) != tuple(old)]
+            if fixed:
+                con.register("_fixed", pd.DataFrame(fixed, columns=["file_path", "procedure_date", "date_source"]))
+                try:
+                    con.execute("INSERT INTO redated SELECT file_path, CAST(procedure_date AS DATE), date_source "
+                                "FROM _fixed")
+                finally:
+                    con.unregister("_fixed")
+        con.execute("DROP TABLE _redate")

@@ -1,0 +1,155 @@
+"""The scan cache lives in its own file beside the index (index/scan_cache.py): it outlives the index, so a
+rebuild reads no header again, and a cache that cannot be trusted is ignored (one log line), never believed.
+
+Whether a header was read is seen from the result: files whose bytes are replaced while their size and mtime
+stay (the change token) keep their old values only if they came from the cache."""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import os
+import shutil
+
+import duckdb
+import pytest
+
+from pacs_assets.index.scan_cache import cache_path
+from pacs_assets.nas.dicom_folder.settings import DicomFolderNas
+from pacs_assets.nas.dicom_folder.source import DicomFolderSource
+from pacs_assets.pipeline.inventory import take_inventory
+from pacs_assets.pipeline.reconciliation import reconcile
+from pacs_assets.sample.bulk_dicom_nas import make_bulk_dicom_nas
+
+START = dt.date(2024, 3, 1)
+TODAY = dt.date(2024, 6, 1)
+
+
+def _nas(root) -> DicomFolderNas:
+    return DicomFolderNas(id="ct", kind="dicom_folder", root=root, partitions_start=START)
+
+
+def _walk(root, index):
+    nas = _nas(root)
+    return take_inventory(DicomFolderSource(nas.id, nas.root, workers=1), nas, index, START, dt.date.max,
+                          today=TODAY)
+
+
+def _rows(index) -> list[tuple]:
+    with duckdb.connect(str(index), read_only=True) as con:
+        return con.execute("SELECT * EXCLUDE (scanned_at) FROM inventory ORDER BY file_path").fetchall()
+
+
+def _blank_keeping_token(paths) -> None:
+    """Zero each file's bytes, keeping its size and mtime: only a header read can tell."""
+    for path in paths:
+        st = path.stat()
+        path.write_bytes(b"\0" * st.st_size)
+        os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+
+
+def _lose_index(index) -> None:
+    for p in (index, index.with_name(index.name + ".wal")):
+        p.unlink(missing_ok=True)
+    shutil.rmtree(index.parent / "staging", ignore_errors=True)
+
+
+@pytest.fixture()
+def walked_once(tmp_path):
+    root = tmp_path / "nas"
+    make_bulk_dicom_nas(root / "bulk", 60, files_per_series=10, days=20, start_date=START)
+    (root / "notes.txt").write_text("not dicom")
+    index = tmp_path / "index" / "index.duckdb"
+    _walk(root, index)
+    return root, index, _rows(index)
+
+
+def test_a_rebuild_takes_every_unchanged_file_from_the_cache_file(walked_once):
+    root, index, first = walked_once
+    assert cache_path(index).is_file() and cache_path(index).parent == index.parent
+    assert {r[5] for r in first} == {"ok", "skipped"}
+    _lose_index(index)
+    _blank_keeping_token(sorted(root.rglob("*.dcm")))
+    result = _walk(root, index)
+    assert result.walked == 61 and result.known_before == 61
+    assert _rows(index) == first  # every row re-derived from the cache: no header read again
+    assert oct(cache_path(index).stat().st_mode & 0o777) == "0o600"
+
+
+def test_a_reconciliation_after_the_index_is_lost_rebuilds_it_from_the_cache(walked_once):
+    root, index, first = walked_once
+    _lose_index(index)
+    _blank_keeping_token(sorted(root.rglob("*.dcm"))[:5])
+    nas = _nas(root)
+    found = reconcile(DicomFolderSource(nas.id, nas.root, workers=1), nas, index, today=TODAY)
+    assert found.totals()["added"] == 61 and _rows(index) == first
+    assert not reconcile(DicomFolderSource(nas.id, nas.root, workers=1), nas, index, today=TODAY).changes
+
+
+def _garbage(path, index):
+    path.write_bytes(os.urandom(4096))
+
+
+def _truncated(path, index):
+    with open(path, "r+b") as fh:
+        fh.truncate(path.stat().st_size // 2)
+
+
+def _other_format(path, index):
+    with duckdb.connect(str(path)) as con:
+        con.execute("UPDATE cache_format SET format = 'pacs-scan-cache-0'")
+
+
+def _tampered(path, index):  # a row changed behind the cache's back: its checksum no longer matches
+    with duckdb.connect(str(path)) as con:
+        con.execute("UPDATE scan_cache SET patient_id = 'TAMPERED' WHERE file_path = "
+                    "(SELECT min(file_path) FROM scan_cache WHERE status = 'ok')")
+
+
+@pytest.mark.parametrize("damage", [_garbage, _truncated, _other_format, _tampered])
+def test_a_damaged_cache_is_ignored_with_one_log_line(walked_once, damage, caplog, tmp_path):
+    root, index, _ = walked_once
+    blanked = sorted(root.rglob("*.dcm"))[:3]
+    _blank_keeping_token(blanked)
+    damage(cache_path(index), index)
+    with caplog.at_level(logging.WARNING, logger="pacs_assets.index.scan_cache"):
+        _walk(root, index)
+    lines = [r for r in caplog.records if r.name == "pacs_assets.index.scan_cache"]
+    assert len(lines) == 1 and "read again" in lines[0].getMessage()
+    fresh = tmp_path / "fresh" / "index.duckdb"
+    _walk(root, fresh)
+    rows = _rows(index)
+    assert rows == _rows(fresh)  # what the files hold now, read again
+    assert {r[5] for r in rows if r[1] in {str(p.relative_to(root)) for p in blanked}} != {"ok"}
+    assert not any("TAMPERED" in str(r) for r in rows)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="pacs_assets.index.scan_cache"):
+        _walk(root, index)  # the cache written again is trusted again
+    assert not [r for r in caplog.records if r.name == "pacs_assets.index.scan_cache"]
+
+
+def test_a_cache_made_for_another_root_is_not_trusted(walked_once, tmp_path, caplog):
+    root, index, _ = walked_once
+    moved = tmp_path / "moved"
+    shutil.copytree(root, moved)  # same relative paths, sizes and mtimes: the same change tokens
+    _blank_keeping_token(sorted(moved.rglob("*.dcm"))[:2])
+    with caplog.at_level(logging.WARNING, logger="pacs_assets.index.scan_cache"):
+        _walk(moved, index)
+    assert len([r for r in caplog.records if r.name == "pacs_assets.index.scan_cache"]) == 1
+    fresh = tmp_path / "fresh" / "index.duckdb"
+    _walk(moved, fresh)
+    assert _rows(index) == _rows(fresh)
+
+
+def test_an_index_that_kept_its_cache_inside_moves_it_to_the_file(walked_once):
+    root, index, first = walked_once
+    # An index from before the cache had its own file: the cache was its table scan_cache.
+    with duckdb.connect(str(index)) as con:
+        con.execute(f"ATTACH '{cache_path(index)}' AS sc (READ_ONLY)")
+        con.execute("CREATE TABLE scan_cache AS SELECT * FROM sc.scan_cache")
+    cache_path(index).unlink()
+    _blank_keeping_token(sorted(root.rglob("*.dcm")))
+    _walk(root, index)
+    assert _rows(index) == first
+    with duckdb.connect(str(index), read_only=True) as con:
+        assert not con.execute("SELECT count(*) FROM duckdb_tables() WHERE table_name = 'scan_cache'").fetchall()[0][0]
