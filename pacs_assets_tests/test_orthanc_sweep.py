@@ -92,4 +92,5 @@ def test_nightly_sweep_reads_what_changed_and_notices_every_deletion(tmp_path, o
 
 def _path_of(index, orthanc_id: str) -> str:
     with duckdb.connect(str(index), read_only=True) as con:
-        return con.execute("SELECT file_path FROM file_status WHERE orthanc_instance_id = ?", [orthanc_id]).fetchall()[0][0]
+        query = "SELECT file_path FROM file_status WHERE orthanc_instance_id = ?"
+        return con.execute(query, [orthanc_id]).fetchall()[0][0]
