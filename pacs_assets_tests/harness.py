@@ -8,6 +8,7 @@ import contextlib
 import dataclasses
 import datetime as dt
 import hashlib
+import logging
 import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -170,3 +171,24 @@ def parse_python(path: Path):
     finally:
         if enabled:
             gc.enable()
+
+
+@contextlib.contextmanager
+def log_lines(logger: str, level: int = logging.WARNING) -> Iterator[list[str]]:
+    """The messages one logger emits at ``level`` or above inside the block. Not pytest's ``caplog``: CI runs
+    pytest with ``-p no:logging`` (scripts/test.sh), where that fixture does not exist."""
+    lines: list[str] = []
+
+    class _Lines(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            lines.append(record.getMessage())
+
+    target, handler = logging.getLogger(logger), _Lines(level)
+    saved = target.level
+    target.addHandler(handler)
+    target.setLevel(min(level, saved) if saved else level)
+    try:
+        yield lines
+    finally:
+        target.removeHandler(handler)
+        target.setLevel(saved)

@@ -127,3 +127,17 @@ def test_every_link_between_the_documents_leads_somewhere():
         problems += [f"{path.relative_to(ROOT)}: {problem}" for target in LINK.findall(path.read_text(encoding="utf-8"))
                      if (problem := link_problem(path, target))]
     assert not problems, "\n".join(problems)
+
+
+def test_no_test_asks_for_a_fixture_ci_does_not_have():
+    """CI runs pytest with ``-p no:logging`` (.ci/run): ``caplog`` does not exist there, and a test that asks for
+    it errors in CI while passing under a plain ``pytest``. harness.log_lines does its job."""
+    import ast
+
+    from pacs_assets_tests.harness import parse_python
+
+    asking = [f"{p.relative_to(ROOT)}::{node.name}" for p in (ROOT / "pacs_assets_tests").rglob("*.py")
+              for node in ast.walk(parse_python(p)) if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef)
+              and any(a.arg == "caplog" for a in node.args.args + node.args.kwonlyargs)]
+    assert asking == []
+    assert "-p no:logging" in (ROOT / ".ci" / "run").read_text()

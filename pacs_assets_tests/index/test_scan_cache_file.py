@@ -7,7 +7,6 @@ stay (the change token) keep their old values only if they came from the cache."
 from __future__ import annotations
 
 import datetime as dt
-import logging
 import os
 import shutil
 
@@ -20,6 +19,7 @@ from pacs_assets.nas.dicom_folder.source import DicomFolderSource
 from pacs_assets.pipeline.inventory import take_inventory
 from pacs_assets.pipeline.reconciliation import reconcile
 from pacs_assets.sample.bulk_dicom_nas import make_bulk_dicom_nas
+from pacs_assets_tests.harness import log_lines
 
 START = dt.date(2024, 3, 1)
 TODAY = dt.date(2024, 6, 1)
@@ -107,35 +107,33 @@ def _tampered(path, index):  # a row changed behind the cache's back: its checks
 
 
 @pytest.mark.parametrize("damage", [_garbage, _truncated, _other_format, _tampered])
-def test_a_damaged_cache_is_ignored_with_one_log_line(walked_once, damage, caplog, tmp_path):
+def test_a_damaged_cache_is_ignored_with_one_log_line(walked_once, damage, tmp_path):
     root, index, _ = walked_once
     blanked = sorted(root.rglob("*.dcm"))[:3]
     _blank_keeping_token(blanked)
     damage(cache_path(index), index)
-    with caplog.at_level(logging.WARNING, logger="pacs_assets.index.scan_cache"):
+    with log_lines("pacs_assets.index.scan_cache") as lines:
         _walk(root, index)
-    lines = [r for r in caplog.records if r.name == "pacs_assets.index.scan_cache"]
-    assert len(lines) == 1 and "read again" in lines[0].getMessage()
+    assert len(lines) == 1 and "read again" in lines[0]
     fresh = tmp_path / "fresh" / "index.duckdb"
     _walk(root, fresh)
     rows = _rows(index)
     assert rows == _rows(fresh)  # what the files hold now, read again
     assert {r[5] for r in rows if r[1] in {str(p.relative_to(root)) for p in blanked}} != {"ok"}
     assert not any("TAMPERED" in str(r) for r in rows)
-    caplog.clear()
-    with caplog.at_level(logging.WARNING, logger="pacs_assets.index.scan_cache"):
+    with log_lines("pacs_assets.index.scan_cache") as lines:
         _walk(root, index)  # the cache written again is trusted again
-    assert not [r for r in caplog.records if r.name == "pacs_assets.index.scan_cache"]
+    assert not lines
 
 
-def test_a_cache_made_for_another_root_is_not_trusted(walked_once, tmp_path, caplog):
+def test_a_cache_made_for_another_root_is_not_trusted(walked_once, tmp_path):
     root, index, _ = walked_once
     moved = tmp_path / "moved"
     shutil.copytree(root, moved)  # same relative paths, sizes and mtimes: the same change tokens
     _blank_keeping_token(sorted(moved.rglob("*.dcm"))[:2])
-    with caplog.at_level(logging.WARNING, logger="pacs_assets.index.scan_cache"):
+    with log_lines("pacs_assets.index.scan_cache") as lines:
         _walk(moved, index)
-    assert len([r for r in caplog.records if r.name == "pacs_assets.index.scan_cache"]) == 1
+    assert len(lines) == 1, lines
     fresh = tmp_path / "fresh" / "index.duckdb"
     _walk(moved, fresh)
     assert _rows(index) == _rows(fresh)
