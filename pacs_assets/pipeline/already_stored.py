@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+from collections import deque
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 
 from pacs_assets.index import ledger
 from pacs_assets.index.staging import Staging
@@ -23,6 +25,7 @@ from pacs_assets.orthanc.client import orthanc_instance_id
 
 FOUND = "already in Orthanc (found by its UIDs, same size): recorded without sending"
 BATCH = 100  # UIDs per /tools/find: longer lists cost more per UID on 1.10.1 (docs/speed.md)
+LOOKUPS_IN_FLIGHT = 3  # /tools/find requests at once (Orthanc answers each in its own HTTP thread)
 
 
 LEDGER_BATCH = 5000  # hits per ledger write: each write opens the index (~10-25 ms), once per 100 cost 5 s per 10,000
@@ -77,10 +80,11 @@ def record_already_stored(source: NasSource, client: OrthancApi, staging: Stagin
                           send_as: Callable[[FileRecord], SendAs | None] = lambda record: None) -> int:
     """Record the staged files Orthanc already holds and drop them from staging. Returns how many.
 
-    Orthanc is asked 100 UIDs at a time; the ledger is read (kept files) and written once per ``LEDGER_BATCH``
-    hits, not per request. A run killed in between loses only rows it can find again: nothing was sent."""
+    Orthanc is asked 100 UIDs at a time, a few requests at once, their answers taken in order; the ledger is read
+    (kept files) and written once per ``LEDGER_BATCH`` hits, not per request. A run killed in between loses
+    only rows it can find again: nothing was sent."""
     staging.con.execute("CREATE TEMP TABLE IF NOT EXISTS already_stored (file_path VARCHAR)")
-    recorded, batch, hits, seen = 0, [], [], set()
+    recorded, hits, seen = 0, [], set()
 
     def write() -> None:
         nonlocal recorded
@@ -95,18 +99,30 @@ def record_already_stored(source: NasSource, client: OrthancApi, staging: Stagin
             recorded += len(rows)
         hits.clear()
 
-    def ask() -> None:
-        hits.extend(_hits(source, client, batch, skip, send_as))
-        batch.clear()
+    def take(found: list[tuple[FileRecord, str]]) -> None:
+        hits.extend(found)
         if len(hits) >= LEDGER_BATCH:
             write()
 
-    for rec in ledger.iter_staged(staging):
-        batch.append(rec)
-        if len(batch) >= BATCH:
-            ask()
-    if batch:
-        ask()
+    def batches():
+        batch: list[FileRecord] = []
+        for rec in ledger.iter_staged(staging):
+            batch.append(rec)
+            if len(batch) >= BATCH:
+                yield batch
+                batch = []
+        if batch:
+            yield batch
+
+    # A few lookups in flight: each waits mostly on Orthanc's index, and the ledger writes stay in this thread.
+    with ThreadPoolExecutor(LOOKUPS_IN_FLIGHT) as pool:
+        pending: deque = deque()
+        for batch in batches():
+            pending.append(pool.submit(_hits, source, client, batch, skip, send_as))
+            while len(pending) >= LOOKUPS_IN_FLIGHT or (pending and pending[0].done()):
+                take(pending.popleft().result())
+        while pending:
+            take(pending.popleft().result())
     if hits:
         write()
     staging.con.execute("DELETE FROM inventory WHERE file_path IN (SELECT file_path FROM already_stored)")
