@@ -186,7 +186,7 @@ def test_a_confirmed_import_another_file_had_stored_is_recorded_duplicate(tmp_pa
     from pacs_assets.index import ledger
     from pacs_assets.index.connection import session
     from pacs_assets.orthanc.client import CONFIRMED
-    from pacs_assets.pipeline.upload import CONFIRMED_ELSEWHERE, _KeptFileNamer
+    from pacs_assets.pipeline.ledger_writer import CONFIRMED_ELSEWHERE, LedgerWriter
 
     index = tmp_path / "index.duckdb"
     with session(index):
@@ -198,7 +198,7 @@ def test_a_confirmed_import_another_file_had_stored_is_recorded_duplicate(tmp_pa
                 "attempt_key": path}
 
     ledger.append_ledger(index, [row("old.dcm", "o-3", None)])  # an earlier run imported o-3 from old.dcm
-    namer = _KeptFileNamer(index)
+    namer = LedgerWriter(index)
     namer([row("a-copy.dcm", "o-1", f"node n0 unreachable; sent to n1; {CONFIRMED}"), row("c.dcm", "o-2"),
            row("b.dcm", "o-3")])
     namer([row("a.dcm", "o-1", None)])  # the other copy's clean import: its answer came in later

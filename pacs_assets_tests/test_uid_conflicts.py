@@ -22,7 +22,7 @@ import requests
 from pacs_assets.cli.main import main
 from pacs_assets.index.connection import session
 from pacs_assets.orthanc.client import OrthancClient
-from pacs_assets.pipeline.upload import NOT_FROM_A_NAS, _KeptFileNamer
+from pacs_assets.pipeline.ledger_writer import NOT_FROM_A_NAS, LedgerWriter
 from pacs_assets_tests.harness import (
     NAS,
     Site,
@@ -190,7 +190,7 @@ def test_a_conflict_whose_kept_file_is_still_in_flight_waits_for_it(tmp_path):
         return {"nas_id": "ct", "file_path": path, "change_token": "t", "orthanc_instance_id": "o-1", "status": status,
                 "error_message": None, "retryable": False, "partition_date": "2024-01-01"}
 
-    namer = _KeptFileNamer(index)
+    namer = LedgerWriter(index)
     namer([row("b.dcm", "uid_conflict")])  # Orthanc answered B before our thread collected A's answer
     with duckdb.connect(str(index), read_only=True) as con:
         assert con.execute("SELECT count(*) FROM import_history").fetchall() == [(0,)]

@@ -27,7 +27,6 @@ from pacs_assets.index.staging import Staging
 from pacs_assets.nas.base import FileRecord, NasSource, SendAs
 from pacs_assets.orthanc.api import OrthancApi
 from pacs_assets.orthanc.client import (
-    CONFIRMED,
     OrthancRefused,
     OrthancUnavailable,
     UploadResult,
@@ -36,6 +35,7 @@ from pacs_assets.orthanc.client import (
 from pacs_assets.pipeline.already_stored import record_already_stored
 from pacs_assets.pipeline.failures import UNREADABLE, failure_category
 from pacs_assets.pipeline.identity_guard import IdentityGuard, Plan, hold_files
+from pacs_assets.pipeline.ledger_writer import LedgerWriter
 
 NO_RECLAIMS = Reclaims({})
 PROGRESS_EVERY = 500  # attempts between two progress calls (the ledger is written every ``flush_every``)
@@ -215,72 +215,6 @@ def wait_for_orthanc(client: OrthancApi, wait_seconds: float, *, max_delay: floa
             delay = min(delay * 2, max_delay)
 
 
-NOT_FROM_A_NAS = "a file Orthanc already held (not from a NAS)"
-CONFIRMED_ELSEWHERE = "AlreadyStored after a lost answer, but another file's upload had stored these bytes"
-
-
-class _KeptFileNamer:
-    """Writes ledger rows, giving each ``uid_conflict`` the file Orthanc kept as its reason: the NAS and path
-    of the upload that created the instance (this run's rows, else the ledger, any NAS), else
-    ``NOT_FROM_A_NAS``. A conflict whose kept file is not known yet may be an upload of this run still in
-    flight: it waits for the next batch, and for ``close`` at the latest.
-
-    An import ``CONFIRMED`` after a lost answer is only probably ours: another file of the same instance may
-    have stored it meanwhile. Such rows (a handful per failover) wait for ``close``, when every answer of the
-    run is in: the instance's first clean import (this run or the ledger) makes them ``duplicate``."""
-
-    def __init__(self, index_path: str | os.PathLike):
-        self.index_path = index_path
-        self.imported: dict[str, tuple[str, str]] = {}  # this run's imports: Orthanc ID -> (nas, path)
-        self.waiting: list[dict] = []
-        self.confirmed: list[dict] = []
-        self.demoted = 0  # confirmed imports recorded duplicate at close
-
-    def __call__(self, rows: list[dict]) -> None:
-        confirmed = [r for r in rows if r["status"] == "imported" and CONFIRMED in (r["error_message"] or "")]
-        self.confirmed += confirmed
-        held = {id(r) for r in confirmed}
-        self._write([r for r in rows if id(r) not in held] if held else rows)
-
-    def _write(self, rows: list[dict], final: bool = False) -> None:
-        self.imported.update({r["orthanc_instance_id"]: (r["nas_id"], r["file_path"])
-                              for r in rows if r["status"] == "imported"})
-        conflicts = self.waiting + [r for r in rows if r["status"] == "uid_conflict"]
-        unknown = {r["orthanc_instance_id"] for r in conflicts} - set(self.imported)
-        kept = {**ledger.kept_files(self.index_path, sorted(unknown)), **self.imported}
-        held = [] if final else [r for r in conflicts if r["orthanc_instance_id"] not in kept]
-        held_ids = {id(r) for r in held}
-        for row in conflicts:
-            if id(row) not in held_ids:
-                row["error_message"] = _kept_reason(row, kept.get(row["orthanc_instance_id"]))
-        ledger.append_ledger(self.index_path, [r for r in self.waiting + rows if id(r) not in held_ids])
-        self.waiting = held
-
-    def close(self) -> None:
-        rows, self.confirmed = self.confirmed, []
-        ids = {r["orthanc_instance_id"] for r in rows}
-        held = {**ledger.kept_files(self.index_path, sorted(ids - set(self.imported))), **self.imported}
-        for row in rows:
-            oid = row["orthanc_instance_id"]
-            if oid in held:  # imported from another file (the ledger, this run, a confirmed row before it)
-                row["status"], row["error_message"] = "duplicate", CONFIRMED_ELSEWHERE
-                self.demoted += 1
-            else:
-                held[oid] = (row["nas_id"], row["file_path"])
-        if rows or self.waiting:
-            self._write(rows, final=True)  # the confirmed imports first, so conflicts may name them as kept
-
-
-def _kept_reason(row: dict, kept: tuple[str, str] | None) -> str:
-    if kept is None:
-        where = NOT_FROM_A_NAS
-    elif kept == (row["nas_id"], row["file_path"]):
-        where = f"an earlier version of this file (NAS '{kept[0]}', {kept[1]})"
-    else:
-        where = f"NAS '{kept[0]}', {kept[1]}"
-    return f"same UIDs as another file, different bytes; Orthanc kept {where}"
-
-
 @dataclasses.dataclass
 class WindowUpload:
     summary: ImportSummary
@@ -319,7 +253,7 @@ def upload_window(source: NasSource, client: OrthancApi, index_path: str | os.Pa
                                       skip=reclaims.instance_ids, send_as=plan.send_as) if staged else 0
         if on_staged:
             on_staged(staged - found)
-        writer = _KeptFileNamer(index_path)
+        writer = LedgerWriter(index_path)
         journal = Journal(index_path)
         try:
             summary = import_records(source, client, ledger.iter_staged(staging), writer,
