@@ -12,10 +12,12 @@ environment.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import os
 import shutil
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -97,9 +99,14 @@ def test_a_new_study_reaches_orthanc_through_the_daemon(tmp_path, orthanc):
     timings = {}
     t0 = time.monotonic()
     try:
-        def watching() -> bool:  # the sensor's first tick has looked at the (empty) NAS
+        def watching() -> bool:
+            # The sensor has seen the (empty) NAS whole once: a study landing before that is part of its first
+            # look, which asks for a reconciliation run, not the NAS job. The state file alone exists from the
+            # first tick's start, so a study copied during that tick raced it (CI saw it once).
             tree.snapshot()
-            return (tmp_path / "watch" / "ct.sqlite").exists()
+            state = tmp_path / "watch" / "ct.sqlite"
+            with contextlib.closing(sqlite3.connect(f"file:{state}?mode=ro", uri=True, timeout=1)) as db:
+                return db.execute("SELECT 1 FROM meta WHERE key = 'settled_once'").fetchone() is not None
 
         timings["first_tick"] = wait_until(watching, 90, "the first new-files sensor tick", log_path=daemon_log,
                                            process=daemon, interval=0.5)
