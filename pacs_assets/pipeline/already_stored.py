@@ -16,6 +16,7 @@ import os
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from itertools import islice
 
 from pacs_assets.index import ledger
 from pacs_assets.index.staging import Staging
@@ -104,20 +105,11 @@ def record_already_stored(source: NasSource, client: OrthancApi, staging: Stagin
         if len(hits) >= LEDGER_BATCH:
             write()
 
-    def batches():
-        batch: list[FileRecord] = []
-        for rec in ledger.iter_staged(staging):
-            batch.append(rec)
-            if len(batch) >= BATCH:
-                yield batch
-                batch = []
-        if batch:
-            yield batch
-
     # A few lookups in flight: each waits mostly on Orthanc's index, and the ledger writes stay in this thread.
     with ThreadPoolExecutor(LOOKUPS_IN_FLIGHT) as pool:
         pending: deque = deque()
-        for batch in batches():
+        records = ledger.iter_staged(staging)
+        for batch in iter(lambda: list(islice(records, BATCH)), []):  # BATCH records at a time
             pending.append(pool.submit(_hits, source, client, batch, skip, send_as))
             while len(pending) >= LOOKUPS_IN_FLIGHT or (pending and pending[0].done()):
                 take(pending.popleft().result())
