@@ -44,7 +44,7 @@ class Site:
 
     def __init__(self, config: Path):
         self.defs = build_definitions(load_config(config))
-        self.sensor = self.defs.get_sensor_def("ct_new_files_sensor")
+        self.sensor = self.defs.resolve_sensor_def("ct_new_files_sensor")
         self.instance = DagsterInstance.ephemeral()
         self.cursor = None
         self.results = []
@@ -239,7 +239,7 @@ def test_incremental_schedule_asks_for_the_changed_folders_only(tmp_path):
     manifest = make_dicom_nas(tmp_path / "nas", patients=4, start_date=SAMPLE_START)
     config = write_config(tmp_path / "pacs.yaml", NAS, orthanc_url="http://127.0.0.1:9")
     defs = build_definitions(load_config(config))
-    schedule = defs.get_schedule_def("ct_incremental_schedule")
+    schedule = defs.resolve_schedule_def("ct_incremental_schedule")
 
     def tick() -> list:
         with build_schedule_context(instance=DagsterInstance.ephemeral(),

@@ -52,7 +52,7 @@ class Site:
         self.config_path = write_config(tmp_path / "pacs.yaml", NAS, orthanc_url=orthanc_url)
         self.index = tmp_path / "index.duckdb"
         self.defs = build_definitions(load_config(self.config_path))
-        self.sensor = self.defs.get_sensor_def(SENSOR_NAME)
+        self.sensor = self.defs.resolve_sensor_def(SENSOR_NAME)
         self.instance = DagsterInstance.ephemeral()
         self.cursor = None
 

@@ -26,7 +26,7 @@ NAS = [{"id": "ct", "kind": "dicom_folder", "root": "nas",
 class Ticker:
     def __init__(self, config_path: Path):
         self.defs = defs = build_definitions(load_config(config_path))
-        self.sensor = defs.get_sensor_def("ct_new_files_sensor")
+        self.sensor = defs.resolve_sensor_def("ct_new_files_sensor")
         self.instance = DagsterInstance.ephemeral()
         self.cursor = None
 
@@ -141,4 +141,4 @@ def test_minimum_interval_leaves_slack_for_the_daemon_loop(tmp_path):
     # interval ago: a minimum equal to the configured 5 s ticked every 10 s (benchmarks/bench_daemon.py).
     nas = [{**NAS[0], "sensor_interval_seconds": 5}]
     defs = build_definitions(load_config(write_config(tmp_path / "pacs.yaml", nas, orthanc_url="http://127.0.0.1:9")))
-    assert defs.get_sensor_def("ct_new_files_sensor").minimum_interval_seconds == 4
+    assert defs.resolve_sensor_def("ct_new_files_sensor").minimum_interval_seconds == 4

@@ -259,7 +259,7 @@ from dagster import DagsterInstance, build_sensor_context
 from pacs_assets.config import load_config
 from pacs_assets.defs.site import build_definitions
 defs = build_definitions(load_config(sys.argv[1]))
-sensor, cursor, keys = defs.get_sensor_def("ct_new_files_sensor"), None, []
+sensor, cursor, keys = defs.resolve_sensor_def("ct_new_files_sensor"), None, []
 with DagsterInstance.ephemeral() as instance:
     for _ in range(2):
         with build_sensor_context(instance=instance, cursor=cursor, definitions=defs) as context:

@@ -60,7 +60,7 @@ def sensor(args, ready: Path, go: Path) -> dict:
     from pacs_assets.defs.site import build_definitions
 
     defs = build_definitions(load_config(args.config))
-    sensor_def = defs.get_sensor_def(f"{args.nas}_new_files_sensor")
+    sensor_def = defs.resolve_sensor_def(f"{args.nas}_new_files_sensor")
     cursor, ticks, requests, skips = None, 0, [], []
     with DagsterInstance.ephemeral() as instance:
         _barrier(ready, go)
