@@ -32,7 +32,7 @@ from pacs_assets.orthanc.stream import BytesBody, NoAnswer, Poster
 
 RETRYABLE_STATUS = {409, 429, 500, 502, 503, 504}
 CONFIRMED = "confirmed after a lost answer: Orthanc already held these exact bytes from this upload's earlier try"
-REFUSED = "Orthanc at {url} refused the credentials (HTTP 401): check ORTHANC_USERNAME / ORTHANC_PASSWORD."
+REFUSED = "Orthanc at {url} refused the credentials (HTTP 401): check {names[0]} / {names[1]}."
 
 
 class OrthancUnavailable(RuntimeError):
@@ -67,9 +67,11 @@ class OrthancClient(OrthancApi):
     """One Orthanc node."""
 
     def __init__(self, url: str, username: str | None, password: str | None, *, timeout: float = 60.0,
-                 retries: int = 4, backoff: float = 0.5, connect_retries: int | None = None):
+                 retries: int = 4, backoff: float = 0.5, connect_retries: int | None = None,
+                 credential_names: tuple[str, str] = ("ORTHANC_USERNAME", "ORTHANC_PASSWORD")):
         self.url = url.rstrip("/")
         self.auth = (username, password) if username else None
+        self.credential_names = credential_names  # the variables a refusal (401) tells the operator to check
         self.timeout = timeout
         self.retries = retries  # for answers that can succeed later: 5xx (a 503 serialization failure), 409, 429
         # For no answer at all (refused, reset, timeout); default ``retries``. Several nodes set 1: a node that
@@ -117,7 +119,7 @@ class OrthancClient(OrthancApi):
                 if resp.status_code == 404 and missing_ok:
                     return None
                 if resp.status_code == 401:
-                    raise OrthancRefused(REFUSED.format(url=self.url))
+                    raise OrthancRefused(REFUSED.format(url=self.url, names=self.credential_names))
                 error = f"Orthanc at {self.url} answered HTTP {resp.status_code} to {method} {what}."
                 retryable = resp.status_code >= 500 or resp.status_code == 429
             if not retryable or attempt > limit:
@@ -134,7 +136,7 @@ class OrthancClient(OrthancApi):
         except requests.Timeout:
             raise OrthancUnavailable(f"Orthanc at {self.url} did not answer within {self.timeout:.0f} s.") from None
         if resp.status_code == 401:
-            raise OrthancRefused(REFUSED.format(url=self.url))
+            raise OrthancRefused(REFUSED.format(url=self.url, names=self.credential_names))
         if resp.status_code != 200:
             raise OrthancUnavailable(f"Orthanc at {self.url} answered HTTP {resp.status_code} to GET /system.")
         try:

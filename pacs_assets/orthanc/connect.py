@@ -19,10 +19,13 @@ def connect(settings: OrthancSettings, username: str | None, password: str | Non
     command that must answer quickly); ``backoff`` is the first pause between retries, in seconds."""
     timeout = settings.timeout_seconds if timeout is None else timeout
     retries = settings.retries if retries is None else retries
+    names = (settings.username_env, settings.password_env)
     if not settings.more_urls:
-        return OrthancClient(settings.url, username, password, timeout=timeout, retries=retries, backoff=backoff)
+        return OrthancClient(settings.url, username, password, timeout=timeout, retries=retries, backoff=backoff,
+                             credential_names=names)
     # One retry per node when it does not answer: it is skipped for the next one, not waited for. An answer
     # that can succeed later (HTTP 503 "could not serialize access" when two nodes write one series at once)
     # gets every retry: on PostgreSQL it is routine, not a sign that the node is down.
     return OrthancNodes([OrthancClient(u, username, password, timeout=timeout, retries=retries,
-                                       connect_retries=min(retries, 1), backoff=backoff) for u in settings.urls])
+                                       connect_retries=min(retries, 1), backoff=backoff, credential_names=names)
+                         for u in settings.urls])

@@ -47,6 +47,19 @@ def test_wrong_password_is_http_401(tmp_path, orthanc_env, monkeypatch, capsys):
     assert out.startswith("DICOM: C-ECHO to ORTHANC")  # C-ECHO needs no password
 
 
+def test_a_refusal_names_the_configured_credential_variables(tmp_path, orthanc_env, monkeypatch, capsys):
+    config = config_for(tmp_path, orthanc_env.url, orthanc_env.dicom_port)
+    config.write_text(config.read_text().replace(
+        "  timeout_seconds: 5\n", "  timeout_seconds: 5\n  username_env: PACS_ORTHANC_USER\n"
+                                   "  password_env: PACS_ORTHANC_SECRET\n"))
+    monkeypatch.setenv("PACS_ORTHANC_USER", orthanc_env.username)
+    monkeypatch.setenv("PACS_ORTHANC_SECRET", "wrong")
+    code, _, err = echo(config, capsys)
+    assert code == 1
+    assert err.strip() == (f"REST: Orthanc at {orthanc_env.url} refused the credentials (HTTP 401): "
+                           "check PACS_ORTHANC_USER / PACS_ORTHANC_SECRET.")
+
+
 def test_wrong_ports_are_named(tmp_path, orthanc_env, capsys):
     port = free_port()
     config = config_for(tmp_path, orthanc_env.url, port)
