@@ -165,18 +165,45 @@ class NasWatch:
                                 (cutoff, self.sweep_slice)).fetchall()
         n = 0
         for batch in (recent, older):
-            for i, (rel, mtime) in enumerate(batch):
-                if i and time.monotonic() > slice_deadline:
-                    break
-                n += 1
-                self._check_dir(rel, mtime)
+            parent, fd = None, None
+            try:
+                for i, (rel, mtime) in enumerate(batch):
+                    if i and time.monotonic() > slice_deadline:
+                        break
+                    n += 1
+                    head, _, name = rel.rpartition("/")
+                    if rel and head != parent:  # siblings are adjacent (ordered by path within a tick's batch)
+                        if fd is not None:
+                            os.close(fd)
+                        parent, fd = head, self._open_parent(head)
+                    self._check_dir(rel, mtime, fd if rel else None, name)
+            finally:
+                if fd is not None:
+                    os.close(fd)
         return n
 
-    def _check_dir(self, rel: str, mtime: int) -> None:
-        """Stat one known folder; queue it for listing if its mtime changed."""
-        self.db.execute("UPDATE dirs SET checked = ? WHERE path = ?", (self.tick_no, rel))
+    def _open_parent(self, rel: str) -> int | None:
+        """A descriptor of folder ``rel`` to stat its subfolders by name: on a share that caches no lookups,
+        a stat by path asks the server once per path component (six calls five levels down), a stat by name in
+        an open folder once. None when it cannot be opened now: its subfolders are then statted by path, each
+        failing (and counted) on its own."""
         try:
-            now = retrying(lambda: names.stat_nas(self._join(rel)).st_mtime_ns)
+            return retrying(lambda: names.open_dir(self._join(rel)))
+        except OSError:
+            return None
+
+    def _check_dir(self, rel: str, mtime: int, parent_fd: int | None = None, name: str = "") -> None:
+        """Stat one known folder (by ``name`` in ``parent_fd`` when given); queue it for listing if its mtime
+        changed."""
+        self.db.execute("UPDATE dirs SET checked = ? WHERE path = ?", (self.tick_no, rel))
+        if parent_fd is None:
+            def stat() -> os.stat_result:
+                return names.stat_nas(self._join(rel))
+        else:
+            def stat() -> os.stat_result:
+                return os.stat(names.fs_bytes(name), dir_fd=parent_fd)
+        try:
+            now = retrying(stat).st_mtime_ns
         except FileNotFoundError:
             # Gone, or so the share says now: only a listing of its parent that lacks it forgets it.
             self.db.execute("INSERT OR IGNORE INTO queue VALUES (?)", (rel.rpartition("/")[0],))

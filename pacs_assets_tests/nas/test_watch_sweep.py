@@ -12,6 +12,7 @@ import pydicom
 
 from pacs_assets.nas.watch import NasWatch
 from pacs_assets.sample.bulk_dicom_nas import make_bulk_dicom_nas
+from pacs_assets_tests.services.flaky_fs import FlakyShare
 
 TODAY = dt.date.today()
 START = TODAY - dt.timedelta(days=60)
@@ -65,3 +66,28 @@ def test_ticks_stat_recent_folders_and_a_slice_and_a_sweep_finds_everything(tmp_
     _add(series, "LATE2.dcm", next(series.glob("*.dcm")))
     _ticks_until_reported(watch, "LATE2.dcm", 2)
     assert watch.tick(60, TODAY).folders_statted == SLICE + 1
+
+
+def test_a_sweep_stats_each_folder_by_name_in_its_open_parent_not_by_its_whole_path(tmp_path):
+    """On a share that caches no lookups, a stat by path asks the server once per component; siblings statted
+    by name in their open parent cost one lookup each. 40 study folders five levels down: well under 3 calls a
+    folder (by path it would be about 6)."""
+    root = tmp_path / "nas"
+    studies = [root / "2020" / "01" / "02" / "P1" / f"S{i:02}" for i in range(40)]
+    for study in studies:
+        study.mkdir(parents=True)
+        (study / "f.dcm").write_bytes(b"not read by the watch")
+    folders = _age(root, 400)
+    state = tmp_path / "w.sqlite"
+    watch = NasWatch(state, root, partitions_start=START, sweep_slice=folders)
+    while not watch.tick(60, TODAY).complete:  # the first look, on the plain folder
+        pass
+    watch.close()
+    with FlakyShare(root, tmp_path / "fuse") as share:
+        watch = NasWatch(state, share.mountpoint, partitions_start=START, sweep_slice=folders)
+        share.set(count=True)
+        result = watch.tick(60, TODAY)
+        calls = share.counts()
+        watch.close()
+    assert result.folders_statted == folders and result.folders_listed == 0 and result.not_read == 0
+    assert calls["getattr"] < 3 * folders, calls

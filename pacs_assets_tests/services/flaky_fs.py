@@ -6,7 +6,8 @@ JSON file the file system re-reads when it changes, so a test changes them while
 ``{"latency": 0.001, "faults": [{"op": "readdir", "path": "/A/B", "errno": "EIO", "times": 2}]}``; ``op`` is
 getattr, readdir, open or read; ``path`` is the path under the mount (bytes as latin-1 text for odd names,
 see ``fault``); ``times`` is how many calls fail from now (-1: all of them). Attribute and entry caches are
-off (like ``actimeo=0``), so every stat reaches the file system.
+off (like ``actimeo=0``), so every stat reaches the file system. With ``"count": true`` in that file, the file
+system keeps how many calls of each op it answered in ``<control>.counts`` (JSON), rewritten after each call.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ def fault(op: str, path: str | bytes, err: str = "EIO", times: int = -1) -> dict
 class _Faults:
     def __init__(self, control: Path):
         self.control, self.mtime, self.lock = control, None, threading.Lock()
-        self.latency, self.faults = 0.0, []
+        self.latency, self.faults, self.counts = 0.0, [], None
 
     def check(self, op: str, path: str) -> None:
         """Sleep the latency; raise the fault planned for (op, path), if any."""
@@ -50,6 +51,12 @@ class _Faults:
                 self.mtime = mtime
                 spec = json.loads(self.control.read_text()) if mtime else {}
                 self.latency, self.faults = spec.get("latency", 0.0), spec.get("faults", [])
+                self.counts = dict.fromkeys(OPS, 0) if spec.get("count") else None
+            if self.counts is not None:
+                self.counts[op] += 1
+                tmp = self.control.with_suffix(".counts.tmp")
+                tmp.write_text(json.dumps(self.counts))
+                os.replace(tmp, self.control.with_suffix(".counts"))
             raw = os.fsencode(path).decode("latin-1")
             hit = next((f for f in self.faults if f["op"] == op and f["path"] == raw and f["times"] != 0), None)
             if hit is not None and hit["times"] > 0:
@@ -117,14 +124,20 @@ class FlakyShare:
         self.latency = latency
         self.proc: subprocess.Popen | None = None
 
-    def set(self, *faults: dict, latency: float | None = None) -> None:
-        """Replace the planned faults (and the latency); takes effect at the file system's next call."""
+    def set(self, *faults: dict, latency: float | None = None, count: bool = False) -> None:
+        """Replace the planned faults (and the latency); takes effect at the file system's next call. ``count``:
+        count the calls from then on (``counts``)."""
         if latency is not None:
             self.latency = latency
         tmp = self.control.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"latency": self.latency, "faults": list(faults)}))
+        tmp.write_text(json.dumps({"latency": self.latency, "faults": list(faults), "count": count}))
         os.replace(tmp, self.control)
         time.sleep(0.01)  # a new mtime even on a coarse clock
+
+    def counts(self) -> dict[str, int]:
+        """Calls answered per op since ``set(count=True)``."""
+        path = self.control.with_suffix(".counts")
+        return json.loads(path.read_text()) if path.exists() else dict.fromkeys(OPS, 0)
 
     def __enter__(self) -> FlakyShare:
         self.mountpoint.mkdir(parents=True, exist_ok=True)
