@@ -15,7 +15,8 @@ folder. Each tick stats the *recent* folders (modified in the last RECENT_SECOND
 and a slice of the others, least recently checked first (``sweep_slice``), both within half the tick's
 budget; a sweep round ends when every folder has been checked since it began. So a change in a recent folder
 is seen at the next tick (while the recent folders fit the budget), a change anywhere else within one sweep
-(folders / sweep_slice ticks), and the nightly reconciliation sees all.
+(folders / sweep_slice ticks), and the nightly reconciliation sees all. The stats themselves are by name in
+each folder's open parent, several at once (nas/folder_stats.py): on a share every stat is a round trip.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from pathlib import Path
 from pacs_assets.errors import ConfigError
 from pacs_assets.nas import names
 from pacs_assets.nas.dates import assign_procedure_date
+from pacs_assets.nas.folder_stats import Outcome, stat_folders
 from pacs_assets.nas.walk import check_root, retrying
 
 SCHEMA = """
@@ -158,60 +160,28 @@ class NasWatch:
             self.db.execute("INSERT OR IGNORE INTO queue VALUES ('')")
             return 0
         cutoff = time.time_ns() - self.recent_ns
-        # Both least recently checked first, each at least one per tick: what the budget leaves waits a tick.
+        # Each at least one per tick: what the budget leaves waits a tick.
         recent = self.db.execute("SELECT path, mtime_ns FROM dirs WHERE mtime_ns >= ? ORDER BY checked, path",
                                  (cutoff,)).fetchall()
         older = self.db.execute("SELECT path, mtime_ns FROM dirs WHERE mtime_ns < ? ORDER BY checked, path LIMIT ?",
                                 (cutoff, self.sweep_slice)).fetchall()
         n = 0
-        for batch in (recent, older):
-            parent, fd = None, None
-            try:
-                for i, (rel, mtime) in enumerate(batch):
-                    if i and time.monotonic() > slice_deadline:
-                        break
-                    n += 1
-                    head, _, name = rel.rpartition("/")
-                    if rel and head != parent:  # siblings are adjacent (ordered by path within a tick's batch)
-                        if fd is not None:
-                            os.close(fd)
-                        parent, fd = head, self._open_parent(head)
-                    self._check_dir(rel, mtime, fd if rel else None, name)
-            finally:
-                if fd is not None:
-                    os.close(fd)
+        for batch in (recent, older):  # both least recently checked first; siblings adjacent (ordered by path)
+            known = dict(batch)
+            for rel, outcome in stat_folders(self.root, list(known), slice_deadline):
+                n += 1
+                self._checked_dir(rel, known[rel], outcome)
         return n
 
-    def _open_parent(self, rel: str) -> int | None:
-        """A descriptor of folder ``rel`` to stat its subfolders by name: on a share that caches no lookups,
-        a stat by path asks the server once per path component (six calls five levels down), a stat by name in
-        an open folder once. None when it cannot be opened now: its subfolders are then statted by path, each
-        failing (and counted) on its own."""
-        try:
-            return retrying(lambda: names.open_dir(self._join(rel)))
-        except OSError:
-            return None
-
-    def _check_dir(self, rel: str, mtime: int, parent_fd: int | None = None, name: str = "") -> None:
-        """Stat one known folder (by ``name`` in ``parent_fd`` when given); queue it for listing if its mtime
-        changed."""
+    def _checked_dir(self, rel: str, mtime: int, now: Outcome) -> None:
+        """Record one known folder's stat; queue it for listing if its mtime changed."""
         self.db.execute("UPDATE dirs SET checked = ? WHERE path = ?", (self.tick_no, rel))
-        if parent_fd is None:
-            def stat() -> os.stat_result:
-                return names.stat_nas(self._join(rel))
-        else:
-            def stat() -> os.stat_result:
-                return os.stat(names.fs_bytes(name), dir_fd=parent_fd)
-        try:
-            now = retrying(stat).st_mtime_ns
-        except FileNotFoundError:
+        if isinstance(now, FileNotFoundError):
             # Gone, or so the share says now: only a listing of its parent that lacks it forgets it.
             self.db.execute("INSERT OR IGNORE INTO queue VALUES (?)", (rel.rpartition("/")[0],))
-            return
-        except OSError:
+        elif isinstance(now, OSError):
             self.not_read += 1
-            return
-        if now != mtime:
+        elif now != mtime:
             self.db.execute("INSERT OR IGNORE INTO queue VALUES (?)", (rel,))
 
     def _sweep_progress(self) -> tuple[int, int]:
