@@ -5,7 +5,8 @@
 The NAS is a FUSE pass-through (pacs_assets_tests/services/flaky_fs.py) that sleeps ``latency`` on every
 stat, open and read, like an SMB round trip. Both sides read the same files' headers through it, in one
 process: baseline = one at a time (``threads=1``), measured = ``IO_THREADS`` in flight
-(nas/dicom_folder/source.py). Goal: >= 4x at 1 ms.
+(nas/dicom_folder/source.py). Goal: >= 4x at 1 ms. Then the same files on local disk, page cache warm, best of
+3 rounds each: the threads must not slow reads where there is no latency (goal: >= 0.9x one at a time).
 """
 
 from __future__ import annotations
@@ -51,6 +52,15 @@ def main() -> int:
         print(f"  one at a time          {half / one:8.0f} files/s")
         print(f"  {IO_THREADS} in flight            {half / many:8.0f} files/s")
         print(f"  ratio                  {one / many:8.1f}x   (goal >= 4x)")
+        rounds = {threads: [] for threads in (1, IO_THREADS)}
+        for _ in range(3):  # local disk: both sides read every file; the FUSE reads above warmed the page cache
+            for threads, times in rounds.items():
+                times.append(timed(src, items, threads))
+        one, many = min(rounds[1]), min(rounds[IO_THREADS])
+        print(f"the same on local disk, {len(items)} files each, best of 3:")
+        print(f"  one at a time          {len(items) / one:8.0f} files/s")
+        print(f"  {IO_THREADS} in flight            {len(items) / many:8.0f} files/s")
+        print(f"  ratio                  {one / many:8.2f}x   (goal >= 0.9x)")
     return 0
 
 

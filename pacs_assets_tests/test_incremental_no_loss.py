@@ -112,14 +112,15 @@ def unlinked_folder(manifest) -> str:
 
 @pytest.mark.parametrize("share", ["local", "flaky"])
 def test_every_kind_of_change_ends_equal_to_a_full_walk_from_scratch(tmp_path, orthanc_env, share):
-    """``flaky``: the same through a slow FUSE share (services/flaky_fs.py) that fails listings, stats and reads
-    now and then, and one folder's listing for a while: the end state is the same."""
+    """``flaky``: the same through a slow FUSE share (services/flaky_fs.py, 1 ms per operation like an SMB round
+    trip) that fails listings, stats and reads now and then, and one folder's listing for a while: the end state is
+    the same."""
     manifest = make_dicom_nas(tmp_path / "nas", patients=4, start_date=SAMPLE_START)
     root = manifest.root  # changes are made here; the pipeline reads it directly or through the flaky share
     with contextlib.ExitStack() as stack:
         flaky = None
         if share == "flaky":
-            flaky = stack.enter_context(FlakyShare(root, tmp_path / "fuse", latency=0.0002))
+            flaky = stack.enter_context(FlakyShare(root, tmp_path / "fuse", latency=0.001))
             series = sorted({os.path.dirname(p) for p in manifest.paths("ok")})
             some = manifest.paths("ok")
             flaky.set(fault("readdir", f"/{series[0]}", "EIO", 2), fault("readdir", f"/{series[-1]}", "ESTALE", 2),

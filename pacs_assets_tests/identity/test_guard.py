@@ -22,6 +22,7 @@ from pacs_assets.identity.collisions import ACROSS_NAS, WITHIN_NAS
 from pacs_assets.sample.dicom_nas import make_dicom_nas
 from pacs_assets.sample.identity_cases import REUSED_ID, make_archive_nas
 from pacs_assets_tests.harness import check_results, materialize_nas, people_mixed_in_orthanc
+from pacs_assets_tests.test_privacy import event_log_text
 
 NAS_IDS = ("ct_nas", "archive_nas")
 
@@ -38,14 +39,16 @@ def _site(tmp_path, orthanc, **archive_settings):
     return config, cases
 
 
-def _index_then_upload(config: Path) -> dict:
+def _index_then_upload(config: Path, instance: DagsterInstance | None = None) -> dict:
     """Index both NAS devices first, then upload both: each upload sees every record (the backfill case)."""
     results = {}
     for nas_id in NAS_IDS:
         keys = [AssetKey([nas_id, "file_inventory"]), AssetKey([nas_id, "dicom_index"])]
-        assert materialize_nas(config, nas_id, asset_selection=keys).success
+        results[f"{nas_id}/index"] = materialize_nas(config, nas_id, asset_selection=keys, instance=instance)
+        assert results[f"{nas_id}/index"].success
     for nas_id in NAS_IDS:
-        results[nas_id] = materialize_nas(config, nas_id, asset_selection=[AssetKey([nas_id, "orthanc_instances"])])
+        results[nas_id] = materialize_nas(config, nas_id, asset_selection=[AssetKey([nas_id, "orthanc_instances"])],
+                                          instance=instance)
         assert results[nas_id].success
     return results
 
@@ -96,7 +99,8 @@ def _orthanc_patients(orthanc) -> dict[str, int]:
 def test_collisions_are_held_the_same_person_merges_and_a_decision_releases_exactly_its_files(
         tmp_path, orthanc_env, capsys):
     config, cases = _site(tmp_path, orthanc_env)
-    results = _index_then_upload(config)
+    instance = DagsterInstance.ephemeral()
+    results = _index_then_upload(config, instance)
 
     # No Orthanc patient holds two people; the held files say why, with the kind of collision.
     assert people_mixed_in_orthanc(orthanc_env) == {}
@@ -116,9 +120,17 @@ def test_collisions_are_held_the_same_person_merges_and_a_decision_releases_exac
     # Checks and metadata: an ERROR for different people, a WARN for the variant, held files counted.
     checks = check_results(results["archive_nas"])
     assert checks["no_held_files"] is False
+    severity = {e.asset_check_evaluation_data.check_name: e.asset_check_evaluation_data.severity
+                for e in results["archive_nas/index"].all_events if e.event_type_value == "ASSET_CHECK_EVALUATION"}
+    index_checks = check_results(results["archive_nas/index"])
+    assert index_checks["one_person_per_patient_id"] is False and severity["one_person_per_patient_id"].value == "ERROR"
+    assert index_checks["no_patient_name_variants"] is False and severity["no_patient_name_variants"].value == "WARN"
     metadata = {k: v for e in results["archive_nas"].get_asset_materialization_events()
                 for k, v in e.materialization.metadata.items()}
     assert metadata["files_held"].value == len(cases.held)
+    # Held files, collisions and checks are counts and kinds in Dagster's logs and metadata: no name, no ID.
+    logged = "\n".join(event_log_text(instance, r.run_id) for r in results.values())
+    assert "held" in logged and not [t for t in ("Weber", "Fischer", "Hoffmann", REUSED_ID) if t in logged]
 
     # `pacs identity` shows the evidence; `pacs search` never lists a study under another person.
     code, out = _pacs(capsys, config, "identity", "--json")
@@ -138,6 +150,18 @@ def test_collisions_are_held_the_same_person_merges_and_a_decision_releases_exac
     assert len(people) == 2 and len({tuple(p["names"]) for p in people}) == 2
     study_sets = [{s["study_instance_uid"] for s in p["studies"]} for p in people]
     assert not study_sets[0] & study_sets[1]
+    # The ID reused inside the archive: two people, each with only their own study, each marked.
+    code, out = _pacs(capsys, config, "search", REUSED_ID, "--json")
+    people = json.loads(out)["patients"]
+    assert sorted(n for p in people for n in p["names"]) == ["Fischer^Paul", "Hoffmann^Lena"]
+    assert all(p["other_people_with_this_id"] == 1 and len(p["studies"]) == 1 for p in people)
+    assert people[0]["studies"][0]["study_instance_uid"] != people[1]["studies"][0]["study_instance_uid"]
+    code, out = _pacs(capsys, config, "search", REUSED_ID)
+    assert out.count("! ID COLLISION") == 2
+    # The variant: one person (the two spellings together), marked as such, no collision.
+    code, out = _pacs(capsys, config, "search", cases.patient_ids["variant"], "--json")
+    (variant,) = json.loads(out)["patients"]
+    assert variant["name_variants"] and variant["other_people_with_this_id"] == 0 and len(variant["names"]) == 2
 
     # A decision: different people. The next catch-up sends exactly the held files of that collision.
     before = _ledger_rows(config)

@@ -16,7 +16,7 @@ import pytest
 from pydicom import dcmread
 
 from pacs_assets.config import ConfigError, FirebirdCatalog
-from pacs_assets.nas.base import FAILED, OK, SKIPPED, FileRecord, NoCache, ScanCache
+from pacs_assets.nas.base import FAILED, OK, SKIPPED, FileRecord, NoCache, ScanCache, SendAs
 from pacs_assets.nas.firebird_jpeg2000.catalog import DEFAULT_MAPPING, CatalogError
 from pacs_assets.nas.firebird_jpeg2000.dicom_wrap import verify_lossless
 from pacs_assets.nas.firebird_jpeg2000.jpeg2000 import (
@@ -169,6 +169,26 @@ def test_dicom_bytes_are_lossless_wraps_of_the_files(nas, records):
             assert ds.LossyImageCompression == "01"
     with pytest.raises(ValueError):
         src.dicom_bytes(next(r for r in records if r.status == FAILED))
+
+
+def test_the_wrap_carries_the_pacs_patient_identity_and_the_nas_pixels(nas, records):
+    """Under an ID domain or a decision (SendAs), the DICOM written around the codestream carries the PatientID
+    Orthanc keys by, the issuer and the NAS's own ID; everything else, the codestream above all, is unchanged."""
+    src = _source(nas)
+    r = next(r for r in records if r.status == OK and r.patient_id)
+    send_as = SendAs(patient_id=f"FB-{r.patient_id}", issuer="FB_VENDOR", original_id=r.patient_id,
+                     original_issuer="FB_VENDOR")
+    plain = dcmread(io.BytesIO(src.dicom_bytes(r)))
+    data = src.upload_body(r, send_as).read_all()
+    ok, why = verify_lossless(data, nas.root / r.file_path)
+    assert ok, why
+    sent = dcmread(io.BytesIO(data))
+    assert sent.PatientID == f"FB-{r.patient_id}" != plain.PatientID and sent.IssuerOfPatientID == "FB_VENDOR"
+    (item,) = sent.OtherPatientIDsSequence
+    assert (item.PatientID, item.IssuerOfPatientID) == (r.patient_id, "FB_VENDOR")
+    for elem in plain:
+        if elem.keyword not in {"PatientID", "IssuerOfPatientID", "OtherPatientIDsSequence"}:
+            assert sent[elem.tag].value == elem.value, elem.keyword
 
 
 def test_scan_and_import_never_write_the_nas_nor_open_outside_paths(nas):
