@@ -174,16 +174,22 @@ def import_records(
 
     try:
         with ThreadPoolExecutor(concurrency, thread_name_prefix="orthanc-upload") as pool:
-            for record in records:
-                if abort:
-                    break
-                in_flight.add(pool.submit(_upload_one, source, client, record, run_id, journal, reclaims,
-                                          send_as(record)))
-                if len(in_flight) >= concurrency * 4:
-                    done, in_flight = wait(in_flight, return_when=FIRST_COMPLETED)
-                    collect(done)
-            done, _ = wait(in_flight)
-            collect(done)
+            try:
+                for record in records:
+                    if abort:
+                        break
+                    in_flight.add(pool.submit(_upload_one, source, client, record, run_id, journal, reclaims,
+                                              send_as(record)))
+                    if len(in_flight) >= concurrency * 4:
+                        done, in_flight = wait(in_flight, return_when=FIRST_COMPLETED)
+                        collect(done)
+                done, _ = wait(in_flight)
+                collect(done)
+            except BaseException:
+                # Interrupted (SIGINT/SIGTERM): the queued uploads never start (their files stay pending), only
+                # the running ones finish and are journaled. Waiting for the whole queue took > 10 s at load.
+                pool.shutdown(wait=True, cancel_futures=True)
+                raise
         flush()
         writing.result()
     finally:
