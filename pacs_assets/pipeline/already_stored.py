@@ -50,6 +50,7 @@ FOUND_SERIES = ("already in Orthanc (its series holds exactly these instances, s
 BATCH = 100  # UIDs per /tools/find: longer lists cost more per UID on 1.10.1 (docs/speed.md)
 SERIES_MIN = 10  # staged files of one series from which it is asked as a whole (break-even ~5-20, measured)
 LOOKUPS_IN_FLIGHT = 3  # requests at once (Orthanc answers each in its own HTTP thread)
+LOOKUPS_AHEAD = 32  # lookups queued at most: they go on while this thread writes the ledger (~0.3 s per 5,000)
 
 
 LEDGER_BATCH = 5000  # hits per ledger write: each write opens the index (~10-25 ms), once per 100 cost 5 s per 10,000
@@ -197,7 +198,7 @@ def record_already_stored(source: NasSource, client: OrthancApi, staging: Stagin
 
         def submit(lookup: Callable[..., Hits], records: list[FileRecord]) -> None:
             pending.append(pool.submit(lambda: lookup(source, client, [_sent(r, send_as) for r in records], skip)))
-            while len(pending) >= LOOKUPS_IN_FLIGHT or (pending and pending[0].done()):
+            while len(pending) >= LOOKUPS_AHEAD or (pending and pending[0].done()):
                 take(pending.popleft().result())
 
         for series in _staged_series(staging):
