@@ -55,10 +55,10 @@ FOUND_SERIES = ("already in Orthanc (its series holds exactly these instances, s
 BATCH = 100  # UIDs per /tools/find: longer lists cost more per UID on 1.10.1 (docs/speed.md)
 SERIES_MIN = 10  # staged files of one series from which it is asked as a whole (break-even ~5-20, measured)
 LOOKUPS_IN_FLIGHT = 3  # requests at once (Orthanc answers each in its own HTTP thread)
-LOOKUPS_AHEAD = 32  # lookups queued at most: they go on while this thread writes the ledger (~0.3 s per 5,000)
+LOOKUPS_AHEAD = 32  # lookups queued at most: they go on while this thread writes the ledger (~0.5 s per 10,000)
 
 
-LEDGER_BATCH = 5000  # hits per ledger write: each write opens the index (~10-25 ms), once per 100 cost 5 s per 10,000
+LEDGER_BATCH = 10_000  # hits per ledger write: each opens the index twice (~50 ms at load 7); per 100: 5 s per 10,000
 
 
 Sent = tuple[FileRecord, "SendAs | None", str]  # a staged file, the identity it goes under, its Orthanc ID
