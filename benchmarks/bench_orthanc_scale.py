@@ -540,7 +540,7 @@ def render(report: dict) -> str:
         lines.append(f"{'':8} {'POSTs the rerun made (ledger attempts > 0)':62} {c['posts']:>11} {'':11} {'':7} "
                      f"{'0':>7}  {_v(c['posts'] == 0)}")
         lines.append(f"{'':8} {'  Orthanc /changes entries during the rerun':62} {c['changes_seq_delta']:>11}")
-        lines.append(f"{'':8} {'  files recorded from one /tools/find per 100 UIDs':62} {r['already_stored']:>11}")
+        lines.append(f"{'':8} {'  files found in Orthanc, recorded without sending':62} {r['already_stored']:>11}")
         if c["problem"]:
             lines.append(f"{'':8} PROBLEM: {c['problem']}")
     d = report.get("nodes")

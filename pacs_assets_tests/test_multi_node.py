@@ -13,6 +13,7 @@ import pytest
 import requests
 import yaml
 
+from pacs_assets.pipeline.already_stored import FOUND_SERIES
 from pacs_assets.sample.bulk_dicom_nas import make_bulk_dicom_nas
 from pacs_assets_tests.harness import materialize_nas, write_config
 
@@ -61,6 +62,18 @@ def test_uploads_spread_over_two_nodes_on_one_index(tmp_path, cluster):
     assert _count(cluster, 0) == _count(cluster, 1) == n  # every instance through both nodes
     dicom = [p for p in cluster.storage_files() if not p.name.endswith(".json")]
     assert len(dicom) == n  # nothing stored twice
+
+    # The index is lost: the rerun finds every series whole through either node (PostgreSQL's statistics
+    # say what SQLite's do) and sends nothing.
+    last = requests.get(f"{cluster.urls[0]}/changes", params={"limit": 1}, auth=cluster.auth, timeout=10).json()
+    for leftover in tmp_path.glob("index.duckdb*"):
+        leftover.unlink()
+    assert materialize_nas(config, "ct").success
+    with duckdb.connect(str(tmp_path / "index.duckdb"), read_only=True) as con:
+        found = con.execute("SELECT status, error_message, attempts, count(*) FROM import_history GROUP BY ALL")
+        assert found.fetchall() == [("imported", FOUND_SERIES, 0, n)]
+    assert requests.get(f"{cluster.urls[1]}/changes", params={"limit": 1}, auth=cluster.auth,
+                        timeout=10).json()["Last"] == last["Last"]
 
 
 def test_a_node_killed_mid_run_loses_nothing(tmp_path, cluster):

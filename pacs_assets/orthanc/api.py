@@ -63,6 +63,22 @@ class OrthancApi(ABC):
             "Level": "Instance", "Expand": True, "Query": {"SOPInstanceUID": "\\".join(sop_instance_uids)}}).json()
         return {item["ID"]: int(item.get("FileSize") or -1) for item in found}
 
+    def series_instance_ids(self, series_id: str) -> list[str] | None:
+        """The IDs of a series' instances (``GET /series/{id}``, ~1-5 ms, nothing expanded), or None when Orthanc
+        holds no such series."""
+        found = self.get_json(f"/series/{series_id}", "/series/{id}", missing_ok=True)
+        return None if found is None else list(found.get("Instances") or [])
+
+    def series_dicom_size(self, series_id: str) -> tuple[int, int] | None:
+        """(instances, the total size of their DICOM files as received) of a series, or None when Orthanc holds
+        no such series or does not say: one ``GET /series/{id}/statistics``. Its ``DicomUncompressedSize`` (1.10.1,
+        measured) is the sum of the ``FileSize`` that ``/tools/find`` shows per instance, with or without
+        StorageCompression; other attachments (``dicom-until-pixel-data``, user ones) count only in
+        ``UncompressedSize``."""
+        stats = self.get_json(f"/series/{series_id}/statistics", "/series/{id}/statistics", missing_ok=True) or {}
+        count, size = stats.get("CountInstances"), stats.get("DicomUncompressedSize")
+        return None if count is None or size is None else (int(count), int(size))
+
     def find_patient_studies(self, patient_ids: list[str]) -> list[dict]:
         """The studies Orthanc holds under these PatientIDs (one ``/tools/find``, list matching), each as
         {'ID', 'PatientID', 'PatientName', 'PatientBirthDate', 'PatientSex', 'StudyInstanceUID', 'Patient'}.
