@@ -21,10 +21,9 @@ Search runs in steps sized by what is found, not by the index:
 
 from __future__ import annotations
 
-import dataclasses
 import datetime as dt
 import re
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 if TYPE_CHECKING:  # `pacs search` is a new process each time: it imports the engine only (connection.py)
     import duckdb
@@ -63,8 +62,8 @@ def _word_variants(word: str) -> list[str]:
     return variants
 
 
-@dataclasses.dataclass(frozen=True)
-class SearchQuery:
+# A NamedTuple, not a dataclass: `pacs search` then never imports dataclasses (and inspect), ~9 ms of its start.
+class SearchQuery(NamedTuple):
     name: str | None = None
     patient_id: str | None = None
     modality: str | None = None
@@ -214,8 +213,7 @@ _WALK_ROWS = """
     FROM inventory WHERE status IN ('failed', 'skipped')"""
 
 
-@dataclasses.dataclass(frozen=True)
-class HistoryQuery:
+class HistoryQuery(NamedTuple):
     nas_id: str | None = None
     status: str | None = None
     finished_from: dt.datetime | None = None  # naive UTC, inclusive
