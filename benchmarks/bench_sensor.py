@@ -4,8 +4,9 @@
 
 tick     one sensor tick (NasWatch.tick) on an unchanged NAS, after its first look is complete;
          baseline = os.walk + os.stat of every file. Goal: tick / walk <= 0.1.
-latency  from a file landing to its run being requested: the file must look the same on two ticks, so
-         2 x sensor_interval_seconds (60 s by default) at most; the run itself (one partition, one new
+latency  from a file landing to its run being requested: the file must look the same twice,
+         watch_settle_seconds apart within the tick that sees it (nas/settle.py), so one
+         sensor_interval_seconds (60 s by default) plus that at most; the run itself (one partition, one new
          study, real Orthanc) is timed here. The end-to-end test (pacs_assets_tests/automation) sees
          ~40 s from landing to Orthanc with a 5 s interval and the daemon's run start-up included.
 """

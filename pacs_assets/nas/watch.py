@@ -3,7 +3,7 @@
 A folder's modification time changes when an entry is added, removed or renamed in it, so on an
 unchanged NAS a tick only stats the folders it knows (no listing, no file stat). Files seen for the
 first time, or changed, wait until their size and mtime hold still across two looks (a file still being
-copied looks truncated). The state lives in a small SQLite file per NAS beside the index — not in the
+copied looks truncated): nas/settle.py. The state lives in a small SQLite file per NAS beside the index — not in the
 sensor cursor, which stays small, and not in DuckDB, whose lock the runs need.
 
 A tick has a time budget: the first look at a big NAS spans several ticks, resuming from a queue of
