@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import os
 import shutil
+import time
 from pathlib import Path
 
 import duckdb
@@ -203,3 +204,27 @@ def test_minimum_interval_leaves_slack_for_the_daemon_loop(tmp_path):
     nas = [{**NAS[0], "sensor_interval_seconds": 5}]
     defs = build_definitions(load_config(write_config(tmp_path / "pacs.yaml", nas, orthanc_url="http://127.0.0.1:9")))
     assert defs.get_sensor_def("ct_new_files_sensor").minimum_interval_seconds == 4
+
+
+def test_files_arriving_during_the_second_look_join_the_same_tick(tmp_path, monkeypatch):
+    root = tmp_path / "nas"
+    make_bulk_dicom_nas(root, 20, files_per_series=10, days=2, start_date=START)
+    watch = NasWatch(tmp_path / "w.sqlite", root, partitions_start=START, look_again_seconds=0.2)
+    while not watch.tick(60, TODAY).complete:  # the first look: no second look within it
+        pass
+    study = root / "NEW" / "S1"
+    study.mkdir(parents=True)
+    src = next(p for p in sorted(root.rglob("*")) if p.is_file())
+    shutil.copy(src, study / "IM0.dcm")
+    wait = time.sleep
+
+    def a_file_lands_while_the_tick_waits(seconds):  # the export goes on during the pause
+        if not (study / "IM1.dcm").exists():
+            shutil.copy(src, study / "IM1.dcm")
+        wait(seconds)
+
+    monkeypatch.setattr(time, "sleep", a_file_lands_while_the_tick_waits)
+    result = watch.tick(60, TODAY)
+    assert sorted(p for changes in result.changes.values() for p, _ in changes) == ["NEW/S1/IM0.dcm", "NEW/S1/IM1.dcm"]
+    monkeypatch.undo()
+    assert watch.tick(60, TODAY).changes == {}  # the confirmation look: both unchanged
