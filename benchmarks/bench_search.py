@@ -302,32 +302,25 @@ def main(argv: list[str] | None = None) -> int:
     mix = search_mix(searches)
     for _, q in mix[:5]:  # warm the page cache
         with connection.session(index, read_only=True) as con:
-            queries.file_counts(con, [s["study_instance_uid"] for p in queries.find_patients(con, q)[0]
-                                      for s in p["studies"]])
-    find_t, count_t, query_t, e2e_t, connect_t, by_kind = [], [], [], [], [], {}
+            queries.find_patients(con, q)
+    query_t, e2e_t, connect_t, by_kind = [], [], [], {}
     found = []
     for kind, q in mix:
         t0 = time.perf_counter()
         con = connection.connect(index, read_only=True)
         t1 = time.perf_counter()
-        patients, total = queries.find_patients(con, q)
-        t2 = time.perf_counter()
-        queries.file_counts(con, [s["study_instance_uid"] for p in patients for s in p["studies"]])
+        patients, total = queries.find_patients(con, q)  # with each study's files in Orthanc
         t3 = time.perf_counter()
         con.close()
         t4 = time.perf_counter()
         connect_t.append(t1 - t0)
-        find_t.append(t2 - t1)
-        count_t.append(t3 - t2)
         query_t.append(t3 - t1)
         e2e_t.append(t4 - t0)
         by_kind.setdefault(kind, []).append(t3 - t1)
         found.append(total)
     print(f"\nsearch, {len(mix)} searches (patients found per search: median {statistics.median(found):.0f}, "
           f"max {max(found)}; {sum(1 for f in found if f == 0)} found nobody):")
-    print(line("find patients + studies", find_t))
-    print(line("Orthanc file counts", count_t))
-    print(line("query part (both, open connection)", query_t))
+    print(line("query part (open connection)", query_t))
     print(line("connect read-only", connect_t))
     print(line("end to end (connect+query+close)", e2e_t))
     for kind, values in sorted(by_kind.items()):

@@ -174,8 +174,7 @@ def _every_kind_of_change(tmp_path, orthanc_env, manifest, root: Path, config: P
     ds = pydicom.dcmread(root / another)
     ds.SOPInstanceUID = pydicom.uid.generate_uid()
     ds.save_as(root / os.path.dirname(another) / "ADDED2.dcm")
-    site.tick()
-    requested = site.tick()
+    requested = site.tick()  # seen, and looked at again within the same tick (watch_settle_seconds)
     assert requested
     before = snapshot(tmp_path / "index.duckdb")
     aside = tmp_path / "nas_aside"
@@ -255,9 +254,9 @@ def test_incremental_schedule_asks_for_the_changed_folders_only(tmp_path):
     ds = pydicom.dcmread(manifest.root / manifest.paths("ok")[0])
     ds.SOPInstanceUID = pydicom.uid.generate_uid()
     ds.save_as(manifest.root / folder / "LATE.dcm")
-    assert tick() == []  # seen once: it may still be being written
-    (request,) = tick()
+    (request,) = tick()  # seen, and unchanged a second later (watch_settle_seconds)
     assert request.job_name == "ct_job" and request.partition_key
     cfg = request.run_config["ops"]["ct__file_inventory"]["config"]
     assert set(cfg) == {"folders_ref"} and folder not in str(request.run_config)
     assert read_folder_list(tmp_path / "watch", cfg["folders_ref"]) == [folder]
+    assert tick() == []  # the confirmation look: unchanged

@@ -4,6 +4,7 @@ search, status, history and echo."""
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import sys
 from pathlib import Path
@@ -48,7 +49,24 @@ def _cmd_check(args: argparse.Namespace) -> int:
     return 1 if problems else 0
 
 
-def build_parser() -> argparse.ArgumentParser:
+# The read-only commands on the index and Orthanc, each in its own module (its arguments and logic), in the order
+# `pacs --help` lists them. A `pacs` process imports the module of the command it runs and no other.
+COMMANDS = ("search", "status", "history", "identity", "echo")
+
+
+def command_in(argv: list[str]) -> str | None:
+    """The command module ``argv`` runs, or None when the whole parser is needed (help, no or another command)."""
+    args = iter(argv)
+    for arg in args:
+        if arg == "--config":
+            next(args, None)
+        elif not arg.startswith("--config="):
+            return arg if arg in COMMANDS else None
+    return None
+
+
+def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
+    """The command line; given ``argv``, with only the command module it runs (a whole parser otherwise)."""
     parser = argparse.ArgumentParser(prog="pacs", description=__doc__)
     parser.add_argument("--config", help="site configuration (default: $PACS_CONFIG, then ./pacs.yaml)")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -67,18 +85,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_cmd_check)
 
-    # The index and Orthanc, read-only: each command's arguments and logic live in its own module. Those modules
-    # import only argparse-level code here; what a command needs (pydantic, duckdb, pynetdicom) loads when it
-    # runs, so every `pacs` process starts light (the lazy-import test guards it).
-    from pacs_assets.cli import echo, history, identity, search, status
-
-    for command in (search, status, history, identity, echo):
-        command.add_parser(sub)
+    # Those modules import only argparse-level code here; what a command needs (pydantic, duckdb, pynetdicom) loads
+    # when it runs, so every `pacs` process starts light (the lazy-import test guards it).
+    wanted = command_in(argv) if argv is not None else None
+    for name in COMMANDS:
+        if wanted in (None, name):
+            importlib.import_module(f"pacs_assets.cli.{name}").add_parser(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    args = build_parser(argv).parse_args(argv)
     try:
         return args.func(args)
     except ConfigError as exc:

@@ -8,17 +8,17 @@ are unchanged: the same bytes validated by the same code give the same result. A
 bytes or code, an entry damaged or unreadable, a cache folder that cannot be written) validates with
 ``pacs_assets.config.load_config``, so a mistake in the file is reported with the same sentence as ever.
 
-This module imports nothing beyond the standard library: it is what a new process reads first. It lives with the
-CLI, its only user, so the configuration's own modules never import it back.
+This module imports nothing beyond the standard library (and no dataclasses): it is what a new process reads
+first. It lives with the CLI, its only user, so the configuration's own modules never import it back.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import os
 from pathlib import Path
+from typing import NamedTuple
 
 from pacs_assets.config_file import config_path
 
@@ -26,20 +26,18 @@ CACHE_FORMAT = 1
 _PACKAGE = Path(__file__).resolve().parents[1]
 
 
-@dataclasses.dataclass(frozen=True)
-class NasView:
+# A NamedTuple, not a dataclass: `pacs search` then never imports dataclasses (and inspect), ~9 ms of its start.
+class NasView(NamedTuple):
     id: str
     kind: str
     root: Path
 
 
-@dataclasses.dataclass(frozen=True)
-class IndexView:
+class IndexView(NamedTuple):
     path: Path
 
 
-@dataclasses.dataclass(frozen=True)
-class ConfigView:
+class ConfigView(NamedTuple):
     """The part of a validated ``PacsConfig`` the read-only commands use, with the same attribute names."""
 
     nas: list[NasView]

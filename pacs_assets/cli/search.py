@@ -91,7 +91,6 @@ def search(config: PacsConfig | ConfigView, query) -> dict:
     started = time.perf_counter()
     with connection.session(config.index.path, read_only=True) as con:
         patients, total = queries.find_patients(con, query)
-        counts = queries.file_counts(con, [s["study_instance_uid"] for p in patients for s in p["studies"]])
     roots = {nas.id: Path(nas.root) for nas in config.nas}
     people = [person for p in patients for person in split_people(p)]
     return {
@@ -100,7 +99,7 @@ def search(config: PacsConfig | ConfigView, query) -> dict:
         "patients_found": total - len(patients) + len(people),
         "patients_shown": len(people),
         "seconds": round(time.perf_counter() - started, 4),
-        "patients": [_patient(p, counts, roots) for p in people],
+        "patients": [_patient(p, roots) for p in people],
     }
 
 
@@ -138,7 +137,7 @@ def split_people(patient: dict) -> list[dict]:
     return out
 
 
-def _patient(p: dict, counts: dict, roots: dict[str, Path]) -> dict:
+def _patient(p: dict, roots: dict[str, Path]) -> dict:
     studies: dict[str, dict] = {}
     for s in p["studies"]:  # one entry per study UID, one location per NAS (and partition day) holding it
         study = studies.setdefault(s["study_instance_uid"], {
@@ -147,8 +146,7 @@ def _patient(p: dict, counts: dict, roots: dict[str, Path]) -> dict:
             "description": s["study_description"], "accession_number": s["accession_number"],
             "modalities": [], "locations": []})
         study["modalities"] = sorted(set(study["modalities"]) | (set((s["modalities"] or "").split(",")) - {""}))
-        files, in_orthanc = counts.get((s["nas_id"], s["partition_date"], s["study_instance_uid"]),
-                                       (s["instance_count"], 0))
+        files, in_orthanc = s["instance_count"], s["files_in_orthanc"]
         if s["nas_id"] == "orthanc":  # arrived in Orthanc itself: every file is there
             in_orthanc = files
         root = roots.get(s["nas_id"])

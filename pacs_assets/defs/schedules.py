@@ -3,7 +3,7 @@ sensor off, and the nightly reconciliation.
 
 The incremental schedule works like the sensor, from folder modification times in its own watch state: it
 asks for runs of the dates that changed, walking only the folders that changed (a file is reported once it
-held still across two looks, i.e. one schedule interval). The nightly reconciliation runs the NAS's
+held still across two looks, the second within the same tick: nas/settle.py). The nightly reconciliation runs the NAS's
 reconciliation job: one walk of everything, which also catches files rewritten in place, then only the
 partitions whose content changed are materialized (defs/reconciliation.py).
 """

@@ -112,7 +112,8 @@ def look_for_changes(nas: NasConfig, config: PacsConfig, who: str,
     changes call for. Raises NasUnavailable on an outage."""
     today = dt.datetime.now(ZoneInfo(config.timezone)).date()
     watch = NasWatch(watch_state_path(config, nas.id, who), nas.root, partitions_start=nas.partitions_start,
-                     settle_seconds=nas.settle_seconds, read_dates=kind_of(nas).read_dates)
+                     settle_seconds=nas.settle_seconds, read_dates=kind_of(nas).read_dates,
+                     look_again_seconds=nas.watch_settle_seconds)
     try:
         result = watch.tick(TICK_BUDGET_SECONDS, today)
     finally:

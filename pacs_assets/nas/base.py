@@ -175,6 +175,9 @@ class NasSettings(StrictModel):
     partitions_start: dt.date = dt.date(2000, 1, 1)
     # Files whose size and mtime are younger than this are still being written: they wait a run.
     settle_seconds: float = 0.0
+    # The watch's second look at a new file, this long after the first, within the tick that saw it; 0: on the
+    # next tick, as before (nas/settle.py). A file that changes after its report is reported again.
+    watch_settle_seconds: float = Field(default=1.0, ge=0, le=10)
     # Automation (defs/sensors.py, defs/schedules.py).
     sensor_interval_seconds: int = Field(default=60, ge=5)
     incremental_cron: str = "*/15 * * * *"

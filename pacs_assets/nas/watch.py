@@ -3,7 +3,7 @@
 A folder's modification time changes when an entry is added, removed or renamed in it, so on an
 unchanged NAS a tick only stats the folders it knows (no listing, no file stat). Files seen for the
 first time, or changed, wait until their size and mtime hold still across two looks (a file still being
-copied looks truncated). The state lives in a small SQLite file per NAS beside the index — not in the
+copied looks truncated): nas/settle.py. The state lives in a small SQLite file per NAS beside the index — not in the
 sensor cursor, which stays small, and not in DuckDB, whose lock the runs need.
 
 A tick has a time budget: the first look at a big NAS spans several ticks, resuming from a queue of
@@ -31,15 +31,15 @@ from collections.abc import Callable
 from pathlib import Path
 
 from pacs_assets.errors import ConfigError
-from pacs_assets.nas import names
-from pacs_assets.nas.dates import assign_procedure_date
+from pacs_assets.nas import names, settle
 from pacs_assets.nas.folder_stats import Outcome, stat_folders
 from pacs_assets.nas.walk import check_root, retrying
 
 SCHEMA = """
 -- checked: the tick that last statted the folder (the sweep takes the least recently checked first).
 CREATE TABLE IF NOT EXISTS dirs (path TEXT PRIMARY KEY, mtime_ns INTEGER, checked INTEGER DEFAULT 0);
--- stable: 0 until size and mtime held still from tick seen_tick to a later one; then 1.
+-- stable: 0 until size and mtime held still across two looks, the first on tick seen_tick; then 1, or 2 while a
+-- file reported within its first tick waits for its confirmation look on the next (nas/settle.py).
 CREATE TABLE IF NOT EXISTS files (path TEXT PRIMARY KEY, dir TEXT, size INTEGER, mtime_ns INTEGER,
                                   stable INTEGER, partition TEXT, seen_tick INTEGER);
 CREATE INDEX IF NOT EXISTS files_dir ON files(dir);
@@ -52,6 +52,7 @@ INSERT OR IGNORE INTO meta VALUES ('sweep_start', 0);
 INDEXES = """
 CREATE INDEX IF NOT EXISTS dirs_mtime ON dirs(mtime_ns);
 CREATE INDEX IF NOT EXISTS dirs_checked ON dirs(checked);
+CREATE INDEX IF NOT EXISTS files_unconfirmed ON files(stable) WHERE stable = 2;
 """
 RECENT_SECONDS = 2 * 86400  # folders modified this recently are statted every tick
 SWEEP_SLICE = 5000  # other folders statted per tick (~5 s at 1 ms a stat; the tick budget caps it too)
@@ -95,12 +96,17 @@ class NasWatch:
     """The watch of one NAS: the folders it knows with their mtimes, and the files waiting to settle.
 
     ``read_dates`` is the NAS kind's way to date a new file (NasKind.read_dates); None dates it by mtime.
+    ``look_again_seconds``: the second look at a new file within the tick that saw it, this long after; 0: on the
+    next tick (nas/settle.py).
     """
 
     def __init__(self, state_path: Path, root: Path, *, partitions_start: dt.date, settle_seconds: float = 0.0,
                  read_dates: Callable[[str, str, int, int], tuple[str | None, str | None]] | None = None,
-                 sweep_slice: int = SWEEP_SLICE, recent_seconds: float = RECENT_SECONDS):
+                 sweep_slice: int = SWEEP_SLICE, recent_seconds: float = RECENT_SECONDS,
+                 look_again_seconds: float = 0.0):
         self.sweep_slice, self.recent_ns = sweep_slice, int(recent_seconds * 1e9)
+        self.look_again_seconds = look_again_seconds
+        self.last_sighting, self.grown = 0.0, set()  # this tick's last new file, folders with new entries
         self.root = Path(root)
         self.read_dates = read_dates
         self.start = partitions_start
@@ -130,29 +136,45 @@ class NasWatch:
                     self.db.execute("INSERT OR IGNORE INTO meta VALUES ('settled_once', 1)")
             raise NasUnavailable(f"NAS root {self.root} is missing, unreadable or empty while {known_files} files "
                                  "were known: treated as an outage, nothing reported.") from None
-        statted = listed = self.not_read = 0
+        statted = self.not_read = 0
+        self.last_sighting, self.grown = 0.0, set()
+        first_look = not self.db.execute("SELECT 1 FROM meta WHERE key = 'settled_once'").fetchone()
         with self.db:
             self.db.execute("UPDATE meta SET value = value + 1 WHERE key = 'tick'")
             self.tick_no = self.db.execute("SELECT value FROM meta WHERE key = 'tick'").fetchone()[0]
             if not self.db.execute("SELECT 1 FROM queue LIMIT 1").fetchone():
                 statted = self._queue_changed_dirs(deadline - budget_seconds / 2)
-            while listed == 0 or time.monotonic() < deadline:  # at least one folder per tick
-                row = self.db.execute("SELECT path FROM queue ORDER BY path LIMIT 1").fetchone()
-                if row is None:
-                    break
-                self._list_dir(row[0], changes)
-                self.db.execute("DELETE FROM queue WHERE path = ?", row)
-                listed += 1
-            self._settle(changes, today, deadline)
+            listed = self.list_queue(changes, deadline)
+            settle.confirm(self, deadline)
+            settle.settle(self, changes, today, deadline)
+            # Not during the first look: everything is new then, and one whole walk takes it anyway.
+            if self.look_again_seconds and not first_look:
+                settle.settle_within_tick(self, changes, today, deadline)
         queued = self.db.execute("SELECT count(*) FROM queue").fetchone()[0]
         pending = self.db.execute("SELECT count(*) FROM files WHERE stable = 0").fetchone()[0]
-        first_look = not self.db.execute("SELECT 1 FROM meta WHERE key = 'settled_once'").fetchone()
         if first_look and queued == 0 and pending == 0:
             with self.db:
                 self.db.execute("INSERT OR IGNORE INTO meta VALUES ('settled_once', 1)")
         checked, total = self._sweep_progress()
         return TickResult({d: sorted(v) for d, v in changes.items()}, statted, listed, queued, pending,
                           self.not_read, checked, total, first_look)
+
+    def list_queue(self, changes, deadline: float) -> int:
+        """List the queued folders until the deadline (at least one); returns how many were listed."""
+        listed = 0
+        while listed == 0 or time.monotonic() < deadline:
+            row = self.db.execute("SELECT path FROM queue ORDER BY path LIMIT 1").fetchone()
+            if row is None:
+                break
+            self._list_dir(row[0], changes)
+            self.db.execute("DELETE FROM queue WHERE path = ?", row)
+            listed += 1
+        return listed
+
+    def saw_new_file(self, rel: str) -> None:
+        """A new or changed file in folder ``rel``: its second look is due ``look_again_seconds`` from now."""
+        self.last_sighting = time.monotonic()
+        self.grown.add(rel)
 
     def _queue_changed_dirs(self, slice_deadline: float) -> int:
         """Stat the recent folders and a slice of the others; queue those whose mtime changed. Returns how many."""
@@ -248,6 +270,7 @@ class NasWatch:
                         known_dirs.discard(child)
                         if not self.db.execute("SELECT 1 FROM dirs WHERE path = ?", (child,)).fetchone():
                             self.db.execute("INSERT OR IGNORE INTO queue VALUES (?)", (child,))
+                            self.grown.add(rel)
                         continue
                     st = retrying(entry.stat)
                 except OSError:
@@ -263,6 +286,7 @@ class NasWatch:
                                     "UPDATE SET size = excluded.size, mtime_ns = excluded.mtime_ns, stable = 0, "
                                     "seen_tick = excluded.seen_tick",
                                     (child, rel, st.st_size, st.st_mtime_ns, self.tick_no))
+                    self.saw_new_file(rel)
         finally:
             os.close(fd)
         for gone in set(known) - seen:
@@ -276,31 +300,3 @@ class NasWatch:
         self.db.execute("INSERT INTO dirs VALUES (?, ?, ?) ON CONFLICT (path) DO UPDATE SET mtime_ns = "
                         "excluded.mtime_ns, "
                         "checked = excluded.checked", (rel, dir_mtime, self.tick_no))
-
-    def _settle(self, changes, today: dt.date, deadline: float) -> None:
-        """Pending files seen on an earlier tick: unchanged since (and old enough) means stable."""
-        now_ns = time.time_ns()
-        for path, size, mtime, old_part in self.db.execute(
-                "SELECT path, size, mtime_ns, partition FROM files WHERE stable = 0 AND seen_tick < ? ORDER BY path",
-                (self.tick_no,)).fetchall():
-            if time.monotonic() > deadline + 5:  # reading headers: leave the rest for the next tick
-                break
-            try:
-                st = retrying(lambda path=path: names.stat_nas(self._join(path)))
-            except OSError:
-                # Gone or unreadable now: its folder's listing decides (a deletion changed the folder's mtime).
-                self.db.execute("INSERT OR IGNORE INTO queue VALUES (?)", (path.rpartition("/")[0],))
-                continue
-            if (st.st_size, st.st_mtime_ns) != (size, mtime):
-                self.db.execute("UPDATE files SET size = ?, mtime_ns = ?, seen_tick = ? WHERE path = ?",
-                                (st.st_size, st.st_mtime_ns, self.tick_no, path))
-                continue
-            if now_ns - mtime < self.settle_ns:
-                continue
-            study_date, series_date = (self.read_dates(str(self.root), path, size, mtime) if self.read_dates
-                                       else (None, None))
-            day, _ = assign_procedure_date(study_date, series_date, mtime, self.start, today)
-            self.db.execute("UPDATE files SET stable = 1, partition = ? WHERE path = ?", (day.isoformat(), path))
-            changes[day].add((path, f"{size}-{mtime}"))
-            if old_part and old_part != day.isoformat():
-                changes[dt.date.fromisoformat(old_part)].add((path, f"moved-{size}-{mtime}"))

@@ -52,6 +52,19 @@ def test_a_search_with_a_remembered_configuration_loads_none_of_the_heavy_librar
     assert loaded_after(SEARCH.format(config=str(site))) == []
 
 
+def test_a_command_loads_its_own_module_only_and_the_help_lists_every_command(site):
+    probe = ("from pacs_assets.cli.main import COMMANDS, main\n"
+             f"assert main(['--config', {str(site)!r}, 'search', 'nobody']) == 0\n"
+             "print(json.dumps(sorted(c for c in COMMANDS if f'pacs_assets.cli.{c}' in sys.modules)))")
+    proc = subprocess.run([sys.executable, "-c", f"import sys, json\n{probe}"], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout.splitlines()[-1]) == ["search"]
+    shown = subprocess.run([sys.executable, "-m", "pacs_assets.cli.main", "--help"], capture_output=True, text=True,
+                           timeout=120).stdout
+    assert "{sample,check,search,status,history,identity,echo}" in shown
+
+
 def test_building_the_command_line_and_the_kind_registry_load_no_kind_library():
     assert loaded_after("from pacs_assets.cli.main import build_parser\nbuild_parser()") == []
     # The registry knows the kinds' names; a kind's package (and what it defers) loads when the kind is used.
