@@ -135,5 +135,8 @@ class Staging:
     def _tuned(self, con: duckdb.DuckDBPyConnection) -> duckdb.DuckDBPyConnection:
         tuned(con)
         if self.memory_limit:
+            # A walk's sessions: capped, and one thread (each part's joins are small; a second thread's hash
+            # tables and buffers cost memory, and the walk's machine is usually busy with the parsers).
             con.execute(f"SET memory_limit = '{self.memory_limit}'")
+            con.execute("SET threads = 1")
         return con
