@@ -177,8 +177,14 @@ def _list_folder(listed: Folder, entries: list[os.DirEntry], fd: int, dir_path: 
     if not _plain(listed.names):
         listed.names[:] = [names.stored(n) for n in listed.names]
     for entry in slow:
-        listed.others.extend(_entry(entry, fd, dir_path, listed.rel, real_root, follow_links, visited, subdirs,
-                                    settle_ns, now_ns))
+        for found in _entry(entry, fd, dir_path, listed.rel, real_root, follow_links, visited, subdirs, settle_ns,
+                            now_ns):
+            if found.status is None and not found.link:  # a regular file after all (a stat that needed a retry)
+                add_name(names.stored(entry.name))
+                add_size(found.size)
+                add_mtime(found.mtime_ns)
+            else:
+                listed.others.append(found)
 
 
 _FORMAT, _REGULAR = 0o170000, stat.S_IFREG
