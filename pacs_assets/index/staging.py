@@ -71,6 +71,9 @@ class Staging:
         self.con.execute(schema_sql().split("CREATE SEQUENCE")[0])  # the table shapes, without the ledger/view
         # The NAS this run walks (nas_id, root): whose scan cache rows ``attached_to_index(cache=True)`` checks.
         self.nas: tuple[str, str] | None = None
+        # Set by a whole walk that found every walked file in the scan cache with its token, and no other cached
+        # row: the cache's (files, checksum) record then (index/reconciliation.py ``unchanged``).
+        self.walked_is_cache: tuple[int, int] | None = None
         # Rows of the scan cache a non-bulk source asks for by path (index/walk_cache.py), and what a walk met.
         self.con.execute("CREATE TABLE cache AS SELECT * FROM inventory WHERE false")
         self.con.execute("CREATE TABLE walked (file_path VARCHAR, size BIGINT, mtime_ns BIGINT, change_token VARCHAR, "

@@ -14,6 +14,7 @@ import datetime as dt
 import operator
 from collections.abc import Callable, Iterator, Mapping, Sequence
 
+from pacs_assets.index import scan_cache
 from pacs_assets.index.staging import Staging
 from pacs_assets.nas.base import FileRecord, ScanCache
 from pacs_assets.nas.dates import assign_procedure_date
@@ -80,6 +81,7 @@ class StagingCache(ScanCache):
         self.offered = self.unmatched_total = 0
         self.on_offer = on_offer
         self._copied = False
+        self._offering = False
 
     def lookup(self, keys: Mapping[str, str]) -> dict[str, FileRecord]:
         if not keys:
@@ -112,6 +114,9 @@ class StagingCache(ScanCache):
         import numpy as np  # columns straight to DuckDB: no DataFrame, no object per file
 
         con = self.staging.con
+        if not self._offering:  # the walk's inserts in one transaction: one log write, not one per batch
+            con.execute("BEGIN TRANSACTION")
+            self._offering = True
         con.register("_offer", {"folder": np.array(folders, dtype=object), "name": np.array(names, dtype=object),
                                 "size": np.array(sizes, dtype=np.int64), "mtime_ns": np.array(mtimes, dtype=np.int64)})
         try:
@@ -128,8 +133,11 @@ class StagingCache(ScanCache):
         # One short look at the cache: which walked files it lacks, and which of those it holds have a
         # fallback procedure date (it may depend on "today": re-dated below, as a parse would date them).
         # One join a part, whose result is only what is not plainly unchanged: nothing, on an unchanged NAS.
-        split = slices(self.staging, self.folders)
         con = self.staging.con
+        if self._offering:
+            con.execute("COMMIT")
+            self._offering = False
+        split = slices(self.staging, self.folders)
         con.execute("CREATE OR REPLACE TABLE _looked (file_path VARCHAR, size BIGINT, mtime_ns BIGINT, hit BOOLEAN, "
                     "study_date VARCHAR, series_date VARCHAR, cached_mtime BIGINT, procedure_date DATE, "
                     "date_source VARCHAR)")
@@ -145,6 +153,7 @@ class StagingCache(ScanCache):
                     WHERE c.file_path IS NULL
                        OR NOT (c.date_source = 'study_date' AND c.procedure_date >= ? AND c.procedure_date <= ?)""",
                             [self.staging.nas[0], self.start, self.today])
+            self.staging.walked_is_cache = self._same_as_cache(con) if self.folders is None else None
         con = self.staging.con
         # Numbered, read page by page (the caller writes to staging between pages), in path order.
         con.execute("CREATE OR REPLACE TABLE unmatched AS SELECT row_number() OVER (ORDER BY file_path) AS k, "
@@ -159,6 +168,15 @@ class StagingCache(ScanCache):
             yield [tuple(r) for r in con.execute("SELECT file_path, size, mtime_ns FROM unmatched WHERE k > ? "
                                                  "AND k <= ?",
                                                  [lo, lo + batch_size]).fetchall()]
+
+    def _same_as_cache(self, con) -> tuple[int, int] | None:
+        """The cache's record if it holds every walked file with its token and nothing else for the NAS (paths
+        are unique on both sides): then the walk's new rows are the cache's rows, re-dated."""
+        nas_id = self.staging.nas[0]
+        lacking, walked = con.execute("SELECT (SELECT count(*) FROM staging._looked WHERE NOT hit), "
+                                      "(SELECT count(*) FROM staging.walked)").fetchall()[0]
+        cached = con.execute("SELECT count(*) FROM sc.scan_cache WHERE nas_id = ?", [nas_id]).fetchall()[0][0]
+        return scan_cache.record(con, nas_id) if not lacking and walked == cached else None
 
     def _redate(self) -> None:
         """Stage (``redated``) the new procedure date of every cached fallback-dated row whose date moved.
