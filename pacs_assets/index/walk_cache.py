@@ -132,7 +132,8 @@ class StagingCache(ScanCache):
     def unmatched(self, batch_size: int) -> Iterator[list[tuple[str, int, int]]]:
         # One short look at the cache: which walked files it lacks, and which of those it holds have a
         # fallback procedure date (it may depend on "today": re-dated below, as a parse would date them).
-        # One join a part, whose result is only what is not plainly unchanged: nothing, on an unchanged NAS.
+        # When the walk is exactly the cache (checksums), no join; else one join a part, whose result is only what
+        # is not plainly unchanged.
         con = self.staging.con
         if self._offering:
             con.execute("COMMIT")
@@ -141,19 +142,23 @@ class StagingCache(ScanCache):
         con.execute("CREATE OR REPLACE TABLE _looked (file_path VARCHAR, size BIGINT, mtime_ns BIGINT, hit BOOLEAN, "
                     "study_date VARCHAR, series_date VARCHAR, cached_mtime BIGINT, procedure_date DATE, "
                     "date_source VARCHAR)")
+        fallback = "NOT (c.date_source = 'study_date' AND c.procedure_date >= $start AND c.procedure_date <= $today)"
+        params = {"nas": self.staging.nas[0], "start": self.start, "today": self.today}
         with self.staging.attached_to_index(cache=True) as con:
-            for part in split:
+            self.staging.walked_is_cache = self._same_as_cache(con) if self.folders is None else None
+            if self.staging.walked_is_cache is not None:  # the usual night: only the fallback dates to look at
+                con.execute(f"""INSERT INTO staging._looked SELECT c.file_path, c.size, c.mtime_ns, true, c.study_date,
+                    c.series_date, c.mtime_ns, c.procedure_date, c.date_source FROM sc.scan_cache c
+                    WHERE c.nas_id = $nas AND {fallback}""", params)
+            for part in split if self.staging.walked_is_cache is None else []:
                 con.execute(f"""INSERT INTO staging._looked
                     SELECT w.file_path, w.size, w.mtime_ns, c.file_path IS NOT NULL, c.study_date, c.series_date,
                            c.mtime_ns, c.procedure_date, c.date_source
                     FROM (SELECT file_path, size, mtime_ns, change_token FROM staging.walked WHERE {part}) w
                     LEFT JOIN (SELECT file_path, change_token, study_date, series_date, mtime_ns, procedure_date,
-                                      date_source FROM sc.scan_cache WHERE nas_id = ? AND {part}) c
+                                      date_source FROM sc.scan_cache WHERE nas_id = $nas AND {part}) c
                       ON c.file_path = w.file_path AND c.change_token = w.change_token
-                    WHERE c.file_path IS NULL
-                       OR NOT (c.date_source = 'study_date' AND c.procedure_date >= ? AND c.procedure_date <= ?)""",
-                            [self.staging.nas[0], self.start, self.today])
-            self.staging.walked_is_cache = self._same_as_cache(con) if self.folders is None else None
+                    WHERE c.file_path IS NULL OR {fallback}""", params)
         con = self.staging.con
         # Numbered, read page by page (the caller writes to staging between pages), in path order.
         con.execute("CREATE OR REPLACE TABLE unmatched AS SELECT row_number() OVER (ORDER BY file_path) AS k, "
@@ -170,13 +175,13 @@ class StagingCache(ScanCache):
                                                  [lo, lo + batch_size]).fetchall()]
 
     def _same_as_cache(self, con) -> tuple[int, int] | None:
-        """The cache's record if it holds every walked file with its token and nothing else for the NAS (paths
-        are unique on both sides): then the walk's new rows are the cache's rows, re-dated."""
-        nas_id = self.staging.nas[0]
-        lacking, walked = con.execute("SELECT (SELECT count(*) FROM staging._looked WHERE NOT hit), "
-                                      "(SELECT count(*) FROM staging.walked)").fetchall()[0]
-        cached = con.execute("SELECT count(*) FROM sc.scan_cache WHERE nas_id = ?", [nas_id]).fetchall()[0][0]
-        return scan_cache.record(con, nas_id) if not lacking and walked == cached else None
+        """The cache's record if it holds exactly the walked files with their tokens for the NAS: the same count
+        and XOR of (path, token) hashes on both sides (paths are unique on each; the cache's own checksum is of
+        the same kind). Then nothing needs a parse, and the walk's new rows are the cache's rows, re-dated."""
+        pair = "count(*), coalesce(bit_xor(hash(file_path, change_token)), 0)"
+        walked = con.execute(f"SELECT {pair} FROM staging.walked").fetchall()[0]
+        cached = con.execute(f"SELECT {pair} FROM sc.scan_cache WHERE nas_id = ?", [self.staging.nas[0]]).fetchall()[0]
+        return scan_cache.record(con, self.staging.nas[0]) if walked == cached else None
 
     def _redate(self) -> None:
         """Stage (``redated``) the new procedure date of every cached fallback-dated row whose date moved.
