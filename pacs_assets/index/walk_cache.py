@@ -81,7 +81,6 @@ class StagingCache(ScanCache):
         self.offered = self.unmatched_total = 0
         self.on_offer = on_offer
         self._copied = False
-        self._offering = False
 
     def lookup(self, keys: Mapping[str, str]) -> dict[str, FileRecord]:
         if not keys:
@@ -114,9 +113,6 @@ class StagingCache(ScanCache):
         import numpy as np  # columns straight to DuckDB: no DataFrame, no object per file
 
         con = self.staging.con
-        if not self._offering:  # the walk's inserts in one transaction: one log write, not one per batch
-            con.execute("BEGIN TRANSACTION")
-            self._offering = True
         con.register("_offer", {"folder": np.array(folders, dtype=object), "name": np.array(names, dtype=object),
                                 "size": np.array(sizes, dtype=np.int64), "mtime_ns": np.array(mtimes, dtype=np.int64)})
         try:
@@ -135,9 +131,6 @@ class StagingCache(ScanCache):
         # When the walk is exactly the cache (checksums), no join; else one join a part, whose result is only what
         # is not plainly unchanged.
         con = self.staging.con
-        if self._offering:
-            con.execute("COMMIT")
-            self._offering = False
         split = slices(self.staging, self.folders)
         con.execute("CREATE OR REPLACE TABLE _looked (file_path VARCHAR, size BIGINT, mtime_ns BIGINT, hit BOOLEAN, "
                     "study_date VARCHAR, series_date VARCHAR, cached_mtime BIGINT, procedure_date DATE, "
