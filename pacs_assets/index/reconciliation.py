@@ -124,7 +124,8 @@ def differing_parts(con, nas_id: str, split: list[str]) -> tuple[list[str], list
                                                ELSE o.file_path IS NOT NULL END)
             FROM n FULL JOIN (SELECT {", ".join(DIFF_COLUMNS)} FROM inventory WHERE nas_id = $nas AND {where}) o
               ON o.file_path = n.file_path""", {"nas": nas_id}).fetchall()[0]
-        mine = staged and con.execute(f"SELECT EXISTS (SELECT 1 FROM staging.inventory WHERE {where})").fetchall()[0][0]
+        mine = staged and con.execute(f"SELECT EXISTS (SELECT 1 FROM staging.inventory WHERE {where})"
+                                      ).fetchall()[0][0]
         if cached or mine:
             stale.append(where)
         if differs or mine:
@@ -136,8 +137,8 @@ def dates_to_rebuild(index_path: str | os.PathLike, nas_id: str) -> list[dt.date
     """Dates whose ``instances`` differ from the inventory's DICOM files (path, change token, date). The same rows
     on both sides (count and XOR of row hashes, two reads: the usual night) need no join."""
     with session(index_path) as con:
-        sides = [con.execute(f"SELECT count(*), coalesce(bit_xor(hash(file_path, change_token, {day})), 0) FROM {table} "
-                             f"WHERE nas_id = ? {extra}", [nas_id]).fetchall()[0]
+        sides = [con.execute(f"SELECT count(*), coalesce(bit_xor(hash(file_path, change_token, {day})), 0) "
+                             f"FROM {table} WHERE nas_id = ? {extra}", [nas_id]).fetchall()[0]
                  for table, day, extra in (("instances", "partition_date", ""),
                                            ("inventory", "procedure_date", "AND status = 'ok'"))]
         if sides[0] == sides[1]:

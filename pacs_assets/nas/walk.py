@@ -110,7 +110,7 @@ def walk(root: os.PathLike | str, *, follow_links: bool, settle_seconds: float =
     for folder in walk_folders(root, follow_links=follow_links, settle_seconds=settle_seconds, folders=folders,
                                recursive=recursive):
         prefix = f"{folder.rel}/" if folder.rel else ""
-        files = [Entry(prefix + n, s, m) for n, s, m in zip(folder.names, folder.sizes, folder.mtimes)]
+        files = [Entry(prefix + n, s, m) for n, s, m in zip(folder.names, folder.sizes, folder.mtimes, strict=True)]
         yield from sorted(files + folder.others, key=_REL) if folder.others else files
 
 
