@@ -31,7 +31,7 @@ _RECORD_FIELDS = operator.attrgetter(*RECORD_COLUMNS)
 INVENTORY_COLUMNS = RECORD_COLUMNS + ["scanned_at", "folder"]
 # What makes a file's row differ between a walk and the index (the token covers the content).
 DIFF_COLUMNS = ["file_path", "change_token", "procedure_date", "date_source", "status", "reason"]
-_DIFFERS = ("o.change_token IS DISTINCT FROM n.change_token OR o.procedure_date IS DISTINCT FROM n.procedure_date "
+DIFFERS = ("o.change_token IS DISTINCT FROM n.change_token OR o.procedure_date IS DISTINCT FROM n.procedure_date "
             "OR o.date_source IS DISTINCT FROM n.date_source OR o.status IS DISTINCT FROM n.status "
             "OR o.reason IS DISTINCT FROM n.reason")
 
@@ -98,7 +98,7 @@ def stage_diff(con, nas_id: str, where: str = "true", window: tuple[dt.date, dt.
         WHERE CASE WHEN o.file_path IS NULL THEN {_in_window("n.procedure_date", window)}
                    WHEN n.file_path IS NULL THEN o.file_path NOT IN (SELECT file_path FROM staging.walked
                                                                      WHERE {where})
-                   ELSE {_DIFFERS} END""", [nas_id])
+                   ELSE {DIFFERS} END""", [nas_id])
 
 
 def apply_diff(con, nas_id: str, where: str = "true", window: tuple[dt.date, dt.date] | None = None) -> None:

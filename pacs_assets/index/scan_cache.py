@@ -178,6 +178,12 @@ def replace_rows(con: duckdb.DuckDBPyConnection, nas_id: str, split: Sequence[st
         raise
 
 
+def record(con: duckdb.DuckDBPyConnection, nas_id: str) -> tuple[int, int] | None:
+    """The NAS's (files, checksum) record, kept in step by every write of its rows."""
+    rows = con.execute(f"SELECT files, checksum FROM {ALIAS}.cache_nas WHERE nas_id = ?", [nas_id]).fetchall()
+    return tuple(rows[0]) if rows else None
+
+
 def reseal(con: duckdb.DuckDBPyConnection, nas_id: str) -> None:
     """Count the NAS's rows and checksum again, after rows were written in bulk without ``replace_rows`` (a
     benchmark seeding a big cache from a few parsed files)."""

@@ -66,20 +66,38 @@ class Staging:
         remove_stale_staging(self.index_path)
         self.dir = Path(tempfile.mkdtemp(prefix=f"{os.getpid()}-", dir=base))  # mkdtemp: mode 0700
         self.path = self.dir / "staging.duckdb"
-        self.con = self._tuned(duckdb.connect(str(self.path)))
+        self._con: duckdb.DuckDBPyConnection | None = None
+        con = self.con  # creates the file
         os.chmod(self.path, 0o600)
-        self.con.execute(schema_sql().split("CREATE SEQUENCE")[0])  # the table shapes, without the ledger/view
+        con.execute(schema_sql().split("CREATE SEQUENCE")[0])  # the table shapes, without the ledger/view
         # The NAS this run walks (nas_id, root): whose scan cache rows ``attached_to_index(cache=True)`` checks.
         self.nas: tuple[str, str] | None = None
+        # Set by a whole walk that found every walked file in the scan cache with its token, and no other cached
+        # row: the cache's (files, checksum) record then (index/reconciliation.py ``unchanged``).
+        self.walked_is_cache: tuple[int, int] | None = None
         # Rows of the scan cache a non-bulk source asks for by path (index/walk_cache.py), and what a walk met.
         self.con.execute("CREATE TABLE cache AS SELECT * FROM inventory WHERE false")
         self.con.execute("CREATE TABLE walked (file_path VARCHAR, size BIGINT, mtime_ns BIGINT, change_token VARCHAR, "
                          "folder VARCHAR)")
         self.con.execute("CREATE TABLE redated (file_path VARCHAR, procedure_date DATE, date_source VARCHAR)")
 
+    @property
+    def con(self) -> duckdb.DuckDBPyConnection:
+        """This file's own connection, opened again on first use after an index session (which needs it closed)."""
+        if self._con is None:
+            self._con = self._tuned(duckdb.connect(str(self.path)))
+        return self._con
+
+    def _step_aside(self) -> None:
+        if self._con is not None:
+            self._con.execute("CHECKPOINT")
+            self._con.close()
+            self._con = None
+
     def close(self) -> None:
         with contextlib.suppress(Exception):
-            self.con.close()
+            if self._con is not None:
+                self._con.close()
         shutil.rmtree(self.dir, ignore_errors=True)
 
     def __enter__(self) -> Staging:
@@ -111,8 +129,7 @@ class Staging:
         ``atomic``: everything done on the connection lands in one transaction, or nothing does (the scan
         cache is another file: DuckDB writes one file per transaction, so such a transaction only reads it).
         """
-        self.con.execute("CHECKPOINT")
-        self.con.close()
+        self._step_aside()
         try:
             with session(self.index_path) as con:
                 self._tuned(con)
@@ -129,11 +146,12 @@ class Staging:
             if cache and scan_cache.damaged(exc):
                 scan_cache.discard(scan_cache.cache_path(self.index_path), str(exc).splitlines()[0])
             raise
-        finally:
-            self.con = self._tuned(duckdb.connect(str(self.path)))
 
     def _tuned(self, con: duckdb.DuckDBPyConnection) -> duckdb.DuckDBPyConnection:
         tuned(con)
         if self.memory_limit:
+            # A walk's sessions: capped, and one thread (each part's joins are small; a second thread's hash
+            # tables and buffers cost memory, and the walk's machine is usually busy with the parsers).
             con.execute(f"SET memory_limit = '{self.memory_limit}'")
+            con.execute("SET threads = 1")
         return con

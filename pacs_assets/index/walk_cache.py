@@ -14,6 +14,7 @@ import datetime as dt
 import operator
 from collections.abc import Callable, Iterator, Mapping, Sequence
 
+from pacs_assets.index import scan_cache
 from pacs_assets.index.staging import Staging
 from pacs_assets.nas.base import FileRecord, ScanCache
 from pacs_assets.nas.dates import assign_procedure_date
@@ -107,46 +108,57 @@ class StagingCache(ScanCache):
         """Offered files that need no parse (all offered ones until ``unmatched`` has been asked)."""
         return self.offered - self.unmatched_total
 
-    def offer(self, files: Sequence[tuple[str, int, int, str]]) -> None:
-        import pandas as pd
+    def offer(self, folders: Sequence[str], names: Sequence[str], sizes: Sequence[int],
+              mtimes: Sequence[int]) -> None:
+        import numpy as np  # columns straight to DuckDB: no DataFrame, no object per file
 
         con = self.staging.con
-        con.register("_offer", pd.DataFrame(files, columns=["file_path", "size", "mtime_ns", "change_token"]))
+        con.register("_offer", {"folder": np.array(folders, dtype=object), "name": np.array(names, dtype=object),
+                                "size": np.array(sizes, dtype=np.int64), "mtime_ns": np.array(mtimes, dtype=np.int64)})
         try:
-            con.execute("INSERT INTO walked SELECT *, regexp_replace(file_path, '/?[^/]*$', '') FROM _offer")
+            # The path and change token as the walk's records spell them: folder/name, f"{size}-{mtime_ns}".
+            con.execute("INSERT INTO walked SELECT CASE WHEN folder = '' THEN name ELSE folder || '/' || name END, "
+                        "size, mtime_ns, size || '-' || mtime_ns, folder FROM _offer")
         finally:
             con.unregister("_offer")
-        self.offered += len(files)
+        self.offered += len(names)
         if self.on_offer:
             self.on_offer(self.offered)
 
     def unmatched(self, batch_size: int) -> Iterator[list[tuple[str, int, int]]]:
         # One short look at the cache: which walked files it lacks, and which of those it holds have a
         # fallback procedure date (it may depend on "today": re-dated below, as a parse would date them).
-        split = slices(self.staging, self.folders)
+        # When the walk is exactly the cache (checksums), no join; else one join a part, whose result is only what
+        # is not plainly unchanged.
         con = self.staging.con
-        con.execute("CREATE OR REPLACE TABLE unmatched (file_path VARCHAR, size BIGINT, mtime_ns BIGINT)")
-        con.execute("CREATE OR REPLACE TABLE _redate (file_path VARCHAR, study_date VARCHAR, series_date VARCHAR, "
-                    "mtime_ns BIGINT, procedure_date DATE, date_source VARCHAR)")
+        split = slices(self.staging, self.folders)
+        con.execute("CREATE OR REPLACE TABLE _looked (file_path VARCHAR, size BIGINT, mtime_ns BIGINT, hit BOOLEAN, "
+                    "study_date VARCHAR, series_date VARCHAR, cached_mtime BIGINT, procedure_date DATE, "
+                    "date_source VARCHAR)")
+        fallback = "NOT (c.date_source = 'study_date' AND c.procedure_date >= $start AND c.procedure_date <= $today)"
+        params = {"nas": self.staging.nas[0], "start": self.start, "today": self.today}
         with self.staging.attached_to_index(cache=True) as con:
-            for part in split:
-                cache = f"(SELECT * FROM sc.scan_cache WHERE nas_id = {sql_text(self.staging.nas[0])} AND {part})"
-                con.execute(f"""INSERT INTO staging.unmatched
-                    SELECT w.file_path, w.size, w.mtime_ns FROM (SELECT * FROM staging.walked WHERE {part}) w
-                    WHERE NOT EXISTS (SELECT 1 FROM {cache} c
-                                      WHERE c.file_path = w.file_path AND c.change_token = w.change_token)""")
-                con.execute(f"""INSERT INTO staging._redate
-                    SELECT c.file_path, c.study_date, c.series_date, c.mtime_ns, c.procedure_date, c.date_source
-                    FROM {cache} c
-                    JOIN (SELECT * FROM staging.walked WHERE {part}) w
+            self.staging.walked_is_cache = self._same_as_cache(con) if self.folders is None else None
+            if self.staging.walked_is_cache is not None:  # the usual night: only the fallback dates to look at
+                con.execute(f"""INSERT INTO staging._looked SELECT c.file_path, c.size, c.mtime_ns, true, c.study_date,
+                    c.series_date, c.mtime_ns, c.procedure_date, c.date_source FROM sc.scan_cache c
+                    WHERE c.nas_id = $nas AND {fallback}""", params)
+            for part in split if self.staging.walked_is_cache is None else []:
+                con.execute(f"""INSERT INTO staging._looked
+                    SELECT w.file_path, w.size, w.mtime_ns, c.file_path IS NOT NULL, c.study_date, c.series_date,
+                           c.mtime_ns, c.procedure_date, c.date_source
+                    FROM (SELECT file_path, size, mtime_ns, change_token FROM staging.walked WHERE {part}) w
+                    LEFT JOIN (SELECT file_path, change_token, study_date, series_date, mtime_ns, procedure_date,
+                                      date_source FROM sc.scan_cache WHERE nas_id = $nas AND {part}) c
                       ON c.file_path = w.file_path AND c.change_token = w.change_token
-                    WHERE NOT (c.date_source = 'study_date' AND c.procedure_date >= ? AND c.procedure_date <= ?)""",
-                            [self.start, self.today])
+                    WHERE c.file_path IS NULL OR {fallback}""", params)
         con = self.staging.con
         # Numbered, read page by page (the caller writes to staging between pages), in path order.
-        con.execute("CREATE OR REPLACE TABLE unmatched AS SELECT row_number() OVER (ORDER BY file_path) AS k, * "
-                    "FROM unmatched ORDER BY k")
-        con.execute("CREATE OR REPLACE TABLE _redate AS SELECT row_number() OVER () AS k, * FROM _redate")
+        con.execute("CREATE OR REPLACE TABLE unmatched AS SELECT row_number() OVER (ORDER BY file_path) AS k, "
+                    "file_path, size, mtime_ns FROM _looked WHERE NOT hit ORDER BY k")
+        con.execute("CREATE OR REPLACE TABLE _redate AS SELECT row_number() OVER () AS k, file_path, study_date, "
+                    "series_date, cached_mtime AS mtime_ns, procedure_date, date_source FROM _looked WHERE hit")
+        con.execute("DROP TABLE _looked")
         self._redate()
         con = self.staging.con
         total = self.unmatched_total = self.staging.count("unmatched")
@@ -155,12 +167,21 @@ class StagingCache(ScanCache):
                                                  "AND k <= ?",
                                                  [lo, lo + batch_size]).fetchall()]
 
+    def _same_as_cache(self, con) -> tuple[int, int] | None:
+        """The cache's record if it holds exactly the walked files with their tokens for the NAS: the same count
+        and XOR of (path, token) hashes on both sides (paths are unique on each; the cache's own checksum is of
+        the same kind). Then nothing needs a parse, and the walk's new rows are the cache's rows, re-dated."""
+        pair = "count(*), coalesce(bit_xor(hash(file_path, change_token)), 0)"
+        walked = con.execute(f"SELECT {pair} FROM staging.walked").fetchall()[0]
+        cached = con.execute(f"SELECT {pair} FROM sc.scan_cache WHERE nas_id = ?", [self.staging.nas[0]]).fetchall()[0]
+        return scan_cache.record(con, self.staging.nas[0]) if walked == cached else None
+
     def _redate(self) -> None:
         """Stage (``redated``) the new procedure date of every cached fallback-dated row whose date moved.
 
         A cached date taken from a valid StudyDate stays right (SQL checked it is still in range); every
         other one gets nas/dates.py's rule again, so the dates are exactly those a parse would give."""
-        import pandas as pd
+        import numpy as np
 
         con = self.staging.con
         total = self.staging.count("_redate")
@@ -170,7 +191,9 @@ class StagingCache(ScanCache):
             fixed = [(path, *new) for path, study, series, mtime, *old in rows
                      if (new := assign_procedure_date(study, series, mtime, self.start, self.today)) != tuple(old)]
             if fixed:
-                con.register("_fixed", pd.DataFrame(fixed, columns=["file_path", "procedure_date", "date_source"]))
+                con.register("_fixed", {"file_path": np.array([f[0] for f in fixed], dtype=object),
+                                        "procedure_date": np.array([str(f[1]) for f in fixed], dtype=object),
+                                        "date_source": np.array([f[2] for f in fixed], dtype=object)})
                 try:
                     con.execute("INSERT INTO redated SELECT file_path, CAST(procedure_date AS DATE), date_source "
                                 "FROM _fixed")

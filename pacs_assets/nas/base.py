@@ -96,8 +96,10 @@ class ScanCache(ABC):
     def lookup(self, keys: Mapping[str, str]) -> dict[str, FileRecord]:
         """Given {file_path: change_token}, return the cached records whose token still matches."""
 
-    def offer(self, files: Sequence[tuple[str, int, int, str]]) -> None:
-        """(file_path, size, mtime_ns, change_token) of walked files (bulk caches only)."""
+    def offer(self, folders: Sequence[str], names: Sequence[str], sizes: Sequence[int],
+              mtimes: Sequence[int]) -> None:
+        """Walked files as columns, one item per file: its folder and name (stored forms), size and mtime_ns; the
+        path is folder/name and the change token size-mtime_ns (bulk caches only)."""
         raise NotImplementedError
 
     def unmatched(self, batch_size: int) -> Iterator[list[tuple[str, int, int]]]:

@@ -151,3 +151,39 @@ def test_an_index_that_kept_its_cache_inside_moves_it_to_the_file(walked_once):
     assert _rows(index) == first
     with duckdb.connect(str(index), read_only=True) as con:
         assert not con.execute("SELECT count(*) FROM duckdb_tables() WHERE table_name = 'scan_cache'").fetchall()[0][0]
+
+
+def _files_state(index) -> dict[str, tuple[bytes, int]]:
+    return {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in sorted(index.parent.iterdir()) if p.is_file()}
+
+
+def test_a_reconciliation_of_an_unchanged_nas_writes_nothing(walked_once):
+    root, index, first = walked_once
+    nas = _nas(root)
+    assert not reconcile(DicomFolderSource(nas.id, nas.root, workers=1), nas, index, today=TODAY).changes
+    before = _files_state(index)
+    assert not reconcile(DicomFolderSource(nas.id, nas.root, workers=1), nas, index, today=TODAY).changes
+    assert _files_state(index) == before  # neither the index nor the cache file (nor a log beside them) was written
+    assert _rows(index) == first
+
+
+@pytest.mark.parametrize("part_rows", [None, 7])
+def test_a_reconciliation_puts_back_index_rows_that_differ_from_an_unchanged_walk(walked_once, part_rows,
+                                                                                  monkeypatch):
+    """The cache says what the walked files hold; an index that says otherwise (a merge killed after the cache
+    was written, a hand edit) is corrected, in whichever part of the walk the difference is."""
+    from pacs_assets.index import walk_cache
+
+    if part_rows:
+        monkeypatch.setattr(walk_cache, "PART_ROWS", part_rows)
+    root, index, first = walked_once
+    paths = [r[1] for r in first if r[5] == "ok"]
+    with duckdb.connect(str(index)) as con:
+        con.execute("UPDATE inventory SET status = 'failed', reason = 'x' WHERE file_path = ?", [paths[0]])
+        con.execute("DELETE FROM inventory WHERE file_path = ?", [paths[-1]])
+        con.execute("INSERT INTO inventory SELECT * REPLACE ('gone/' || file_path AS file_path) FROM inventory "
+                    "WHERE file_path = ?", [paths[1]])
+    nas = _nas(root)
+    found = reconcile(DicomFolderSource(nas.id, nas.root, workers=1), nas, index, today=TODAY)
+    assert (found.totals()["changed"], found.totals()["added"], found.totals()["deleted"]) == (1, 1, 1)
+    assert _rows(index) == first

@@ -20,11 +20,11 @@ from pacs_assets.nas.body import UploadBody
 from pacs_assets.nas.dicom_folder.headers import read_dicom_files
 from pacs_assets.nas.dicom_folder.send_as import body_with_identity
 from pacs_assets.nas.names import join, stat_nas
-from pacs_assets.nas.walk import check_root, walk
+from pacs_assets.nas.walk import Entry, check_root, walk, walk_folders
 
 # Below this many files to parse, a process pool costs more than it saves.
 POOL_THRESHOLD = 256
-# Walked files offered to a bulk cache at once (one DataFrame insert each).
+# Walked files offered to a bulk cache at once (one insert of four columns each).
 OFFER_BATCH = 20_000
 # Header reads in flight per process: on a network share each file is a few round trips of ~1 ms, which
 # overlapping reads hide (benchmarks/bench_slow_share.py); on local disk they cost nothing.
@@ -55,17 +55,21 @@ class DicomFolderSource(NasSource):
         self.unread = []
         for entry in walk(self.root, follow_links=True, settle_seconds=self.settle_seconds, folders=folders,
                           recursive=folders is None):
-            if entry.unread:
-                # No row of its own (a folder is not a file, and its parent's merge would later read the row's
-                # end as a deletion): the run's metadata and its every_folder_read check report it.
-                self.unread.append((entry.rel if entry.rel != "." else "", entry.unread))
-                continue
             if entry.status is None:
                 yield (entry.rel, entry.size, entry.mtime_ns)
-            else:
-                yield FileRecord(nas_id=self.nas_id, file_path=entry.rel, size=entry.size, mtime_ns=entry.mtime_ns,
-                                 change_token=f"{entry.size}-{entry.mtime_ns}", status=entry.status,
-                                 reason=entry.reason)
+            elif (record := self._other(entry)) is not None:
+                yield record
+
+    def _other(self, entry: Entry) -> FileRecord | None:
+        """The record of what the walk met that is not a regular file to read; None for what could not be read,
+        which goes to ``self.unread`` instead."""
+        if entry.unread:
+            # No row of its own (a folder is not a file, and its parent's merge would later read the row's
+            # end as a deletion): the run's metadata and its every_folder_read check report it.
+            self.unread.append((entry.rel if entry.rel != "." else "", entry.unread))
+            return None
+        return FileRecord(nas_id=self.nas_id, file_path=entry.rel, size=entry.size, mtime_ns=entry.mtime_ns,
+                          change_token=f"{entry.size}-{entry.mtime_ns}", status=entry.status, reason=entry.reason)
 
     # -- the scan -----------------------------------------------------------------------------------
     def scan(self, cache: ScanCache, batch_size: int = 2000,
@@ -94,22 +98,25 @@ class DicomFolderSource(NasSource):
                    folders: Sequence[str] | None) -> Iterator[list[FileRecord]]:
         """Walk first, offering every file to the cache in bulk; then parse only the files it does not hold.
         Yields the records of what is not a regular file and of the files parsed, never the cached ones."""
-        files: list[tuple[str, int, int, str]] = []
+        self.unread = []
         problems: list[FileRecord] = []
-        for item in self.walk(folders):
-            if isinstance(item, FileRecord):
-                problems.append(item)
-                if len(problems) >= batch_size:
-                    yield problems
-                    problems = []
-                continue
-            rel, size, mtime = item
-            files.append((rel, size, mtime, f"{size}-{mtime}"))
-            if len(files) >= OFFER_BATCH:
-                cache.offer(files)
-                files = []
-        if files:
-            cache.offer(files)
+        # Columns, not an object per file: (folder, name, size, mtime) of the regular files walked so far.
+        offered: tuple[list[str], list[str], list[int], list[int]] = ([], [], [], [])
+        for folder in walk_folders(self.root, follow_links=True, settle_seconds=self.settle_seconds, folders=folders,
+                                   recursive=folders is None):
+            problems.extend(r for entry in folder.others if (r := self._other(entry)) is not None)
+            if len(problems) >= batch_size:
+                yield problems
+                problems = []
+            offered[0].extend([folder.rel] * len(folder.names))
+            offered[1].extend(folder.names)
+            offered[2].extend(folder.sizes)
+            offered[3].extend(folder.mtimes)
+            if len(offered[1]) >= OFFER_BATCH:
+                cache.offer(*offered)
+                offered = ([], [], [], [])
+        if offered[1]:
+            cache.offer(*offered)
         if problems:
             yield problems
         pool, parsing = None, None
