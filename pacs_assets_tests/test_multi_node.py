@@ -144,7 +144,7 @@ def test_answers_lost_at_six_points_leave_every_file_imported_once(tmp_path, clu
         client = _connect(proxy.urls, cluster.auth, retries=2, backoff=0.01)
         client.down_seconds = 0  # a dead node is tried again at once: more uploads reach the next drop point
         done = upload_window(source, client, index, "ct", start, end, concurrency=4)
-    reached = (proxy.posts, proxy.refused, proxy.not_stored)
+    reached = (proxy.posts, proxy.refused, proxy.not_stored, proxy.state())  # what stopped the drops, if any
     assert len(proxy.dropped) == len(drops), reached  # every drop point was reached
     assert {k: v for k, v in done.totals.items() if v} == {"imported": n, "duplicate": 1}, done.totals
     assert +done.summary.counts == {"imported": n, "duplicate": 1}

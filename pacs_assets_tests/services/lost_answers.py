@@ -79,6 +79,13 @@ class LostAnswers:
                 pass
             sock.close()
 
+    def state(self) -> dict:
+        """What decides the next candidate (for a failure message): dead nodes and the body each waits for,
+        bodies failing over, the candidate in flight, the dropped bodies."""
+        with self._lock:
+            return {"dead": dict(self._dead), "failing_over": sorted(self._failing_over),
+                    "candidate": self._candidate, "dropped": list(self.dropped), "posts": self.posts}
+
     def _accept(self, listener: socket.socket, index: int, host: str, port: int) -> None:
         while not self._closing:
             try:
