@@ -50,10 +50,12 @@ def stage_pending_uploads(staging: Staging, nas_id: str, start: dt.date, end: dt
     return staging.count("inventory")
 
 
-def iter_staged(staging: Staging, batch: int = 500) -> Iterator[FileRecord]:
+def iter_staged(staging: Staging, batch: int = 500, *,
+                order: str = "procedure_date DESC, file_path") -> Iterator[FileRecord]:
+    """The staged records in ``order`` (an ORDER BY of inventory's columns), read ``batch`` rows at a time."""
     cursor = staging.con.cursor()
     cols = ", ".join(f'"{c}"' for c in RECORD_COLUMNS)
-    cursor.execute(f"SELECT {cols} FROM inventory ORDER BY procedure_date DESC, file_path")
+    cursor.execute(f"SELECT {cols} FROM inventory ORDER BY {order}")
     while rows := cursor.fetchmany(batch):
         for row in rows:
             yield FileRecord(*row)

@@ -41,9 +41,9 @@ import os
 from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from itertools import groupby
 
 from pacs_assets.index import ledger
-from pacs_assets.index.inventory import RECORD_COLUMNS
 from pacs_assets.index.staging import Staging
 from pacs_assets.nas.base import FileRecord, NasSource, SendAs
 from pacs_assets.orthanc.api import OrthancApi
@@ -129,21 +129,9 @@ def _series_hits(source: NasSource, client: OrthancApi, batch: list[Sent], skip:
 
 def _staged_series(staging: Staging) -> Iterator[list[FileRecord]]:
     """The staged records, one NAS series (PatientID, study, series) at a time."""
-    cursor = staging.con.cursor()
-    cols = ", ".join(f'"{c}"' for c in RECORD_COLUMNS)
-    cursor.execute(f"SELECT {cols} FROM inventory "
-                   "ORDER BY patient_id, study_instance_uid, series_instance_uid, file_path")
-    series: list[FileRecord] = []
-    while rows := cursor.fetchmany(1000):
-        for rec in (FileRecord(*row) for row in rows):
-            if series and (rec.patient_id, rec.study_instance_uid, rec.series_instance_uid) != (
-                    series[0].patient_id, series[0].study_instance_uid, series[0].series_instance_uid):
-                yield series
-                series = []
-            series.append(rec)
-    cursor.close()
-    if series:
-        yield series
+    records = ledger.iter_staged(staging, 1000, order="patient_id, study_instance_uid, series_instance_uid, file_path")
+    for _, series in groupby(records, key=lambda r: (r.patient_id, r.study_instance_uid, r.series_instance_uid)):
+        yield list(series)
 
 
 def _rows(hits: Hits, kept: dict, seen: set[str], run_id: str | None, node: str) -> list[dict]:
@@ -172,9 +160,8 @@ def record_already_stored(source: NasSource, client: OrthancApi, staging: Stagin
     """Record the staged files Orthanc already holds and drop them from staging. Returns how many.
 
     Orthanc is asked a series or 100 UIDs at a time, a few requests at once, their answers taken in order (module
-    docstring); the ledger is read
-    (kept files) and written once per ``LEDGER_BATCH`` hits, not per request. A run killed in between loses
-    only rows it can find again: nothing was sent."""
+    docstring); the ledger is read (kept files) and written once per ``LEDGER_BATCH`` hits, not per request. A
+    run killed in between loses only rows it can find again: nothing was sent."""
     staging.con.execute("CREATE TEMP TABLE IF NOT EXISTS already_stored (file_path VARCHAR)")
     recorded, hits, seen = 0, [], set()
 
