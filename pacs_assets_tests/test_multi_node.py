@@ -131,21 +131,27 @@ def _indexed_window(tmp_path, n: int, files_per_series: int):
     return source, index, start, end
 
 
-def test_answers_lost_at_six_points_leave_every_file_imported_once(tmp_path, cluster):
+@pytest.mark.parametrize("domain", [None, "AR-"], ids=["as_is", "id_domain"])
+def test_answers_lost_at_six_points_leave_every_file_imported_once(tmp_path, cluster, domain):
     """A node stores a file and dies before answering, at six chosen uploads (a proxy drops the answer, then
     refuses uploads until the file has failed over, services/lost_answers.py): no timing luck. The other
     node answers AlreadyStored for those very bytes; each such file is imported once, confirmed after the
-    failover, and the one real second copy on the NAS stays the only duplicate."""
+    failover, and the one real second copy on the NAS stays the only duplicate. Under an ID domain the bytes
+    sent are the rewritten file's (its PatientID prefixed): Orthanc's MD5 is compared with those, not the NAS
+    file's, or every lost answer would end a `uid_conflict`."""
+    from pacs_assets.nas.base import IdDomain
     from pacs_assets.orthanc.client import CONFIRMED
+    from pacs_assets.pipeline.identity_guard import IdentityGuard
     from pacs_assets.pipeline.upload import upload_window
     from pacs_assets_tests.services.lost_answers import LostAnswers
 
     n, drops = 300, {3, 8, 13, 18, 23, 28}
     source, index, start, end = _indexed_window(tmp_path, n, files_per_series=100)
+    guard = IdentityGuard.load({"ct": IdDomain(issuer="ARCHIVE_VENDOR", prefix=domain) if domain else None}, index)
     with LostAnswers(cluster.urls, drop_at=drops) as proxy:
         client = _connect(proxy.urls, cluster.auth, retries=2, backoff=0.01)
         client.down_seconds = 0  # a dead node is tried again at once: more uploads reach the next drop point
-        done = upload_window(source, client, index, "ct", start, end, concurrency=4)
+        done = upload_window(source, client, index, "ct", start, end, concurrency=4, identity=guard)
     reached = (proxy.posts, proxy.refused, proxy.not_stored, proxy.state())  # what stopped the drops, if any
     assert len(proxy.dropped) == len(drops), reached  # every drop point was reached
     assert {k: v for k, v in done.totals.items() if v} == {"imported": n, "duplicate": 1}, done.totals
@@ -154,9 +160,14 @@ def test_answers_lost_at_six_points_leave_every_file_imported_once(tmp_path, clu
     with duckdb.connect(str(index), read_only=True) as con:
         rows = con.execute("SELECT file_hash, status, error_message FROM import_history").fetchall()
     assert len(rows) == n + 1  # one attempt per file: none failed, none recorded twice
-    for digest in proxy.dropped:  # each file whose answer was lost says so (the NAS copy shares its digest)
+    lost = [msg for _, status, msg in rows if "after a lost answer" in (msg or "")]
+    assert len(lost) >= len(drops), lost  # each file whose answer was lost says so (and its NAS copy may too)
+    for digest in proxy.dropped if not domain else ():  # sent as they are: the proxy saw the NAS file's bytes
         notes = [(status, msg or "") for h, status, msg in rows if h == digest]
         assert any("after a lost answer" in msg for _, msg in notes), notes
+    patients = requests.get(f"{cluster.urls[0]}/patients", params={"expand": ""}, auth=cluster.auth, timeout=10)
+    sent_ids = {p["MainDicomTags"]["PatientID"] for p in patients.json()}
+    assert all(pid.startswith(domain) for pid in sent_ids) if domain else sent_ids, sent_ids
     failed_over = [msg for _, status, msg in rows if status == "imported" and "unreachable; sent to" in (msg or "")]
     assert sum(CONFIRMED in msg for msg in failed_over) >= len(drops) - 1, failed_over  # confirmed on the other node
 

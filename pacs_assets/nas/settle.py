@@ -1,7 +1,8 @@
 """When the watch (nas/watch.py) reports a file it has seen: the settle rule.
 
 A file still being copied in looks truncated, so a file is reported only once its size and mtime held still
-across two looks (the rule RSNA CTP and Kaapana follow too). The second look is taken in one of two ways:
+across two looks: a watcher cannot see an open writer on an SMB/NFS share, only what the listing says. The
+second look is taken in one of two ways:
 
 - **one tick later** (``look_again_seconds`` 0): 5-10 s after the file landed at a 5 s sensor interval, 60-120 s
   at the default 60 s: most of a new study's way to Orthanc was this wait (docs/speed.md).

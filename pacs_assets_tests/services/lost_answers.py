@@ -11,8 +11,12 @@ file Orthanc did not keep, and the node is not "dead" while Orthanc is still dec
 node refuses every upload (reads it, resets the connection, forwards nothing) until the dropped file has
 reached another node, which is what a client does when a node does not answer: so each drop forces a
 failover, whatever the threads do. A failover always finds a live node: no candidate is chosen while a node
-is dead, while a refused upload has not reached a live node yet, or while another candidate is in flight,
-and a file already dropped or refused once is never a candidate. Other requests (``GET``, ``/tools/find``)
+is dead, while a refused upload has not reached a live node yet, or while a candidate is in flight on another
+node, and a file already dropped or refused once is never a candidate. Several candidates may be in flight on
+one node (a candidate can stay inside Orthanc for a second when both nodes write one series and PostgreSQL
+retries its transaction; with one candidate at a time the drop points came due only after the uploads were
+over), and a node that dropped several answers is back only when every one of those files reached another
+node. Other requests (``GET``, ``/tools/find``)
 always pass, so a check of the stored MD5 never races a drop.
 
 Everything runs in daemon threads of the test process; ``close`` stops the listeners and connections.
@@ -46,9 +50,9 @@ class LostAnswers:
         self.posts = 0  # POST /instances forwarded, all nodes
         self.dropped: list[str] = []  # SHA-1 of each body whose answer was dropped
         self.not_stored = 0  # candidates Orthanc answered with anything but a stored Success: passed on
-        self._candidate: str | None = None  # the upload in flight that is dropped if Orthanc stores it
+        self._candidates: dict[str, int] = {}  # uploads in flight, dropped if Orthanc stores them -> their node
         self.refused = 0  # uploads refused by a "dead" node
-        self._dead: dict[int, str] = {}  # dead node -> the dropped body that must reach another node first
+        self._dead: dict[int, set[str]] = {}  # dead node -> dropped bodies that must reach another node first
         self._failing_over: set[str] = set()  # bodies a dead node refused, not yet forwarded by a live one
         self._troubled: set[str] = set()  # bodies dropped or refused once: their retries are left alone
         self._lock = threading.Lock()
@@ -81,10 +85,11 @@ class LostAnswers:
 
     def state(self) -> dict:
         """What decides the next candidate (for a failure message): dead nodes and the body each waits for,
-        bodies failing over, the candidate in flight, the dropped bodies."""
+        bodies failing over, the candidates in flight, the dropped bodies."""
         with self._lock:
-            return {"dead": dict(self._dead), "failing_over": sorted(self._failing_over),
-                    "candidate": self._candidate, "dropped": list(self.dropped), "posts": self.posts}
+            return {"dead": {node: sorted(bodies) for node, bodies in self._dead.items()},
+                    "failing_over": sorted(self._failing_over), "candidates": dict(self._candidates),
+                    "dropped": list(self.dropped), "posts": self.posts}
 
     def _accept(self, listener: socket.socket, index: int, host: str, port: int) -> None:
         while not self._closing:
@@ -105,14 +110,18 @@ class LostAnswers:
                 self._troubled.add(digest)
                 return "refuse"
             for node, waiting in list(self._dead.items()):
-                if waiting == digest:  # the dropped file reached another node: the dead one is back
+                waiting.discard(digest)
+                if not waiting:  # every file it dropped reached another node: the dead one is back
                     del self._dead[node]
             self._failing_over.discard(digest)
             self.posts += 1
-            due = len(self.dropped) < len(self.drop_at) and self.posts >= self.drop_at[len(self.dropped)]
-            calm = not self._dead and not self._failing_over and self._candidate is None
-            if due and calm and digest not in self._troubled:
-                self._candidate = digest
+            spent = len(self.dropped) + len(self._candidates)  # drop points taken, or taken if Orthanc stores
+            due = spent < len(self.drop_at) and self.posts >= self.drop_at[spent]
+            # Candidates only ever on one node at a time, so only that node can die and the other stays live.
+            calm = (not self._dead and not self._failing_over
+                    and all(node == index for node in self._candidates.values()))
+            if due and calm and digest not in self._troubled and digest not in self._candidates:
+                self._candidates[digest] = index
                 return "candidate"
             return "forward"
 
@@ -123,13 +132,13 @@ class LostAnswers:
         except (ValueError, AttributeError):
             stored = False
         with self._lock:
-            self._candidate = None
+            del self._candidates[digest]
             if not stored:
                 self.not_stored += 1
                 return False
             self._troubled.add(digest)
             self.dropped.append(digest)
-            self._dead[index] = digest
+            self._dead.setdefault(index, set()).add(digest)
             return True
 
     def _serve(self, client: socket.socket, index: int, host: str, port: int) -> None:
