@@ -272,3 +272,29 @@ def test_only_runs_whose_process_is_gone_from_this_machine_are_declared_dead(ins
     assert all(statuses[name] == DagsterRunStatus.FAILURE for name in ("exited", "pid_reused", "rebooted"))
     assert statuses["other_host"] == DagsterRunStatus.STARTED
     assert len([line for line in lines.lines if "Freed the 'orthanc_upload' pool slots of run" in line]) == 4
+
+
+def test_the_by_hand_line_of_the_production_docs_frees_a_dead_runs_slots(tmp_path):
+    """docs/production.md gives a one-line command for an instance without this project's executor: run as
+    written there (its `...` and `RUN_ID` filled in), it frees that run's slots and no other run's."""
+    import os
+    import re
+    import shlex
+
+    _, home = _site(tmp_path, "http://127.0.0.1:9")
+    text = (REPO / "docs" / "production.md").read_text()
+    line = re.search(r"`(DAGSTER_HOME=\.\.\. python -c .*free_concurrency_slots_for_run.*?)`\.?$", text, re.M)
+    assert line, "docs/production.md no longer shows the by-hand command"
+    with DagsterInstance.from_config(str(home)) as instance:
+        storage = instance.event_log_storage
+        storage.set_concurrency_slots(UPLOAD_POOL, 2)
+        for run_id in ("dead_run", "live_run"):
+            instance.add_run(DagsterRun(job_name=run_id, run_id=run_id, status=DagsterRunStatus.STARTED))
+            assert storage.claim_concurrency_slot(UPLOAD_POOL, run_id, "upload").is_claimed
+    command = line.group(1).replace("DAGSTER_HOME=...", f"DAGSTER_HOME={shlex.quote(str(home))}")
+    command = command.replace("RUN_ID", "dead_run")
+    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}  # `python` is the project's
+    subprocess.run(["bash", "-c", command], env=env, check=True, capture_output=True, timeout=120)
+    with DagsterInstance.from_config(str(home)) as instance:
+        held, _ = _slot_runs(instance)
+    assert held == {"live_run"}
