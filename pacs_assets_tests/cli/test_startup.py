@@ -122,3 +122,25 @@ def test_a_missing_file_and_an_unwritable_cache_say_what_load_config_says(site, 
     blocked.write_text("")  # a file where the cache folder would be: nothing can be remembered
     monkeypatch.setenv("XDG_CACHE_HOME", str(blocked))
     assert load_validated(site).nas[0].id == load_validated(site).nas[0].id == "ct"
+
+
+@pytest.mark.parametrize("argv", [
+    ["search", "--bogus"], ["search", "--help"], ["search", "--limit", "0"], ["search", "--from", "2020-13-01"],
+    ["--config", "x.yaml", "search", "mueller", "--json", "hans"], ["search", "müller", "--modality", "CT"],
+    ["status", "--bogus"], ["history", "--help"], ["identity", "--help"], ["echo", "--help"], ["check", "--x"]])
+def test_the_parser_built_for_one_command_answers_as_the_whole_one(argv, capsys):
+    """Built for the command it runs, the parser prints the same help, usage and errors (the usage line lists
+    every command) and parses to the same values as the parser with every command."""
+    from pacs_assets.cli.main import build_parser
+
+    answers = []
+    for parser in (build_parser(argv), build_parser()):
+        try:
+            parsed = vars(parser.parse_args(argv))
+            code = None
+        except SystemExit as exc:
+            parsed, code = None, exc.code
+        answers.append((parsed, code, *capsys.readouterr()))
+    assert answers[0] == answers[1]
+    if argv[-1] == "--bogus":  # the top parser's error: its usage line names every command
+        assert "{sample,check,search,status,history,identity,echo}" in answers[0][3]
