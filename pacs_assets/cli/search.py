@@ -70,7 +70,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-# The options of a plain command line (``quick_args``): the destination add_parser gives each, and its type.
+# The options of a plain command line (``quick_args``): the destination add_parser gives each, and its type. An
+# option added there and not here only sends its lines to the parser; test_startup compares the values of both.
 _VALUED = {"--patient-id": ("patient_id", str), "--modality": ("modality", str), "--from": ("date_from", iso_date),
            "--to": ("date_to", iso_date), "--limit": ("limit", positive_int)}
 
