@@ -3,13 +3,16 @@ search, status, history and echo."""
 
 from __future__ import annotations
 
-import argparse
 import importlib
 import json
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pacs_assets.errors import ConfigError
+
+if TYPE_CHECKING:
+    import argparse
 
 
 def _cmd_sample(args: argparse.Namespace) -> int:
@@ -65,12 +68,7 @@ def command_in(argv: list[str]) -> str | None:
     return None
 
 
-def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
-    """The command line; given ``argv``, with only the command module it runs (a whole parser otherwise)."""
-    parser = argparse.ArgumentParser(prog="pacs", description=__doc__)
-    parser.add_argument("--config", help="site configuration (default: $PACS_CONFIG, then ./pacs.yaml)")
-    sub = parser.add_subparsers(dest="command", required=True)
-
+def _add_sample(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("sample", help="make sample NAS devices and a pacs.yaml for them")
     p.add_argument("--out", required=True)
     p.add_argument("--patients", type=int, default=6)
@@ -81,22 +79,42 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
                    help="no archive_nas (an old archive whose patient IDs collide with ct_nas's)")
     p.set_defaults(func=_cmd_sample)
 
+
+def _add_check(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("check", help="check the configuration, the NAS roots and Orthanc")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_cmd_check)
 
+
+def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
+    """The command line; given ``argv``, with only the command it runs built in full (a whole parser otherwise)."""
+    import argparse  # here: a plain `pacs search` line needs none of it (search.quick_args)
+
+    parser = argparse.ArgumentParser(prog="pacs", description=__doc__)
+    parser.add_argument("--config", help="site configuration (default: $PACS_CONFIG, then ./pacs.yaml)")
+    sub = parser.add_subparsers(dest="command", required=True)
     # Those modules import only argparse-level code here; what a command needs (pydantic, duckdb, pynetdicom) loads
-    # when it runs, so every `pacs` process starts light (the lazy-import test guards it).
+    # when it runs, so every `pacs` process starts light (the lazy-import test guards it). Each other command is
+    # its name only: the usage line an error prints lists every command, as the whole parser's does.
     wanted = command_in(argv) if argv is not None else None
-    for name in COMMANDS:
-        if wanted in (None, name):
+    for name in ("sample", "check", *COMMANDS):
+        if wanted not in (None, name):
+            sub.add_parser(name)
+        elif name in ("sample", "check"):
+            (_add_sample if name == "sample" else _add_check)(sub)
+        else:
             importlib.import_module(f"pacs_assets.cli.{name}").add_parser(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    args = build_parser(argv).parse_args(argv)
+    args = None
+    if command_in(argv) == "search":
+        from pacs_assets.cli.search import quick_args
+
+        args = quick_args(argv)
+    args = args or build_parser(argv).parse_args(argv)
     try:
         return args.func(args)
     except ConfigError as exc:

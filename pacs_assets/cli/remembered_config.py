@@ -14,13 +14,20 @@ first. It lives with the CLI, its only user, so the configuration's own modules 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from pathlib import Path
 from typing import NamedTuple
 
 from pacs_assets.config_file import config_path
+
+try:  # Python's own SHA-256 (the same digest): hashlib would load OpenSSL first, ~4 ms of a new process
+    from _sha256 import sha256
+except ImportError:  # Python >= 3.12 names it _sha2; a build without it has hashlib's
+    try:
+        from _sha2 import sha256
+    except ImportError:
+        from hashlib import sha256
 
 CACHE_FORMAT = 1
 _PACKAGE = Path(__file__).resolve().parents[1]
@@ -96,10 +103,10 @@ def load_validated(explicit: str | os.PathLike | None = None) -> ConfigView:
     try:
         resolved = path.resolve()
         key = {"format": CACHE_FORMAT, "file": str(resolved),
-               "sha256": hashlib.sha256(resolved.read_bytes()).hexdigest(), "code": _code_stamp()}
+               "sha256": sha256(resolved.read_bytes()).hexdigest(), "code": _code_stamp()}
     except OSError:
         key = None  # unreadable: load_config says why, in its own sentence
-    entry = cache_dir() / f"config-{hashlib.sha256(str(path.absolute()).encode()).hexdigest()[:24]}.json"
+    entry = cache_dir() / f"config-{sha256(str(path.absolute()).encode()).hexdigest()[:24]}.json"
     if key is not None:
         try:
             with open(entry, encoding="utf-8") as fh:

@@ -16,7 +16,6 @@ A missing value never makes two records the same: it can only lower ``same`` to 
 
 from __future__ import annotations
 
-import hashlib
 import re
 import unicodedata
 from typing import NamedTuple
@@ -117,6 +116,8 @@ class PersonRecord(NamedTuple):
     @property
     def key(self) -> str:
         """A stable short ID of this record (what decisions refer to): no name in it."""
+        import hashlib  # here: `pacs search` compares records but needs no key, and hashlib loads OpenSSL (~3 ms)
+
         text = "\x1f".join((self.source, self.patient_id, self.name, self.birth_date, self.sex))
         return hashlib.sha1(text.encode()).hexdigest()[:12]
 

@@ -10,12 +10,9 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import hashlib
 import os
-import random
 import time
 from collections.abc import Iterator
-from importlib import resources
 from pathlib import Path
 
 try:
@@ -35,13 +32,19 @@ DUCKDB_SETTINGS = {"memory_limit": os.environ.get("PACS_DUCKDB_MEMORY_LIMIT", "2
 WALK_MEMORY_LIMIT = os.environ.get("PACS_WALK_MEMORY_LIMIT", "128MB")
 
 
+# importlib.resources, hashlib and random load where they are used: a read-only open (`pacs search`, a new
+# process each time) needs none of them, and together they cost it ~15 ms of imports.
 @functools.cache
 def schema_sql() -> str:
+    from importlib import resources
+
     return resources.files("pacs_assets.index").joinpath("schema.sql").read_text()
 
 
 @functools.cache
 def schema_version() -> str:
+    import hashlib
+
     return hashlib.sha1(schema_sql().encode()).hexdigest()[:16]
 
 
@@ -105,6 +108,8 @@ def connect(path: str | os.PathLike, *, read_only: bool = False,
                 if _is_lock_error(exc):
                     raise IndexBusy(f"The index {path} stayed locked by another process for {wait:.0f} s.") from None
                 raise
+            import random
+
             time.sleep(delay * (1 + random.random()))
             delay = min(delay * 2, 1.0)
 

@@ -122,3 +122,49 @@ def test_a_missing_file_and_an_unwritable_cache_say_what_load_config_says(site, 
     blocked.write_text("")  # a file where the cache folder would be: nothing can be remembered
     monkeypatch.setenv("XDG_CACHE_HOME", str(blocked))
     assert load_validated(site).nas[0].id == load_validated(site).nas[0].id == "ct"
+
+
+@pytest.mark.parametrize("argv", [
+    ["search", "--bogus"], ["search", "--help"], ["search", "--limit", "0"], ["search", "--from", "2020-13-01"],
+    ["--config", "x.yaml", "search", "mueller", "--json", "hans"], ["search", "müller", "--modality", "CT"],
+    ["status", "--bogus"], ["history", "--help"], ["identity", "--help"], ["echo", "--help"], ["check", "--x"]])
+def test_the_parser_built_for_one_command_answers_as_the_whole_one(argv, capsys):
+    """Built for the command it runs, the parser prints the same help, usage and errors (the usage line lists
+    every command) and parses to the same values as the parser with every command."""
+    from pacs_assets.cli.main import build_parser
+
+    answers = []
+    for parser in (build_parser(argv), build_parser()):
+        try:
+            parsed = vars(parser.parse_args(argv))
+            code = None
+        except SystemExit as exc:
+            parsed, code = None, exc.code
+        answers.append((parsed, code, *capsys.readouterr()))
+    assert answers[0] == answers[1]
+    if argv[-1] == "--bogus":  # the top parser's error: its usage line names every command
+        assert "{sample,check,search,status,history,identity,echo}" in answers[0][3]
+
+
+PLAIN_SEARCH_LINES = [
+    ["search", "mueller"], ["search", "jurgen", "müller", "--modality", "CT", "--json"], ["search"],
+    ["--config", "site.yaml", "search", "--patient-id", "P01", "--limit", "7"], ["search", "", "--modality", ""],
+    ["search", "x", "--from", "2020-01-31", "--to", "2021-02-01"], ["search", "--json", "--limit", "10000"]]
+# The parser's own lines: help, errors, abbreviations, '=' forms, repeats, words after options, other commands.
+PARSER_LINES = [
+    ["search", "--help"], ["search", "--limit", "0"], ["search", "--from", "2020-13-01"], ["search", "--lim", "5"],
+    ["search", "--limit=5", "x"], ["search", "--json", "x"], ["search", "--modality", "CT", "--modality", "MR"],
+    ["search", "--modality"], ["search", "-5"], ["--config=site.yaml", "search", "x"], ["--config", "search"],
+    ["search", "--patient-id", "-1"], ["search", "--", "x"], ["status"]]
+
+
+@pytest.mark.parametrize("argv", PLAIN_SEARCH_LINES + PARSER_LINES)
+def test_a_plain_search_line_parses_without_the_parser_to_the_same_values(argv, capsys):
+    """search.quick_args gives what the parser gives, or leaves the line to the parser (help, errors and the rest)."""
+    from pacs_assets.cli.main import build_parser
+    from pacs_assets.cli.search import quick_args
+
+    quick = quick_args(argv)
+    assert (quick is not None) == (argv in PLAIN_SEARCH_LINES)
+    if quick is not None:
+        assert vars(quick) == vars(build_parser().parse_args(argv))
