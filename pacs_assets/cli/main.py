@@ -3,16 +3,13 @@ search, status, history and echo."""
 
 from __future__ import annotations
 
+import argparse
 import importlib
 import json
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from pacs_assets.errors import ConfigError
-
-if TYPE_CHECKING:
-    import argparse
 
 
 def _cmd_sample(args: argparse.Namespace) -> int:
@@ -88,8 +85,6 @@ def _add_check(sub: argparse._SubParsersAction) -> None:
 
 def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     """The command line; given ``argv``, with only the command it runs built in full (a whole parser otherwise)."""
-    import argparse  # here: a plain `pacs search` line needs none of it (search.quick_args)
-
     parser = argparse.ArgumentParser(prog="pacs", description=__doc__)
     parser.add_argument("--config", help="site configuration (default: $PACS_CONFIG, then ./pacs.yaml)")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -109,12 +104,7 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    args = None
-    if command_in(argv) == "search":
-        from pacs_assets.cli.search import quick_args
-
-        args = quick_args(argv)
-    args = args or build_parser(argv).parse_args(argv)
+    args = build_parser(argv).parse_args(argv)
     try:
         return args.func(args)
     except ConfigError as exc:

@@ -10,11 +10,11 @@ The output names patients: it is for the operator at the terminal, never written
 
 from __future__ import annotations
 
+import argparse
 import datetime as dt
 import sys
 import time
 from pathlib import Path
-from types import SimpleNamespace
 from typing import TYPE_CHECKING
 
 from pacs_assets.cli.output import print_json, write_output
@@ -22,22 +22,18 @@ from pacs_assets.cli.remembered_config import load_validated
 from pacs_assets.nas.names import shown as shown_path
 
 if TYPE_CHECKING:
-    import argparse
-
     from pacs_assets.cli.remembered_config import ConfigView
     from pacs_assets.config import PacsConfig
 
 # A search is a new process each time: it imports only what it uses, when it runs. The index modules load in
 # ``run``; the configuration comes validated from its cache (cli/remembered_config.py), so pydantic loads only when the
-# file or the code changed; a plain command line needs no argparse (``quick_args``).
+# file or the code changed.
 
 
 def iso_date(text: str) -> dt.date:
     try:
         return dt.date.fromisoformat(text)
     except ValueError:
-        import argparse
-
         raise argparse.ArgumentTypeError(f"'{text}' is not a date: use YYYY-MM-DD") from None
 
 
@@ -47,15 +43,11 @@ def positive_int(text: str) -> int:
     except ValueError:
         value = 0
     if not 1 <= value <= 10_000:
-        import argparse
-
         raise argparse.ArgumentTypeError(f"'{text}' must be a whole number from 1 to 10000")
     return value
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    import argparse
-
     p = sub.add_parser("search", help="find patients and where their studies are (NAS folders, Orthanc)",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("name", nargs="*", help="patient name or part of it, any order ('jurgen muller', 'mull')")
@@ -68,51 +60,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--limit", type=positive_int, default=50, help="at most this many patients (default 50)")
     p.add_argument("--json", action="store_true", help="print one JSON document")
     p.set_defaults(func=run)
-
-
-# The options of a plain command line (``quick_args``): the destination add_parser gives each, and its type. An
-# option added there and not here only sends its lines to the parser; test_startup compares the values of both.
-_VALUED = {"--patient-id": ("patient_id", str), "--modality": ("modality", str), "--from": ("date_from", iso_date),
-           "--to": ("date_to", iso_date), "--limit": ("limit", positive_int)}
-
-
-def quick_args(argv: list[str]) -> SimpleNamespace | None:
-    """What the parser gives a plain command line, ``[--config FILE] search [WORD...] [--OPTION VALUE | --json]...``
-    (each option once, its whole name, no word after an option, good values), without building the parser: argparse
-    (its import, translations, help formatters) is ~10 ms of a new process. None for anything else (help, ``--x=y``,
-    an abbreviation, a bad value): the parser answers those, with its own messages."""
-    values = {"config": None, "command": "search", "name": [], "patient_id": None, "modality": None,
-              "date_from": None, "date_to": None, "limit": 50, "json": False, "func": run}
-    tokens = iter(argv)
-    token = next(tokens, None)
-    if token == "--config":
-        values["config"], token = next(tokens, "-"), next(tokens, None)
-        if values["config"].startswith("-"):
-            return None
-    if token != "search":
-        return None
-    seen: set[str] = set()
-    for token in tokens:
-        if not token.startswith("-"):
-            if seen:  # a word after an option: argparse's error
-                return None
-            values["name"].append(token)
-        elif token in seen or (token != "--json" and token not in _VALUED):
-            return None
-        elif token == "--json":
-            seen.add(token)
-            values["json"] = True
-        else:
-            seen.add(token)
-            value = next(tokens, "-")
-            if value.startswith("-"):
-                return None
-            dest, kind = _VALUED[token]
-            try:
-                values[dest] = kind(value)
-            except Exception:  # noqa: BLE001 - argparse.ArgumentTypeError: the parser says it, in its words
-                return None
-    return SimpleNamespace(**values)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -145,26 +145,3 @@ def test_the_parser_built_for_one_command_answers_as_the_whole_one(argv, capsys)
     if argv[-1] == "--bogus":  # the top parser's error: its usage line names every command
         assert "{sample,check,search,status,history,identity,echo}" in answers[0][3]
 
-
-PLAIN_SEARCH_LINES = [
-    ["search", "mueller"], ["search", "jurgen", "müller", "--modality", "CT", "--json"], ["search"],
-    ["--config", "site.yaml", "search", "--patient-id", "P01", "--limit", "7"], ["search", "", "--modality", ""],
-    ["search", "x", "--from", "2020-01-31", "--to", "2021-02-01"], ["search", "--json", "--limit", "10000"]]
-# The parser's own lines: help, errors, abbreviations, '=' forms, repeats, words after options, other commands.
-PARSER_LINES = [
-    ["search", "--help"], ["search", "--limit", "0"], ["search", "--from", "2020-13-01"], ["search", "--lim", "5"],
-    ["search", "--limit=5", "x"], ["search", "--json", "x"], ["search", "--modality", "CT", "--modality", "MR"],
-    ["search", "--modality"], ["search", "-5"], ["--config=site.yaml", "search", "x"], ["--config", "search"],
-    ["search", "--patient-id", "-1"], ["search", "--", "x"], ["status"]]
-
-
-@pytest.mark.parametrize("argv", PLAIN_SEARCH_LINES + PARSER_LINES)
-def test_a_plain_search_line_parses_without_the_parser_to_the_same_values(argv, capsys):
-    """search.quick_args gives what the parser gives, or leaves the line to the parser (help, errors and the rest)."""
-    from pacs_assets.cli.main import build_parser
-    from pacs_assets.cli.search import quick_args
-
-    quick = quick_args(argv)
-    assert (quick is not None) == (argv in PLAIN_SEARCH_LINES)
-    if quick is not None:
-        assert vars(quick) == vars(build_parser().parse_args(argv))

@@ -30,6 +30,7 @@ import json
 import socket
 import struct
 import threading
+import time
 from urllib.parse import urlsplit
 
 HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "content-length", "host"}
@@ -56,6 +57,8 @@ class LostAnswers:
         self._failing_over: set[str] = set()  # bodies a dead node refused, not yet forwarded by a live one
         self._troubled: set[str] = set()  # bodies dropped or refused once: their retries are left alone
         self._lock = threading.Lock()
+        self.events: list[tuple] = []  # (seconds, posts, what, node, body): what a failure message shows
+        self._t0 = time.monotonic()
         self._closing = False
         self._sockets: set[socket.socket] = set()
         self._listeners = []
@@ -89,7 +92,10 @@ class LostAnswers:
         with self._lock:
             return {"dead": {node: sorted(bodies) for node, bodies in self._dead.items()},
                     "failing_over": sorted(self._failing_over), "candidates": dict(self._candidates),
-                    "dropped": list(self.dropped), "posts": self.posts}
+                    "dropped": list(self.dropped), "posts": self.posts, "events": self.events[-60:]}
+
+    def _event(self, what: str, node: int, digest: str) -> None:  # under the lock
+        self.events.append((round(time.monotonic() - self._t0, 2), self.posts, what, node, digest[:8]))
 
     def _accept(self, listener: socket.socket, index: int, host: str, port: int) -> None:
         while not self._closing:
@@ -106,6 +112,8 @@ class LostAnswers:
         with self._lock:
             if index in self._dead:
                 self.refused += 1
+                if digest not in self._failing_over:
+                    self._event("refused", index, digest)
                 self._failing_over.add(digest)
                 self._troubled.add(digest)
                 return "refuse"
@@ -113,6 +121,9 @@ class LostAnswers:
                 waiting.discard(digest)
                 if not waiting:  # every file it dropped reached another node: the dead one is back
                     del self._dead[node]
+                    self._event("back", node, digest)
+            if digest in self._failing_over:
+                self._event("failed over", index, digest)
             self._failing_over.discard(digest)
             self.posts += 1
             spent = len(self.dropped) + len(self._candidates)  # drop points taken, or taken if Orthanc stores
@@ -122,6 +133,7 @@ class LostAnswers:
                     and all(node == index for node in self._candidates.values()))
             if due and calm and digest not in self._troubled and digest not in self._candidates:
                 self._candidates[digest] = index
+                self._event("candidate", index, digest)
                 return "candidate"
             return "forward"
 
@@ -133,6 +145,7 @@ class LostAnswers:
             stored = False
         with self._lock:
             del self._candidates[digest]
+            self._event("dropped" if stored else f"not stored ({status})", index, digest)
             if not stored:
                 self.not_stored += 1
                 return False
