@@ -27,6 +27,8 @@ LEDGER_COLUMNS = ["nas_id", "file_path", "change_token", "file_hash", "partition
                   "attempt_key", "orthanc_node"]
 LEDGER_STATUSES = ("imported", "duplicate", "uid_conflict", "failed")
 FILE_STATUSES = LEDGER_STATUSES + ("held", "skipped", "pending")  # the file_status view's vocabulary
+FOUND_COLUMNS = ["nas_id", "file_path", "change_token", "partition_date", "orthanc_instance_id", "patient_id",
+                 "study_instance_uid", "series_instance_uid", "sop_instance_uid", "error_message", "by_run"]
 SETTLED = "('imported', 'duplicate', 'uid_conflict')"  # SQL: a file version that no run uploads again
 
 
@@ -67,6 +69,34 @@ def append_ledger(index_path: str | os.PathLike, rows: Sequence[Mapping]) -> Non
     if rows:
         with transaction(index_path) as con:
             insert_rows(con, "import_history", LEDGER_COLUMNS, rows)
+
+
+def append_found(index_path: str | os.PathLike, found: Mapping[str, Sequence], *, run_id: str | None,
+                 node: str) -> None:
+    """Append the attempts of staged files found already in Orthanc (pipeline/already_stored.py), given as
+    columns: ``FOUND_COLUMNS`` (``error_message``: how it was found; ``by_run``: another file of this run has
+    its Orthanc ID). One transaction, the rows handed to DuckDB as a frame of columns (built row by row they
+    cost ~40 us each). A row is ``duplicate`` when an upload on record put its instance there (an ``imported``
+    row of any NAS) or ``by_run``, else ``imported`` (the index was rebuilt: the upload on record is gone)."""
+    import pandas as pd
+
+    frame = pd.DataFrame(dict(found))
+    frame["partition_date"] = frame["partition_date"].astype("string")
+    now = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
+    with transaction(index_path) as con:
+        con.register("_found", frame)
+        try:
+            con.execute(f"""
+                INSERT INTO import_history ({", ".join(LEDGER_COLUMNS)})
+                SELECT nas_id, file_path, change_token, NULL, partition_date, orthanc_instance_id, patient_id,
+                       study_instance_uid, series_instance_uid, sop_instance_uid,
+                       CASE WHEN by_run OR EXISTS (SELECT 1 FROM import_history h WHERE h.status = 'imported'
+                                                   AND h.orthanc_instance_id = f.orthanc_instance_id)
+                            THEN 'duplicate' ELSE 'imported' END,
+                       error_message, false, 0, NULL, $now, $now, $run, NULL, $node
+                FROM _found f""", {"now": now, "run": run_id, "node": node})
+        finally:
+            con.unregister("_found")
 
 
 def insert_rows(con: duckdb.DuckDBPyConnection, table: str, columns: Sequence[str], rows: Sequence[Mapping], *,

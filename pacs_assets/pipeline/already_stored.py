@@ -36,7 +36,6 @@ instance in ``skip`` (an interrupted upload of ours, index/journal.py decides) i
 
 from __future__ import annotations
 
-import datetime as dt
 import os
 from collections import deque
 from collections.abc import Callable, Iterator
@@ -55,10 +54,10 @@ FOUND_SERIES = ("already in Orthanc (its series holds exactly these instances, s
 BATCH = 100  # UIDs per /tools/find: longer lists cost more per UID on 1.10.1 (docs/speed.md)
 SERIES_MIN = 10  # staged files of one series from which it is asked as a whole (break-even ~5-20, measured)
 LOOKUPS_IN_FLIGHT = 3  # requests at once (Orthanc answers each in its own HTTP thread)
-LOOKUPS_AHEAD = 32  # lookups queued at most: they go on while this thread writes the ledger (~0.5 s per 10,000)
+LOOKUPS_AHEAD = 32  # lookups queued at most: they go on while this thread writes the ledger
 
 
-LEDGER_BATCH = 10_000  # hits per ledger write: each opens the index twice (~50 ms at load 7); per 100: 5 s per 10,000
+LEDGER_BATCH = 10_000  # hits per ledger write: each opens the index (~20-50 ms); per 100: 5 s per 10,000
 
 
 Sent = tuple[FileRecord, "SendAs | None", str]  # a staged file, the identity it goes under, its Orthanc ID
@@ -134,23 +133,22 @@ def _staged_series(staging: Staging) -> Iterator[list[FileRecord]]:
         yield list(series)
 
 
-def _rows(hits: Hits, kept: dict, seen: set[str], run_id: str | None, node: str) -> list[dict]:
-    now = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
-    rows = []
-    for rec, oid, how in hits:
-        # The ledger knows an upload that put it there (another file, or an earlier version of this one), or
-        # another file of this run has that ID: Orthanc already had it, a duplicate. Nobody's upload on record
-        # (the index was rebuilt): ours.
-        by_other = oid in kept or oid in seen
+def _columns(hits: Hits, seen: set[str]) -> dict[str, list]:
+    """The hits as ledger.FOUND_COLUMNS. ``by_run``: another file of this run has that ID (Orthanc already had
+    it: a duplicate, as when the ledger knows the upload that put it there, which ledger.append_found asks)."""
+    by_run = []
+    for _, oid, _ in hits:
+        by_run.append(oid in seen)
         seen.add(oid)
-        rows.append({
-            "nas_id": rec.nas_id, "file_path": rec.file_path, "change_token": rec.change_token, "file_hash": None,
-            "partition_date": rec.procedure_date, "orthanc_instance_id": oid, "patient_id": rec.patient_id,
-            "study_instance_uid": rec.study_instance_uid, "series_instance_uid": rec.series_instance_uid,
-            "sop_instance_uid": rec.sop_instance_uid, "status": "duplicate" if by_other else "imported",
-            "error_message": how, "retryable": False, "attempts": 0, "http_status": None,
-            "started_at": now, "finished_at": now, "run_id": run_id, "orthanc_node": node})
-    return rows
+    recs = [rec for rec, _, _ in hits]
+    return {**{name: [getattr(rec, name) for rec in recs] for name in _RECORD_FIELDS},
+            "partition_date": [rec.procedure_date for rec in recs],
+            "orthanc_instance_id": [oid for _, oid, _ in hits], "error_message": [how for _, _, how in hits],
+            "by_run": by_run}
+
+
+_RECORD_FIELDS = ("nas_id", "file_path", "change_token", "patient_id", "study_instance_uid", "series_instance_uid",
+                  "sop_instance_uid")
 
 
 def record_already_stored(source: NasSource, client: OrthancApi, staging: Staging,
@@ -160,22 +158,22 @@ def record_already_stored(source: NasSource, client: OrthancApi, staging: Stagin
     """Record the staged files Orthanc already holds and drop them from staging. Returns how many.
 
     Orthanc is asked a series or 100 UIDs at a time, a few requests at once, their answers taken in order (module
-    docstring); the ledger is read (kept files) and written once per ``LEDGER_BATCH`` hits, not per request. A
-    run killed in between loses only rows it can find again: nothing was sent."""
+    docstring); the ledger is written once per ``LEDGER_BATCH`` hits, not per request. A run killed in between
+    loses only rows it can find again: nothing was sent."""
     staging.con.execute("CREATE TEMP TABLE IF NOT EXISTS already_stored (file_path VARCHAR)")
     recorded, hits, seen = 0, [], set()
 
     def write() -> None:
         nonlocal recorded
-        rows = _rows(hits, ledger.kept_files(index_path, [oid for _, oid, _ in hits]), seen, run_id, client.url)
-        if rows:
-            ledger.append_ledger(index_path, rows)
+        if hits:
+            found = _columns(hits, seen)
+            ledger.append_found(index_path, found, run_id=run_id, node=client.url)
             import pandas as pd
 
-            staging.con.register("_found", pd.DataFrame({"file_path": [r["file_path"] for r in rows]}))
+            staging.con.register("_found", pd.DataFrame({"file_path": found["file_path"]}))
             staging.con.execute("INSERT INTO already_stored SELECT file_path FROM _found")
             staging.con.unregister("_found")
-            recorded += len(rows)
+            recorded += len(hits)
         hits.clear()
 
     def take(found: Hits) -> None:
