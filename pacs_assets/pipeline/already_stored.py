@@ -107,10 +107,11 @@ def _series_hits(source: NasSource, client: OrthancApi, batch: list[Sent], skip:
     else per file, asking only for the IDs its series lists. Several Orthanc series when the files go under
     several identities."""
     by_series: dict[str, dict[str, list[Sent]]] = {}
+    series_ids: dict[tuple, str] = {}  # a SHA-1 per series, not per file
     for sent in batch:
         rec, identity = sent[0], sent[1]
-        series_id = orthanc_series_id(identity.patient_id if identity else rec.patient_id, rec.study_instance_uid,
-                                      rec.series_instance_uid)
+        key = (identity.patient_id if identity else rec.patient_id, rec.study_instance_uid, rec.series_instance_uid)
+        series_id = series_ids.get(key) or series_ids.setdefault(key, orthanc_series_id(*key))
         by_series.setdefault(series_id, {}).setdefault(sent[2], []).append(sent)
     hits: Hits = []
     for series_id, ours in by_series.items():
