@@ -40,7 +40,7 @@ import threading
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
-from pacs_assets.index.connection import session, transaction
+from pacs_assets.index.connection import Index, opened, transaction
 from pacs_assets.index.ledger import LEDGER_COLUMNS, insert_rows
 from pacs_assets.index.staging import left_by_dead_processes
 
@@ -146,19 +146,50 @@ def pending_journals(index_path: str | os.PathLike, own: Path | None = None) -> 
 
 def merge_journals(index_path: str | os.PathLike, own: Path | None = None) -> int:
     """Move the pending journals into the index (one transaction), then remove them. Returns how many."""
-    paths = pending_journals(index_path, own)
-    if not paths:
-        return 0
-    with transaction(index_path) as con:
-        for path in paths:
+    with merging_journals(index_path, own) as merge:
+        if merge.needed:
+            with transaction(index_path) as con:
+                merge(con)
+    return len(merge.paths)
+
+
+class _Merge:
+    def __init__(self, paths: list[Path]):
+        self.paths = paths
+
+    @property
+    def needed(self) -> bool:
+        """Some journal has lines (an upload run that sent nothing leaves an empty one: no index session)."""
+        return any(_size(path) for path in self.paths)
+
+    def __call__(self, con) -> None:
+        """Insert the journals' rows on ``con`` (in the caller's transaction)."""
+        for path in self.paths:
+            if not _size(path):
+                continue
             for answered, interrupted in read_journal(path):
                 if answered:
                     insert_rows(con, "import_history", LEDGER_COLUMNS, answered, new_keys_only=True)
                 if interrupted:
                     insert_rows(con, "interrupted_uploads", INTERRUPTED_COLUMNS, interrupted, new_keys_only=True)
-    for path in paths:
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return -1  # gone or unreadable: reading it says why, as before
+
+
+@contextlib.contextmanager
+def merging_journals(index_path: str | os.PathLike, own: Path | None = None) -> Iterator[_Merge]:
+    """The pending journals, to be merged (``merge(con)``) in a transaction the caller commits inside this
+    block; they are removed only when the block ends without an error, so a rolled-back merge leaves them for
+    the next run (merging twice adds nothing)."""
+    merge = _Merge(pending_journals(index_path, own))
+    yield merge
+    for path in merge.paths:
         path.unlink(missing_ok=True)
-    return len(paths)
 
 
 class Reclaims:
@@ -172,9 +203,9 @@ class Reclaims:
         self._lock = threading.Lock()
 
     @classmethod
-    def load(cls, index_path: str | os.PathLike, nas_id: str) -> Reclaims:
+    def load(cls, index: Index, nas_id: str) -> Reclaims:
         """The NAS's interrupted uploads not answered since, whose instance no one recorded imported."""
-        with session(index_path) as con:
+        with opened(index) as con:
             if not con.execute("SELECT 1 FROM interrupted_uploads WHERE nas_id = ? LIMIT 1", [nas_id]).fetchall():
                 return cls({})  # the usual case: no upload of this NAS was ever cut off
             rows = con.execute("""

@@ -10,13 +10,14 @@ already held a *different* file with the same UIDs and kept it; ``error_message`
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import os
 from collections.abc import Iterator, Mapping, Sequence
 
 import duckdb
 
-from pacs_assets.index.connection import session, transaction
+from pacs_assets.index.connection import Index, opened, session, transaction
 from pacs_assets.index.inventory import RECORD_COLUMNS
 from pacs_assets.index.staging import Staging
 from pacs_assets.nas.base import FileRecord
@@ -27,16 +28,20 @@ LEDGER_COLUMNS = ["nas_id", "file_path", "change_token", "file_hash", "partition
                   "attempt_key", "orthanc_node"]
 LEDGER_STATUSES = ("imported", "duplicate", "uid_conflict", "failed")
 FILE_STATUSES = LEDGER_STATUSES + ("held", "skipped", "pending")  # the file_status view's vocabulary
+FOUND_COLUMNS = ["nas_id", "file_path", "change_token", "partition_date", "orthanc_instance_id", "patient_id",
+                 "study_instance_uid", "series_instance_uid", "sop_instance_uid", "error_message", "by_run"]
 SETTLED = "('imported', 'duplicate', 'uid_conflict')"  # SQL: a file version that no run uploads again
 
 
-def stage_pending_uploads(staging: Staging, nas_id: str, start: dt.date, end: dt.date) -> int:
-    """Copy into staging the window's indexed instances that still need an upload. Returns how many.
+def stage_pending_uploads(staging: Staging, nas_id: str, start: dt.date, end: dt.date, *,
+                          con: duckdb.DuckDBPyConnection | None = None) -> int:
+    """Copy into staging the window's indexed instances that still need an upload. Returns how many. ``con``:
+    an index connection the caller holds with this staging attached (``Staging.attached_to_index``).
 
     The instance row says what to send; the inventory row (same file, same change token) carries what the
     NAS kind needs to read it (format, transfer syntax, catalog facts).
     """
-    with staging.attached_to_index() as con:
+    with contextlib.nullcontext(con) if con is not None else staging.attached_to_index() as con:
         con.execute(f"""
             INSERT INTO staging.inventory
             SELECT f.* FROM instances i
@@ -47,7 +52,7 @@ def stage_pending_uploads(staging: Staging, nas_id: str, start: dt.date, end: dt
                 SELECT 1 FROM import_history h
                 WHERE h.nas_id = i.nas_id AND h.file_path = i.file_path AND h.change_token = i.change_token
                   AND (h.status IN {SETTLED} OR NOT h.retryable))""", [nas_id, start, end])
-    return staging.count("inventory")
+        return con.execute("SELECT count(*) FROM staging.inventory").fetchall()[0][0]
 
 
 def iter_staged(staging: Staging, batch: int = 500, *,
@@ -67,6 +72,34 @@ def append_ledger(index_path: str | os.PathLike, rows: Sequence[Mapping]) -> Non
     if rows:
         with transaction(index_path) as con:
             insert_rows(con, "import_history", LEDGER_COLUMNS, rows)
+
+
+def append_found(index_path: str | os.PathLike, found: Mapping[str, Sequence], *, run_id: str | None,
+                 node: str) -> None:
+    """Append the attempts of staged files found already in Orthanc (pipeline/already_stored.py), given as
+    columns: ``FOUND_COLUMNS`` (``error_message``: how it was found; ``by_run``: another file of this run has
+    its Orthanc ID). One transaction, the rows handed to DuckDB as a frame of columns (built row by row they
+    cost ~40 us each). A row is ``duplicate`` when an upload on record put its instance there (an ``imported``
+    row of any NAS) or ``by_run``, else ``imported`` (the index was rebuilt: the upload on record is gone)."""
+    import pandas as pd
+
+    frame = pd.DataFrame(dict(found))
+    frame["partition_date"] = frame["partition_date"].astype("string")
+    now = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
+    with transaction(index_path) as con:
+        con.register("_found", frame)
+        try:
+            con.execute(f"""
+                INSERT INTO import_history ({", ".join(LEDGER_COLUMNS)})
+                SELECT nas_id, file_path, change_token, NULL, partition_date, orthanc_instance_id, patient_id,
+                       study_instance_uid, series_instance_uid, sop_instance_uid,
+                       CASE WHEN by_run OR EXISTS (SELECT 1 FROM import_history h WHERE h.status = 'imported'
+                                                   AND h.orthanc_instance_id = f.orthanc_instance_id)
+                            THEN 'duplicate' ELSE 'imported' END,
+                       error_message, false, 0, NULL, $now, $now, $run, NULL, $node
+                FROM _found f""", {"now": now, "run": run_id, "node": node})
+        finally:
+            con.unregister("_found")
 
 
 def insert_rows(con: duckdb.DuckDBPyConnection, table: str, columns: Sequence[str], rows: Sequence[Mapping], *,
@@ -101,11 +134,11 @@ def kept_files(index_path: str | os.PathLike, orthanc_ids: Sequence[str]) -> dic
     return {oid: (nas, path) for oid, nas, path in rows}
 
 
-def refresh_orthanc_counts(index_path: str | os.PathLike, nas_id: str, start: dt.date, end: dt.date) -> None:
+def refresh_orthanc_counts(index: Index, nas_id: str, start: dt.date, end: dt.date) -> None:
     """``study_uploads.files_in_orthanc`` for a window: files whose current change token was imported or
     duplicate (the same definition as the file_status view), kept per study so a search never scans the
     big instances and import_history tables."""
-    with transaction(index_path) as con:
+    with opened(index, atomic=True) as con:
         window = {"nas": nas_id, "start": start, "end": end}
         con.execute("DELETE FROM study_uploads WHERE nas_id = $nas AND partition_date >= $start "
                     "AND partition_date < $end", window)
@@ -121,18 +154,18 @@ def refresh_orthanc_counts(index_path: str | os.PathLike, nas_id: str, start: dt
             GROUP BY ALL""", window)
 
 
-def status_counts(index_path: str | os.PathLike, nas_id: str, start: dt.date, end: dt.date) -> dict[str, int]:
+def status_counts(index: Index, nas_id: str, start: dt.date, end: dt.date) -> dict[str, int]:
     """{file_status: files} in the window, every status of the vocabulary present (0 if none)."""
-    with session(index_path) as con:
+    with opened(index) as con:
         return dict.fromkeys(FILE_STATUSES, 0) | dict(con.execute(
             "SELECT status, count(*) FROM file_status WHERE nas_id = ? AND partition_date >= ? AND partition_date < ? "
             "GROUP BY status", [nas_id, start, end]).fetchall())
 
 
-def failed_files(index_path: str | os.PathLike, nas_id: str, start: dt.date, end: dt.date,
+def failed_files(index: Index, nas_id: str, start: dt.date, end: dt.date,
                  limit: int = 20) -> list[tuple[str, str]]:
     """(file_path, reason) of failed files in the window. Paths may name patients: callers must ask."""
-    with session(index_path, read_only=True) as con:
+    with opened(index, read_only=True) as con:
         return con.execute(
             "SELECT file_path, reason FROM file_status WHERE nas_id = ? AND status = 'failed' "
             "AND partition_date >= ? AND partition_date < ? ORDER BY file_path LIMIT ?",

@@ -127,6 +127,7 @@ class Plan:
                     self.held.setdefault(key, collision)
 
         self._people: dict[tuple, PersonRecord] = {}
+        self._send_as: dict[tuple, SendAs | None] = {}
         self.window_had_holds = False  # the upload's window had holds before: they must be replaced
 
     @property
@@ -149,7 +150,14 @@ class Plan:
         return Route(send_as=self.guard.send_as(person, rec.patient_id))
 
     def send_as(self, rec: FileRecord) -> SendAs | None:
-        return self.route(rec).send_as
+        if self.held_in_uid:  # a study's or series' holds depend on the file's UIDs: decided per file
+            return self.route(rec).send_as
+        # Otherwise the answer is the person's (held or sent as): once per person, not per file (4 SHA-1s each).
+        fields = (rec.patient_id, rec.patient_name, rec.patient_birth_date, rec.patient_sex)
+        try:
+            return self._send_as[fields]
+        except KeyError:
+            return self._send_as.setdefault(fields, self.route(rec).send_as)
 
 
 def hold_files(plan: Plan, staging: Staging, index_path: str | os.PathLike, nas_id: str, start, end) -> Counter:

@@ -22,7 +22,8 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 
 from pacs_assets.index import ledger
-from pacs_assets.index.journal import Journal, Reclaims, merge_journals
+from pacs_assets.index.connection import in_transaction, transaction
+from pacs_assets.index.journal import Journal, Reclaims, merging_journals
 from pacs_assets.index.staging import Staging
 from pacs_assets.nas.base import FileRecord, NasSource, SendAs
 from pacs_assets.orthanc.api import OrthancApi
@@ -244,11 +245,16 @@ def upload_window(source: NasSource, client: OrthancApi, index_path: str | os.Pa
     OrthancUnavailable (one sentence) when Orthanc cannot be reached or refuses us; what finished is recorded
     either way."""
     wait_for_orthanc(client, outage_wait_seconds)
-    merge_journals(index_path)  # what killed runs left, before deciding what is still pending
-    reclaims = Reclaims.load(index_path, nas_id)
     identity = identity or IdentityGuard.load({}, index_path)
     with Staging(index_path) as staging:
-        staged = ledger.stage_pending_uploads(staging, nas_id, start, end)
+        # One short index session: what killed runs left (before deciding what is still pending), the rule for
+        # their interrupted uploads, and the window's pending instances staged.
+        with merging_journals(index_path) as merge, staging.attached_to_index() as con:
+            if merge.needed:
+                with in_transaction(con):
+                    merge(con)
+            reclaims = Reclaims.load(con, nas_id)
+            staged = ledger.stage_pending_uploads(staging, nas_id, start, end, con=con)
         guard_started = time.monotonic()
         plan = Plan(identity, nas_id, [])
         if staged:  # before anything is sent: who would meet whom under one PatientID in Orthanc
@@ -270,11 +276,11 @@ def upload_window(source: NasSource, client: OrthancApi, index_path: str | os.Pa
                 writer.close()  # first: its rows name the kept file of each uid_conflict
             finally:
                 journal.close()
-                try:
-                    merge_journals(index_path, own=journal.path)  # what the batches did not write yet
-                finally:
-                    ledger.refresh_orthanc_counts(index_path, nas_id, start, end)
+                # One short transaction: what the batches did not write yet, the window's counts, its totals.
+                with merging_journals(index_path, own=journal.path) as merge, transaction(index_path) as con:
+                    merge(con)
+                    ledger.refresh_orthanc_counts(con, nas_id, start, end)
+                    totals = ledger.status_counts(con, nas_id, start, end)
+                    failed = ledger.failed_files(con, nas_id, start, end) if with_paths else []
         summary.counts.update(imported=-writer.demoted, duplicate=writer.demoted)
-    totals = ledger.status_counts(index_path, nas_id, start, end)
-    failed = ledger.failed_files(index_path, nas_id, start, end) if with_paths else []
     return WindowUpload(summary, staged, totals, failed, found, held, plan.variant_count, guard_seconds)
