@@ -24,6 +24,7 @@ from pacs_assets.pipeline.upload import upload_window
 from pacs_assets.sample.bulk_dicom_nas import make_bulk_dicom_nas
 from pacs_assets.sample.dicom_nas import make_dicom_nas
 from pacs_assets_tests.harness import NAS, SAMPLE_START, materialize_nas, write_config
+from pacs_assets_tests.services.orthanc import OrthancServer
 
 
 def _orthanc_changes(orthanc) -> int:
@@ -140,3 +141,29 @@ def _ids(index: Path) -> list[tuple[str, str]]:
 
     with duckdb.connect(str(index), read_only=True) as con:
         return con.execute("SELECT file_path, orthanc_instance_id FROM import_history").fetchall()  # as sent
+
+
+class _LimitedOrthanc(OrthancServer):
+    """A site whose Orthanc cuts find answers short (its LimitFindResults, which /tools/find obeys too)."""
+
+    def config(self) -> dict:
+        return {**super().config(), "LimitFindResults": 2}
+
+
+def test_a_find_answer_cut_short_by_the_sites_limit_still_finds_every_series(tmp_path):
+    """The series of a rebuild are listed 20 to a /tools/find; with LimitFindResults 2 Orthanc lists three of five.
+    The three left out are asked for one by one (a 404 alone says a series is not there): every file is found,
+    none sent again."""
+    root, index = tmp_path / "nas", tmp_path / "var" / "index.duckdb"
+    assert make_bulk_dicom_nas(root, 60, files_per_series=12) == 60  # series of >= SERIES_MIN files
+    with _LimitedOrthanc(tmp_path / "orthanc").throwaway() as orthanc:
+        _index(root, index)
+        assert {k: v for k, v in _upload(orthanc, root, index, None).totals.items() if v} == {"imported": 60}
+        uids = sorted({pydicom.dcmread(p, stop_before_pixels=True).SeriesInstanceUID for p in root.rglob("*.dcm")})
+        listed = OrthancClient(orthanc.url, orthanc.username, orthanc.password).find_series_instances(uids)
+        assert len(uids) == 5 and len(listed) < 5  # cut short (1.10.1 lists 3): the test exercises the fallback
+        _lose(index)
+        _index(root, index)
+        done = _upload(orthanc, root, index, None)
+    assert done.already_stored == 60
+    assert {status for status, _, _ in _history(index).values()} == {"imported"}

@@ -122,7 +122,10 @@ def _series_hits(source: NasSource, client: OrthancApi, batch: list[Sent], skip:
     lists = client.find_series_instances(sorted({key[2] for key in series_ids})) if listed else None
     hits: Hits = []
     for series_id, ours in by_series.items():
-        held = set((lists.get(series_id) if lists is not None else client.series_instance_ids(series_id)) or ())
+        # A series missing from the list is asked for on its own: a site's LimitFindResults also cuts /tools/find
+        # answers, and only a 404 says for sure that Orthanc holds none of it (a first import pays one GET a series).
+        listed_ids = lists.get(series_id) if lists is not None else None
+        held = set(listed_ids if listed_ids is not None else client.series_instance_ids(series_id) or ())
         if not held:  # a 404: Orthanc holds no file of it (a first import stops here)
             continue
         if held == ours.keys() and _same_total(source, client, series_id, ours):
