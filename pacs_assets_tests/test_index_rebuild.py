@@ -15,7 +15,8 @@ import requests
 from pacs_assets.config import DicomFolderNas
 from pacs_assets.nas.base import IdDomain
 from pacs_assets.nas.dicom_folder.source import DicomFolderSource
-from pacs_assets.orthanc.client import OrthancClient, orthanc_series_id
+from pacs_assets.orthanc.client import OrthancClient
+from pacs_assets.orthanc.ids import orthanc_series_id
 from pacs_assets.pipeline.already_stored import FOUND, FOUND_SERIES
 from pacs_assets.pipeline.hierarchy import build_hierarchy
 from pacs_assets.pipeline.identity_guard import IdentityGuard

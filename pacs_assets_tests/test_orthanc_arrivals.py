@@ -25,11 +25,8 @@ from pacs_assets.defs.arrivals import (
 )
 from pacs_assets.defs.site import build_definitions
 from pacs_assets.index import arrivals as arrivals_sql
-from pacs_assets.orthanc.client import (
-    OrthancClient,
-    OrthancUnavailable,
-    orthanc_instance_id,
-)
+from pacs_assets.orthanc.client import OrthancClient, OrthancUnavailable
+from pacs_assets.orthanc.ids import orthanc_instance_id
 from pacs_assets.sample.dicom_nas import make_dicom_nas
 from pacs_assets_tests.harness import materialize_nas, write_config
 from pacs_assets_tests.services.process import free_port

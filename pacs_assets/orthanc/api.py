@@ -8,6 +8,8 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from typing import TYPE_CHECKING
 
+from pacs_assets.orthanc.ids import orthanc_patient_id
+
 if TYPE_CHECKING:
     import requests
 
@@ -91,22 +93,25 @@ class OrthancApi(ABC):
         return None if count is None or size is None else (int(count), int(size))
 
     def find_patient_studies(self, patient_ids: list[str]) -> list[dict]:
-        """The studies Orthanc holds under these PatientIDs (one ``/tools/find``, list matching), each as
-        {'ID', 'PatientID', 'PatientName', 'PatientBirthDate', 'PatientSex', 'StudyInstanceUID', 'Patient'}.
-        Orthanc keeps each study's own copy of the patient tags, so two people merged under one ID show as
-        two. A '*' or '?' in an ID is a wildcard to Orthanc: only exact matches are returned."""
-        if not patient_ids:
-            return []
-        found = self._request("POST", "/tools/find", "/tools/find", json={
-            "Level": "Study", "Expand": True, "Query": {"PatientID": "\\".join(patient_ids)}}).json()
-        wanted, out = set(patient_ids), []
-        for study in found:
-            tags = study.get("PatientMainDicomTags") or {}
-            if tags.get("PatientID") in wanted:
-                out.append({**{k: tags.get(k, "") for k in ("PatientID", "PatientName", "PatientBirthDate",
-                                                             "PatientSex")},
-                            "ID": study["ID"], "Patient": study.get("ParentPatient"),
-                            "StudyInstanceUID": (study.get("MainDicomTags") or {}).get("StudyInstanceUID")})
+        """The studies Orthanc holds under these PatientIDs, each as {'ID', 'PatientID', 'PatientName',
+        'PatientBirthDate', 'PatientSex', 'StudyInstanceUID', 'Patient'}. Orthanc keeps each study's own copy of
+        the patient tags, so two people merged under one ID show as two.
+
+        One ``GET /patients/{id}/studies`` per PatientID (Orthanc's patient ID is computed here; a 404: none),
+        not one ``/tools/find`` for all: a site's ``LimitFindResults`` cuts /tools/find answers short on 1.10.1
+        with nothing to say so (docs/production.md), and a study left out could hide another person under the
+        ID. Any ID is taken as itself (no wildcards)."""
+        out = []
+        for patient_id in dict.fromkeys(patient_ids):
+            studies = self.get_json(f"/patients/{orthanc_patient_id(patient_id)}/studies", "/patients/{id}/studies",
+                                    missing_ok=True) or []
+            for study in studies:
+                tags = study.get("PatientMainDicomTags") or {}
+                if tags.get("PatientID") == patient_id:  # a SHA-1 collision is not this patient
+                    out.append({**{k: tags.get(k, "") for k in ("PatientID", "PatientName", "PatientBirthDate",
+                                                                 "PatientSex")},
+                                "ID": study["ID"], "Patient": study.get("ParentPatient"),
+                                "StudyInstanceUID": (study.get("MainDicomTags") or {}).get("StudyInstanceUID")})
         return out
 
     def study_instance_ids(self, study_id: str) -> list[str]:

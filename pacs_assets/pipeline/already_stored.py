@@ -48,7 +48,7 @@ from pacs_assets.index import ledger
 from pacs_assets.index.staging import Staging
 from pacs_assets.nas.base import FileRecord, NasSource, SendAs
 from pacs_assets.orthanc.api import OrthancApi
-from pacs_assets.orthanc.client import orthanc_instance_id, orthanc_series_id
+from pacs_assets.orthanc.ids import orthanc_instance_id, orthanc_series_id
 
 FOUND = "already in Orthanc (found by its UIDs, same size): recorded without sending"
 FOUND_SERIES = ("already in Orthanc (its series holds exactly these instances, same total size): "

@@ -26,8 +26,6 @@ from pacs_assets.index.staging import Staging
 from pacs_assets.nas.base import FileRecord, IdDomain, SendAs
 from pacs_assets.orthanc.api import OrthancApi
 
-ORTHANC_BATCH = 100  # PatientIDs per /tools/find (list matching)
-
 
 @dataclasses.dataclass(frozen=True)
 class Route:
@@ -95,17 +93,16 @@ def guard_for(config) -> IdentityGuard:
 
 def orthanc_members(client: OrthancApi, sent_ids: list[str]) -> list[Member]:
     """One member per distinct person Orthanc holds under these PatientIDs (study-level patient tags). The empty
-    ID is not asked: to Orthanc an empty value matches every patient; files without an ID are compared among
-    the index's records only."""
+    ID is not asked (it was a /tools/find, to which an empty value matches every patient): files without an ID
+    are compared among the index's records only."""
     sent_ids = [i for i in sent_ids if i]
     seen: dict[PersonRecord, Member] = {}
-    for i in range(0, len(sent_ids), ORTHANC_BATCH):
-        for study in client.find_patient_studies(sent_ids[i:i + ORTHANC_BATCH]):
-            record = PersonRecord.of(ORTHANC, study["PatientID"], study["PatientName"], study["PatientBirthDate"],
-                                     study["PatientSex"])
-            member = seen.setdefault(record, Member(record, record.patient_id, study["PatientName"] or "",
-                                                    study["PatientBirthDate"] or ""))
-            member.studies += 1
+    for study in client.find_patient_studies(sent_ids):
+        record = PersonRecord.of(ORTHANC, study["PatientID"], study["PatientName"], study["PatientBirthDate"],
+                                 study["PatientSex"])
+        member = seen.setdefault(record, Member(record, record.patient_id, study["PatientName"] or "",
+                                                study["PatientBirthDate"] or ""))
+        member.studies += 1
     return list(seen.values())
 
 

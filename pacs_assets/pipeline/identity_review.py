@@ -20,7 +20,7 @@ from pacs_assets.identity.model import PersonRecord, compare
 from pacs_assets.index import ledger, patient_records
 from pacs_assets.index.connection import session
 from pacs_assets.orthanc.api import OrthancApi
-from pacs_assets.orthanc.client import orthanc_instance_id
+from pacs_assets.orthanc.ids import orthanc_instance_id
 from pacs_assets.pipeline.identity_guard import IdentityGuard, index_collisions, orthanc_members
 
 MAX_ID = 64  # PatientID is LO: 64 characters at most

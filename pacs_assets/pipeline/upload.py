@@ -27,12 +27,8 @@ from pacs_assets.index.journal import Journal, Reclaims, merging_journals
 from pacs_assets.index.staging import Staging
 from pacs_assets.nas.base import FileRecord, NasSource, SendAs
 from pacs_assets.orthanc.api import OrthancApi
-from pacs_assets.orthanc.client import (
-    OrthancRefused,
-    OrthancUnavailable,
-    UploadResult,
-    orthanc_instance_id,
-)
+from pacs_assets.orthanc.client import OrthancRefused, OrthancUnavailable, UploadResult
+from pacs_assets.orthanc.ids import orthanc_instance_id
 from pacs_assets.pipeline.already_stored import record_already_stored
 from pacs_assets.pipeline.failures import UNREADABLE, failure_category
 from pacs_assets.pipeline.identity_guard import IdentityGuard, Plan, hold_files

@@ -22,6 +22,7 @@ from pacs_assets.identity.collisions import ACROSS_NAS, WITHIN_NAS
 from pacs_assets.sample.dicom_nas import make_dicom_nas
 from pacs_assets.sample.identity_cases import REUSED_ID, make_archive_nas
 from pacs_assets_tests.harness import check_results, materialize_nas, people_mixed_in_orthanc
+from pacs_assets_tests.services.orthanc import OrthancServer
 from pacs_assets_tests.test_privacy import event_log_text
 
 NAS_IDS = ("ct_nas", "archive_nas")
@@ -314,3 +315,43 @@ def test_a_study_uid_carrying_two_people_holds_only_that_study(tmp_path, orthanc
     assert {r.split(":")[0] for r in held.values()} <= {"study_uid_under_two_patients", "series_uid_under_two_patients"}
     assert sum(1 for (_, st, _r) in [(k, *v) for k, v in status.items()] if st == "imported") > 10  # the rest flows
     assert people_mixed_in_orthanc(orthanc_env) == {}
+
+
+class _LimitedOrthanc(OrthancServer):
+    """An Orthanc whose LimitFindResults (1 here) cuts /tools/find answers short, C-FIND's and REST's alike."""
+
+    def config(self) -> dict:
+        return {**super().config(), "LimitFindResults": 1}
+
+
+def test_the_guard_sees_what_orthanc_holds_when_its_find_answers_are_cut(tmp_path, monkeypatch):
+    """Orthanc already holds two studies of ct_nas's own people, then another person under a ct_nas ID; its
+    LimitFindResults would let one /tools/find of all the IDs list only the first two studies. The guard asks
+    per patient, so the other person is seen and ct_nas's files of that ID are held."""
+    import pydicom
+
+    with _LimitedOrthanc(tmp_path / "orthanc").throwaway() as orthanc:
+        monkeypatch.setenv("ORTHANC_USERNAME", orthanc.username)
+        monkeypatch.setenv("ORTHANC_PASSWORD", orthanc.password)
+        config, cases = _site(tmp_path, orthanc)
+        raw = yaml.safe_load(config.read_text())
+        raw["nas"] = raw["nas"][:1]  # ct_nas only
+        config.write_text(yaml.safe_dump(raw, sort_keys=False))
+        site = tmp_path / "site"
+        shared = cases.patient_ids["other_person"]
+        first_of_study = {}
+        for path in sorted((site / "ct_nas").rglob("*.dcm")):
+            try:
+                ds = pydicom.dcmread(path, stop_before_pixels=True)
+            except (OSError, pydicom.errors.InvalidDicomError):  # the sample's broken files
+                continue
+            if ds.get("PatientID") not in (None, "", shared):
+                first_of_study.setdefault(ds.StudyInstanceUID, path)
+        earlier = list(first_of_study.values())[:2] + [site / "archive_nas" / r for r in cases.files["other_person"]]
+        for path in earlier:  # in this order: Orthanc lists by arrival
+            requests.post(f"{orthanc.url}/instances", data=path.read_bytes(), auth=orthanc.auth,
+                          timeout=30).raise_for_status()
+        assert materialize_nas(config, "ct_nas").success
+        held = {path for (nas, path), (st, _) in _statuses(config).items() if st == "held"}
+        assert held == set(cases.ct_held)
+        assert people_mixed_in_orthanc(orthanc) == {}

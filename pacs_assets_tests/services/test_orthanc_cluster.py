@@ -11,7 +11,7 @@ import pydicom
 import pytest
 import requests
 
-from pacs_assets.orthanc.client import orthanc_instance_id
+from pacs_assets.orthanc.ids import orthanc_instance_id
 from pacs_assets.sample.bulk_dicom_nas import make_bulk_dicom_nas
 from pacs_assets_tests.services.orthanc_cluster import OrthancCluster
 from pacs_assets_tests.services.process import pid_alive
