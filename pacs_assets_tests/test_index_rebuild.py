@@ -148,23 +148,27 @@ class _LimitedOrthanc(OrthancServer):
     """A site whose Orthanc cuts find answers short (its LimitFindResults, which /tools/find obeys too)."""
 
     def config(self) -> dict:
-        return {**super().config(), "LimitFindResults": 2}
+        return {**super().config(), "LimitFindResults": 2, "LimitFindInstances": 2}
 
 
 def test_a_find_answer_cut_short_by_the_sites_limit_still_finds_every_series(tmp_path):
-    """The series of a rebuild are listed 20 to a /tools/find; with LimitFindResults 2 Orthanc lists three of five.
-    The three left out are asked for one by one (a 404 alone says a series is not there): every file is found,
-    none sent again."""
+    """The series of a rebuild are listed 20 to a /tools/find, the files of small series 100 to one; with
+    LimitFindResults and LimitFindInstances 2 Orthanc lists three of five series, three of nine files. What is
+    left out is asked for by its ID (a 404 alone says it is not there): every file is found, none sent again."""
     root, index = tmp_path / "nas", tmp_path / "var" / "index.duckdb"
     assert make_bulk_dicom_nas(root, 60, files_per_series=12) == 60  # series of >= SERIES_MIN files
+    assert make_bulk_dicom_nas(root, 9, files_per_series=3, seed=1) == 9  # small series: looked up per file
     with _LimitedOrthanc(tmp_path / "orthanc").throwaway() as orthanc:
         _index(root, index)
-        assert {k: v for k, v in _upload(orthanc, root, index, None).totals.items() if v} == {"imported": 60}
-        uids = sorted({pydicom.dcmread(p, stop_before_pixels=True).SeriesInstanceUID for p in root.rglob("*.dcm")})
-        listed = OrthancClient(orthanc.url, orthanc.username, orthanc.password).find_series_instances(uids)
-        assert len(uids) == 5 and len(listed) < 5  # cut short (1.10.1 lists 3): the test exercises the fallback
+        assert {k: v for k, v in _upload(orthanc, root, index, None).totals.items() if v} == {"imported": 69}
+        heads = [pydicom.dcmread(p, stop_before_pixels=True) for p in root.rglob("*.dcm")]
+        client = OrthancClient(orthanc.url, orthanc.username, orthanc.password)
+        series = sorted({h.SeriesInstanceUID for h in heads if h.PatientID.startswith("BLK00")})
+        small = [h.SOPInstanceUID for h in heads if h.PatientID.startswith("BLK01")]
+        assert len(series) == 5 and len(client.find_series_instances(series)) < 5  # cut short (1.10.1: 3)
+        assert len(small) == 9 and len(client.find_instances(small)) < 9
         _lose(index)
         _index(root, index)
         done = _upload(orthanc, root, index, None)
-    assert done.already_stored == 60
+    assert done.already_stored == 69
     assert {status for status, _, _ in _history(index).values()} == {"imported"}

@@ -74,10 +74,20 @@ def _sent(rec: FileRecord, send_as: Callable[[FileRecord], SendAs | None]) -> Se
                                               rec.study_instance_uid, rec.series_instance_uid, rec.sop_instance_uid)
 
 
+def _maybe_cut(answer: dict) -> bool:
+    """Whether a ``/tools/find`` answer may have been cut short by the site's ``LimitFindResults`` /
+    ``LimitFindInstances``: 1.10.1 then returns limit + 1 items (at least 2) and no sign (measured). An answer of
+    0 or 1 items is whole, so a first import (nothing found) asks nothing more."""
+    return len(answer) >= 2
+
+
 def _find_hits(source: NasSource, client: OrthancApi, batch: list[Sent], skip: frozenset[str]) -> Hits:
     """The files of ``batch`` Orthanc holds (same Orthanc ID, same stored size): one ``/tools/find``. A file
     sent under another identity is looked for under that one, with the size of what we send."""
     found = client.find_instances([rec.sop_instance_uid for rec, _, _ in batch])
+    if _maybe_cut(found):  # each file left out is asked for by its ID
+        found.update({oid: size for _, _, oid in batch if oid not in found
+                      for size in [client.instance_file_size(oid)] if size is not None})
     hits = []
     for rec, identity, oid in batch if found else ():
         if oid not in found or oid in skip:
@@ -122,10 +132,10 @@ def _series_hits(source: NasSource, client: OrthancApi, batch: list[Sent], skip:
     lists = client.find_series_instances(sorted({key[2] for key in series_ids})) if listed else None
     hits: Hits = []
     for series_id, ours in by_series.items():
-        # A series missing from the list is asked for on its own: a site's LimitFindResults also cuts /tools/find
-        # answers, and only a 404 says for sure that Orthanc holds none of it (a first import pays one GET a series).
         listed_ids = lists.get(series_id) if lists is not None else None
-        held = set(listed_ids if listed_ids is not None else client.series_instance_ids(series_id) or ())
+        if listed_ids is None and (lists is None or _maybe_cut(lists)):  # a 404 alone says Orthanc has none of it
+            listed_ids = client.series_instance_ids(series_id)
+        held = set(listed_ids or ())
         if not held:  # a 404: Orthanc holds no file of it (a first import stops here)
             continue
         if held == ours.keys() and _same_total(source, client, series_id, ours):
