@@ -144,13 +144,6 @@ def _ids(index: Path) -> list[tuple[str, str]]:
         return con.execute("SELECT file_path, orthanc_instance_id FROM import_history").fetchall()  # as sent
 
 
-class _LimitedOrthanc(OrthancServer):
-    """A site whose Orthanc cuts find answers short (its LimitFindResults, which /tools/find obeys too)."""
-
-    def config(self) -> dict:
-        return {**super().config(), "LimitFindResults": 2, "LimitFindInstances": 2}
-
-
 def test_a_find_answer_cut_short_by_the_sites_limit_still_finds_every_series(tmp_path):
     """The series of a rebuild are listed 20 to a /tools/find, the files of small series 100 to one; with
     LimitFindResults and LimitFindInstances 2 Orthanc lists three of five series, three of nine files. What is
@@ -158,7 +151,8 @@ def test_a_find_answer_cut_short_by_the_sites_limit_still_finds_every_series(tmp
     root, index = tmp_path / "nas", tmp_path / "var" / "index.duckdb"
     assert make_bulk_dicom_nas(root, 60, files_per_series=12) == 60  # series of >= SERIES_MIN files
     assert make_bulk_dicom_nas(root, 9, files_per_series=3, seed=1) == 9  # small series: looked up per file
-    with _LimitedOrthanc(tmp_path / "orthanc").throwaway() as orthanc:
+    limits = {"LimitFindResults": 2, "LimitFindInstances": 2}  # a site's, which /tools/find obeys too
+    with OrthancServer(tmp_path / "orthanc", settings=limits).throwaway() as orthanc:
         _index(root, index)
         assert {k: v for k, v in _upload(orthanc, root, index, None).totals.items() if v} == {"imported": 69}
         heads = [pydicom.dcmread(p, stop_before_pixels=True) for p in root.rglob("*.dcm")]

@@ -94,3 +94,21 @@ def _path_of(index, orthanc_id: str) -> str:
     with duckdb.connect(str(index), read_only=True) as con:
         query = "SELECT file_path FROM file_status WHERE orthanc_instance_id = ?"
         return con.execute(query, [orthanc_id]).fetchall()[0][0]
+
+
+def test_a_find_answer_cut_by_the_sites_limit_reports_no_instance_missing_that_is_there(tmp_path):
+    """The check looks up ledger entries 100 to a /tools/find. With LimitFindInstances 2 Orthanc answers three of
+    the five it holds: the two left out are asked for by their IDs, and only the entry Orthanc lacks is missing."""
+    from pacs_assets.sample.bulk_dicom_nas import make_bulk_dicom_nas
+    from pacs_assets_tests.services.orthanc import OrthancServer
+
+    make_bulk_dicom_nas(tmp_path / "nas", 5, files_per_series=5)
+    with OrthancServer(tmp_path / "orthanc", settings={"LimitFindInstances": 2}).throwaway() as orthanc:
+        client = OrthancClient(orthanc.url, orthanc.username, orthanc.password)
+        entries = []
+        for path in sorted((tmp_path / "nas").rglob("*.dcm")):
+            answer = requests.post(f"{orthanc.url}/instances", data=path.read_bytes(), auth=orthanc.auth, timeout=30)
+            entries.append((pydicom.dcmread(path, stop_before_pixels=True).SOPInstanceUID, answer.json()["ID"]))
+        assert len(client.find_instance_ids([sop for sop, _ in entries])) < 5  # cut short: the test bites
+        absent = ("1.2.3.4.5", "00000000-00000000-00000000-00000000-00000000")
+        assert reconciliation.missing_of(client, [entries + [absent]]) == 1

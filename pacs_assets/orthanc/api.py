@@ -14,6 +14,13 @@ if TYPE_CHECKING:
     import requests
 
 
+def may_be_cut(answer) -> bool:
+    """Whether a ``/tools/find`` answer may have been cut short by the site's ``LimitFindResults`` /
+    ``LimitFindInstances``: 1.10.1 then returns limit + 1 items (at least 2) and no sign (measured). An answer of
+    0 or 1 items is whole, so what it leaves out is surely absent; otherwise a caller asks for it by its ID."""
+    return len(answer) >= 2
+
+
 class OrthancApi(ABC):
     url: str  # the node's address; several nodes: all of them, for messages
     timeout: float

@@ -47,7 +47,7 @@ from itertools import groupby
 from pacs_assets.index import ledger
 from pacs_assets.index.staging import Staging
 from pacs_assets.nas.base import FileRecord, NasSource, SendAs
-from pacs_assets.orthanc.api import OrthancApi
+from pacs_assets.orthanc.api import OrthancApi, may_be_cut
 from pacs_assets.orthanc.ids import orthanc_instance_id, orthanc_series_id
 
 FOUND = "already in Orthanc (found by its UIDs, same size): recorded without sending"
@@ -74,18 +74,11 @@ def _sent(rec: FileRecord, send_as: Callable[[FileRecord], SendAs | None]) -> Se
                                               rec.study_instance_uid, rec.series_instance_uid, rec.sop_instance_uid)
 
 
-def _maybe_cut(answer: dict) -> bool:
-    """Whether a ``/tools/find`` answer may have been cut short by the site's ``LimitFindResults`` /
-    ``LimitFindInstances``: 1.10.1 then returns limit + 1 items (at least 2) and no sign (measured). An answer of
-    0 or 1 items is whole, so a first import (nothing found) asks nothing more."""
-    return len(answer) >= 2
-
-
 def _find_hits(source: NasSource, client: OrthancApi, batch: list[Sent], skip: frozenset[str]) -> Hits:
     """The files of ``batch`` Orthanc holds (same Orthanc ID, same stored size): one ``/tools/find``. A file
     sent under another identity is looked for under that one, with the size of what we send."""
     found = client.find_instances([rec.sop_instance_uid for rec, _, _ in batch])
-    if _maybe_cut(found):  # each file left out is asked for by its ID
+    if may_be_cut(found):  # each file left out is asked for by its ID
         found.update({oid: size for _, _, oid in batch if oid not in found
                       for size in [client.instance_file_size(oid)] if size is not None})
     hits = []
@@ -133,7 +126,7 @@ def _series_hits(source: NasSource, client: OrthancApi, batch: list[Sent], skip:
     hits: Hits = []
     for series_id, ours in by_series.items():
         listed_ids = lists.get(series_id) if lists is not None else None
-        if listed_ids is None and (lists is None or _maybe_cut(lists)):  # a 404 alone says Orthanc has none of it
+        if listed_ids is None and (lists is None or may_be_cut(lists)):  # a 404 alone says Orthanc has none of it
             listed_ids = client.series_instance_ids(series_id)
         held = set(listed_ids or ())
         if not held:  # a 404: Orthanc holds no file of it (a first import stops here)

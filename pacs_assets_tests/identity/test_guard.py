@@ -317,20 +317,14 @@ def test_a_study_uid_carrying_two_people_holds_only_that_study(tmp_path, orthanc
     assert people_mixed_in_orthanc(orthanc_env) == {}
 
 
-class _LimitedOrthanc(OrthancServer):
-    """An Orthanc whose LimitFindResults (1 here) cuts /tools/find answers short, C-FIND's and REST's alike."""
-
-    def config(self) -> dict:
-        return {**super().config(), "LimitFindResults": 1}
-
-
 def test_the_guard_sees_what_orthanc_holds_when_its_find_answers_are_cut(tmp_path, monkeypatch):
     """Orthanc already holds two studies of ct_nas's own people, then another person under a ct_nas ID; its
     LimitFindResults would let one /tools/find of all the IDs list only the first two studies. The guard asks
     per patient, so the other person is seen and ct_nas's files of that ID are held."""
     import pydicom
 
-    with _LimitedOrthanc(tmp_path / "orthanc").throwaway() as orthanc:
+    # LimitFindResults 1 cuts /tools/find answers short, C-FIND's and REST's alike.
+    with OrthancServer(tmp_path / "orthanc", settings={"LimitFindResults": 1}).throwaway() as orthanc:
         monkeypatch.setenv("ORTHANC_USERNAME", orthanc.username)
         monkeypatch.setenv("ORTHANC_PASSWORD", orthanc.password)
         config, cases = _site(tmp_path, orthanc)

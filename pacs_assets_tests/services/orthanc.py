@@ -35,7 +35,7 @@ def orthanc_binary() -> str:
 class OrthancServer(LocalService):
     def __init__(self, workdir: Path, *, http_port: int | None = None, dicom_port: int | None = None,
                  username: str = "pacs", password: str | None = None, aet: str = "ORTHANC",
-                 modalities: dict | None = None):
+                 modalities: dict | None = None, settings: dict | None = None):
         self.workdir = Path(workdir).resolve()
         self.http_port = http_port or free_port()
         self.dicom_port = dicom_port or free_port()
@@ -46,6 +46,7 @@ class OrthancServer(LocalService):
         self.aet = aet
         # {"NAME": ["AET", "host", port]} as Orthanc's DicomModalities expects.
         self.modalities = modalities or {}
+        self.settings = settings or {}  # more of Orthanc's configuration, e.g. {"LimitFindResults": 2}
         super().__init__()
 
     # -- properties ---------------------------------------------------------------------------
@@ -89,6 +90,7 @@ class OrthancServer(LocalService):
             "StableAge": 2,
             "HttpTimeout": 60,
             # Never MaximumStorageSize/MaximumPatientCount: 1.10.1 then deletes the oldest patients.
+            **self.settings,
         }
 
     # -- lifecycle ----------------------------------------------------------------------------
