@@ -29,6 +29,7 @@ imported (uploading 200,000 bulk files would only measure Orthanc). Everything i
     python -m benchmarks.bench_incremental [--quick] [--sizes 20000,200000] [--study-files 200] [--workdir DIR]
         [--skip-reconcile] [--skip-rss]
     python -m benchmarks.bench_incremental --rss-only [--sizes 20000,200000,2000000] [--workdir DIR]
+        [--walk-limits 96MB,64MB]
 """
 
 from __future__ import annotations
@@ -112,9 +113,9 @@ def vm_kb(field: str, pid: int | str = "self") -> int:
     raise KeyError(field)
 
 
-def rss_child(config_path: Path) -> dict:
+def rss_child(config_path: Path, env: dict | None = None) -> dict:
     """In a fresh process: the reconciliation's whole walk of the NAS, and that process's peak RSS."""
-    out = bench_module("bench_incremental", "--rss-child", str(config_path))
+    out = bench_module("bench_incremental", "--rss-child", str(config_path), env=env)
     if out.returncode:
         raise RuntimeError(f"RSS child failed:\n{out.stderr[-2000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -185,7 +186,7 @@ def seed_linked(config_path: Path, copies: int) -> float:
     return time.perf_counter() - started
 
 
-def bench_rss_only(n: int, work: Path, distinct: int = DISTINCT) -> dict:
+def bench_rss_only(n: int, work: Path, distinct: int = DISTINCT, walk_limits: tuple[str, ...] = ()) -> dict:
     today = dt.date.today()
     start = today - dt.timedelta(days=YEARS_DAYS - 1)
     site = work / f"rss{n}"
@@ -200,6 +201,8 @@ def bench_rss_only(n: int, work: Path, distinct: int = DISTINCT) -> dict:
     out = {"files": n, "seed_seconds": seed_linked(config, copies)}
     out["rebuild"] = rss_child(config)  # the index filled from the cache
     out["rss"] = rss_child(config)  # the steady state: the goal's figure
+    # The same steady walk under other caps of the walk's DuckDB sessions, on the NAS already generated.
+    out["limits"] = {limit: rss_child(config, {"PACS_WALK_MEMORY_LIMIT": limit}) for limit in walk_limits}
     for what in ("rebuild", "rss"):
         _log(f"{n}: {what} walk peak RSS {out[what]['peak_kb'] / 1024:.0f} MB in {out[what]['seconds']:.1f} s, "
              f"{out[what]['walked']} files, {out[what]['partitions_changed']} dates changed")
@@ -218,6 +221,12 @@ def print_rss_only(results: list[dict]) -> None:
         print(f"{what:58} {r['rss']['peak_kb'] / 1024:7.0f}MB {r['rss']['seconds']:8.1f}s {tail}")
         print(f"{'  first walk after seeding (index filled from the cache)':58} "
               f"{r['rebuild']['peak_kb'] / 1024:7.0f}MB {r['rebuild']['seconds']:8.1f}s")
+    for limit in results[0].get("limits", {}):
+        for prev, r in zip([None, *results[:-1]], results, strict=True):
+            peak = r["limits"][limit]["peak_kb"]
+            ratio = f"{peak / prev['limits'][limit]['peak_kb']:7.2f}" if prev else ""
+            what = f"  the same, PACS_WALK_MEMORY_LIMIT={limit}, {r['files']:,} files"
+            print(f"{what:58} {peak / 1024:7.0f}MB {r['limits'][limit]['seconds']:8.1f}s {ratio}")
     for r in results:
         print(f"(seeding {r['files']:,} files took {r['seed_seconds']:.0f} s)")
 
@@ -414,6 +423,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--skip-rss", action="store_true")
     ap.add_argument("--json", help="write every figure to this file")
     ap.add_argument("--rss-only", action="store_true", help="only d): peak RSS of the whole walk, linked NAS")
+    ap.add_argument("--walk-limits", default="", help="with --rss-only: also measure the steady walk under these "
+                    "PACS_WALK_MEMORY_LIMIT values (e.g. 96MB,64MB) on the same NAS")
     ap.add_argument("--rss-child", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.rss_child:
@@ -422,7 +433,8 @@ def main(argv: list[str] | None = None) -> int:
         sizes = [int(s) for s in (args.sizes or ("200,2000" if args.quick else "20000,200000,2000000")).split(",")]
         work = Path(tempfile.mkdtemp(prefix="bench-rss-", dir=args.workdir))
         try:
-            results = [bench_rss_only(n, work, 100 if args.quick else DISTINCT) for n in sizes]
+            limits = tuple(filter(None, args.walk_limits.split(",")))
+            results = [bench_rss_only(n, work, 100 if args.quick else DISTINCT, limits) for n in sizes]
         finally:
             shutil.rmtree(work, ignore_errors=True)
         if args.json:
@@ -486,6 +498,12 @@ def main(argv: list[str] | None = None) -> int:
             print(f"PROBLEM: {r['reconcile_full']['problem']}")
         if "reconcile" in r and r["reconcile"]["sweep"].get("missing_in_orthanc") != r["reconcile"]["sweep"]["checked"]:
             print(f"PROBLEM: the sweep of an empty Orthanc found {r['reconcile']['sweep']} missing, not all")
+    for limit in results[0].get("limits", {}):
+        for prev, r in zip([None, *results[:-1]], results, strict=True):
+            peak = r["limits"][limit]["peak_kb"]
+            ratio = f"{peak / prev['limits'][limit]['peak_kb']:7.2f}" if prev else ""
+            what = f"  the same, PACS_WALK_MEMORY_LIMIT={limit}, {r['files']:,} files"
+            print(f"{what:58} {peak / 1024:7.0f}MB {r['limits'][limit]['seconds']:8.1f}s {ratio}")
     for r in results:
         print(f"(seeding the index of {r['files']:,} files took {r['seed_seconds']:.0f} s)")
     return 0
