@@ -31,10 +31,17 @@ class SweepCycle:
 
 
 def last_mark(index_path: str | os.PathLike, nas_id: str) -> SweepMark | None:
+    return marks(index_path, nas_id)[0]
+
+
+def marks(index_path: str | os.PathLike, nas_id: str) -> tuple[SweepMark | None, SweepCycle | None]:
+    """The NAS's mark and its cycle in progress, in one short session."""
     with session(index_path, read_only=True) as con:
         row = con.execute("SELECT orthanc, instance_count, last_seq, last_attempt_id, full_at FROM orthanc_sweeps "
                           "WHERE nas_id = $nas", {"nas": nas_id}).fetchall()
-    return SweepMark(*row[0]) if row else None
+        cycle = con.execute("SELECT positions, last_attempt_id, started_at, next_offset FROM orthanc_sweep_cycles "
+                            "WHERE nas_id = $nas", {"nas": nas_id}).fetchall()
+    return (SweepMark(*row[0]) if row else None), (SweepCycle(*cycle[0]) if cycle else None)
 
 
 def save_mark(index_path: str | os.PathLike, nas_id: str, mark: SweepMark | None, *, full: bool = False) -> None:
@@ -50,27 +57,24 @@ def save_mark(index_path: str | os.PathLike, nas_id: str, mark: SweepMark | None
 
 
 def current_cycle(index_path: str | os.PathLike, nas_id: str) -> SweepCycle | None:
-    with session(index_path, read_only=True) as con:
-        row = con.execute("SELECT positions, last_attempt_id, started_at, next_offset FROM orthanc_sweep_cycles "
-                          "WHERE nas_id = $nas", {"nas": nas_id}).fetchall()
-    return SweepCycle(*row[0]) if row else None
+    return marks(index_path, nas_id)[1]
 
 
 def ledger_extent(index_path: str | os.PathLike, nas_id: str) -> tuple[int, int]:
-    """(the ledger's last attempt, how many of the NAS's instances it says are in Orthanc), read together."""
+    """(the ledger's last attempt, the NAS's indexed instances: a bound of those in Orthanc, with no join)."""
     with session(index_path, read_only=True) as con:
-        return _last_attempt(con, nas_id), con.execute(f"SELECT count(*) FROM ({_STORED})",
-                                                       {"nas": nas_id, "upto": None}).fetchall()[0][0]
+        return _last_attempt(con, nas_id), con.execute("SELECT count(*) FROM instances WHERE nas_id = $nas",
+                                                       {"nas": nas_id}).fetchall()[0][0]
 
 
 def save_slice(index_path: str | os.PathLike, nas_id: str, cycle: SweepCycle, listed: list[str]) -> int | None:
-    """Record a slice of Orthanc's list read (the IDs the ledger knows) and the cycle's progress. When that
-    slice was the last: the ledger's entries of the cycle never listed, the cycle ended, and if none, the mark
-    dated from the cycle's start (everything it covered was verified since). Else None."""
+    """Record a slice of Orthanc's list read and the cycle's progress. When that slice was the last: the
+    ledger's entries of the cycle never listed, the cycle ended, and if none, the mark dated from the cycle's
+    start (everything it covered was verified since). Else None."""
     with transaction(index_path) as con:
-        con.execute("INSERT INTO orthanc_sweep_seen SELECT DISTINCT $nas, orthanc_instance_id FROM import_history "
-                    "WHERE nas_id = $nas AND orthanc_instance_id IN (SELECT unnest($ids))",
-                    {"nas": nas_id, "ids": listed})
+        # All listed IDs, not only the ledger's: a join with the ledger cost more than the rows (Orthanc holds
+        # at most LIST_FACTOR times the NAS's instances when a cycle runs).
+        con.execute("INSERT INTO orthanc_sweep_seen SELECT $nas, unnest($ids)", {"nas": nas_id, "ids": listed})
         _forget_cycle(con, nas_id, seen=False)
         if cycle.next_offset < cycle.positions:
             con.execute("INSERT INTO orthanc_sweep_cycles VALUES (?, ?, ?, ?, ?)",

@@ -163,7 +163,7 @@ CREATE TABLE IF NOT EXISTS orthanc_sweeps (
 
 -- A full sweep spread over nights (pipeline/orthanc_sweep.py): Orthanc's instance list read a slice a night by
 -- offset, up to the instance count it had when the cycle began; the ledger's entries up to last_attempt_id must
--- all have been listed by the end. Only the listed IDs the ledger knows are kept.
+-- all have been listed by the end. The IDs listed so far are kept in orthanc_sweep_seen.
 CREATE TABLE IF NOT EXISTS orthanc_sweep_cycles (
     nas_id VARCHAR NOT NULL, positions BIGINT NOT NULL, last_attempt_id BIGINT NOT NULL,
     started_at TIMESTAMP NOT NULL, next_offset BIGINT NOT NULL

@@ -12,8 +12,8 @@ Either way a deleted instance is noticed the night after it went.
 
 Every entry is still verified against Orthanc's own list at least weekly, but not all in one night (reading
 200,000 IDs costs ~2 s, 2-3x walking the NAS): a *cycle* reads the list a slice a night, by offset, over at most
-``SLICE_NIGHTS`` nights, up to the instance count Orthanc had when the cycle began, and keeps the listed IDs the
-ledger knows. That is exact because the cycle leans on the same chain: while each night proves nothing Orthanc
+``SLICE_NIGHTS`` nights, up to the instance count Orthanc had when the cycle began, and keeps the IDs listed.
+That is exact because the cycle leans on the same chain: while each night proves nothing Orthanc
 held is gone, those first offsets hold the same instances every night (new ones are listed after them), and
 an ID listed is still there. Any break of the chain ends the cycle with a full sweep. When the last slice is
 read, every ledger entry up to the cycle's start must have been listed; one that was not means a full sweep
@@ -33,11 +33,10 @@ import os
 from pacs_assets.index.orthanc_sweeps import (
     SweepCycle,
     SweepMark,
-    current_cycle,
     entries_since,
     last_attempt_id,
-    last_mark,
     ledger_extent,
+    marks,
     save_mark,
     save_slice,
 )
@@ -56,12 +55,12 @@ def nightly_sweep(index_path: str | os.PathLike, nas_id: str, client: OrthancApi
     ('full', or 'changes' when the last clean mark proved the rest) and, then, ``listed``: the IDs of Orthanc's list
     read for the cycle."""
     now = now or dt.datetime.now(dt.UTC).replace(tzinfo=None)
-    mark = last_mark(index_path, nas_id)
+    mark, cycle = marks(index_path, nas_id)
     # A cycle that stalled (its slices never read) leaves full_at behind: a full sweep after twice FULL_EVERY.
     if mark is not None and mark.orthanc == client.url and now - mark.full_at < 2 * FULL_EVERY:
         counts = _since(index_path, nas_id, client, mark)
         if counts is not None:
-            listed = 0 if counts["missing_in_orthanc"] else _slice(index_path, nas_id, client, mark, now)
+            listed = 0 if counts["missing_in_orthanc"] else _slice(index_path, nas_id, client, mark, cycle, now)
             if listed is not None:
                 return {**counts, "listed": listed}
     attempt = last_attempt_id(index_path, nas_id)  # before the ledger is read: a later entry is checked next time
@@ -72,11 +71,10 @@ def nightly_sweep(index_path: str | os.PathLike, nas_id: str, client: OrthancApi
 
 
 def _slice(index_path: str | os.PathLike, nas_id: str, client: OrthancApi, mark: SweepMark,
-           now: dt.datetime) -> int | None:
+           cycle: SweepCycle | None, now: dt.datetime) -> int | None:
     """Tonight's share of the cycle: how many IDs of Orthanc's list were read; None when a full sweep must run
     instead (the cycle ended with a ledger entry never listed, or, Orthanc being far bigger than the NAS, the
     last full sweep is ``FULL_EVERY`` old)."""
-    cycle = current_cycle(index_path, nas_id)
     if cycle is None:
         attempt, stored = ledger_extent(index_path, nas_id)  # first: these entries were in Orthanc when counted
         count, _ = client.listing_mark()
