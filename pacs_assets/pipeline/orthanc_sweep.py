@@ -1,4 +1,4 @@
-"""The nightly whole-NAS Orthanc check at a cost that follows what changed, with a full sweep at least weekly.
+"""The nightly whole-NAS Orthanc check at a cost that follows what changed, with Orthanc's whole list read weekly.
 
 Orthanc 1.10.1's ``/changes`` feed cannot say what was deleted: a deletion logs no change and erases the
 instance's ``NewInstance`` (measured). It can still prove that nothing was. Say a full sweep read Orthanc's
