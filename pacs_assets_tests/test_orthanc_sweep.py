@@ -10,6 +10,7 @@ import pydicom
 import requests
 from pydicom.uid import generate_uid
 
+from pacs_assets.index.orthanc_sweeps import current_cycle, last_mark
 from pacs_assets.orthanc.client import OrthancClient
 from pacs_assets.pipeline import orthanc_sweep, reconciliation
 from pacs_assets.sample.dicom_nas import make_dicom_nas
@@ -49,9 +50,9 @@ def test_nightly_sweep_reads_what_changed_and_notices_every_deletion(tmp_path, o
     ids = imported()
     first = night()
     assert first == {"checked": len(ids), "missing_in_orthanc": 0, "sweep": "full"}
-    assert night() == {"checked": 0, "missing_in_orthanc": 0, "sweep": "changes"}
+    assert night() == {"checked": 0, "missing_in_orthanc": 0, "sweep": "changes", "listed": -(-len(ids) // 7)}
     session.post(f"{orthanc_env.url}/instances", data=foreign_instance()).raise_for_status()
-    assert night() == {"checked": 0, "missing_in_orthanc": 0, "sweep": "changes"}
+    assert night() == {"checked": 0, "missing_in_orthanc": 0, "sweep": "changes", "listed": -(-len(ids) // 7)}
 
     # One of ours deleted while a modality's instance arrives: the count alone would not change.
     session.delete(f"{orthanc_env.url}/instances/{ids[0]}").raise_for_status()
@@ -71,16 +72,18 @@ def test_nightly_sweep_reads_what_changed_and_notices_every_deletion(tmp_path, o
     assert materialize_nas(config, "ct").success
     (added,) = set(imported()) - set(ids)
     session.delete(f"{orthanc_env.url}/instances/{added}").raise_for_status()
-    assert night() == {"checked": 1, "missing_in_orthanc": 1, "sweep": "changes"}
+    assert night() == {"checked": 1, "missing_in_orthanc": 1, "sweep": "changes", "listed": 0}
     assert night()["sweep"] == "full"
-    # Whatever the changes say, a full sweep at least every FULL_EVERY.
+    # A cycle that stalled: a full sweep after twice FULL_EVERY, whatever the changes say.
     session.post(f"{orthanc_env.url}/instances", data=new.with_name("new_one.dcm").read_bytes()).raise_for_status()
     assert night()["sweep"] == "full" and night()["sweep"] == "changes"
-    later = dt.datetime.now(dt.UTC).replace(tzinfo=None) + orthanc_sweep.FULL_EVERY
+    later = dt.datetime.now(dt.UTC).replace(tzinfo=None) + 2 * orthanc_sweep.FULL_EVERY
     assert night(now=later)["sweep"] == "full"
 
-    # Orthanc far bigger than the NAS: the full sweep looks every entry up by UID instead of listing; Orthanc
-    # unchanged all along, it leaves a mark too.
+    # Orthanc far bigger than the NAS: no cycle (listing Orthanc costs more than finding ours); the full sweep
+    # looks every entry up by UID instead, every FULL_EVERY; Orthanc unchanged all along, it leaves a mark too.
+    monkeypatch.setattr(orthanc_sweep, "LIST_FACTOR", 0)
+    assert night(now=later + dt.timedelta(days=1))["listed"] == 0
     monkeypatch.setattr(reconciliation, "LIST_FACTOR", 0)
     later += orthanc_sweep.FULL_EVERY
     listings.clear()
@@ -88,6 +91,42 @@ def test_nightly_sweep_reads_what_changed_and_notices_every_deletion(tmp_path, o
         "checked": len(ids) + 1, "missing_in_orthanc": 0, "sweep": "full"} and not listings
     session.delete(f"{orthanc_env.url}/instances/{ids[1]}").raise_for_status()
     assert orthanc_sweep.nightly_sweep(index, "ct", client, now=later)["missing_in_orthanc"] == 1
+
+
+def test_a_full_sweep_spread_over_nights_lists_every_instance_and_notices_a_wrong_entry(tmp_path, orthanc_env):
+    """Each night reads a slice of Orthanc's list; by the cycle's last night every ledger entry from before it
+    must have been listed. A ledger entry whose instance Orthanc never had passes the changes proof (nothing
+    went), but not the cycle: its last night runs a full sweep, which reports it."""
+    make_dicom_nas(tmp_path / "nas", patients=4, start_date=SAMPLE_START)
+    assert materialize_nas(write_config(tmp_path / "pacs.yaml", NAS, orthanc_url=orthanc_env.url), "ct").success
+    index = tmp_path / "index.duckdb"
+    client = OrthancClient(orthanc_env.url, orthanc_env.username, orthanc_env.password)
+    start = dt.datetime(2026, 1, 1, 2)
+    assert orthanc_sweep.nightly_sweep(index, "ct", client, now=start)["sweep"] == "full"
+    count = client.listing_mark()[0]
+
+    def nights(first: int, n: int) -> list[dict]:
+        return [orthanc_sweep.nightly_sweep(index, "ct", client, now=start + dt.timedelta(days=d, minutes=d))
+                for d in range(first, first + n)]
+
+    cycle = nights(1, 7)
+    assert [n["sweep"] for n in cycle] == ["changes"] * 7 and sum(n["listed"] for n in cycle) == count
+    assert not any(n["missing_in_orthanc"] for n in cycle)
+    mark = last_mark(index, "ct")
+    assert mark.full_at == start + dt.timedelta(days=1, minutes=1) and current_cycle(index, "ct") is None
+
+    # Nights missed: the cycle's last night (six days after its first) reads all that is left.
+    first = nights(8, 1)[0]["listed"]
+    assert first == -(-count // 7) and nights(14, 1)[0]["listed"] == count - first
+    assert current_cycle(index, "ct") is None
+
+    with duckdb.connect(str(index)) as con:  # a ledger entry naming an instance Orthanc never had
+        con.execute("UPDATE import_history SET orthanc_instance_id = 'not-in-orthanc' WHERE attempt_id = "
+                    "(SELECT min(attempt_id) FROM import_history WHERE status = 'imported')")
+    cycle = nights(15, 7)
+    assert [n["sweep"] for n in cycle] == ["changes"] * 6 + ["full"]
+    assert [n["missing_in_orthanc"] for n in cycle] == [0] * 6 + [1]
+    assert nights(22, 1)[0]["sweep"] == "full"  # no clean mark until the entry is right again
 
 
 def _path_of(index, orthanc_id: str) -> str:

@@ -146,8 +146,8 @@ def build_reconciliation(nas: NasConfig, config: PacsConfig) -> tuple[list, list
                  required_resource_keys={"index", "orthanc"},
                  description="The whole-NAS sweep: every file recorded as imported or duplicate is in Orthanc. "
                              "Nightly it checks what changed since the last clean full sweep (Orthanc's "
-                             "/changes and instance count); a full sweep compares Orthanc's instance list, at "
-                             "least weekly and whenever anything is in doubt.")
+                             "/changes and instance count) and reads a slice of Orthanc's instance list, the "
+                             "whole list within a week (`listed`); a full sweep whenever anything is in doubt.")
     def every_stored_instance_in_orthanc(context: AssetCheckExecutionContext) -> AssetCheckResult:
         passed, metadata = work.every_stored_instance_in_orthanc(context.resources.index.path, nas.id,
                                                                 context.resources.orthanc.client())

@@ -29,7 +29,8 @@ DUCKDB_SETTINGS = {"memory_limit": os.environ.get("PACS_DUCKDB_MEMORY_LIMIT", "2
                    "preserve_insertion_order": False}
 # A walk's matching and merge run slice by slice (index/walk_cache.py PART_ROWS), so they need little; a lower
 # cap keeps DuckDB's buffers (read blocks of the cache and the index, staged rows) from growing with the NAS.
-WALK_MEMORY_LIMIT = os.environ.get("PACS_WALK_MEMORY_LIMIT", "128MB")
+# Measured on the steady whole walk, 200,000 -> 2,000,000 files: 128 MB 165 -> 249 MB peak RSS, 96 MB 166 -> 235.
+WALK_MEMORY_LIMIT = os.environ.get("PACS_WALK_MEMORY_LIMIT", "96MB")
 
 
 # importlib.resources, hashlib and random load where they are used: a read-only open (`pacs search`, a new

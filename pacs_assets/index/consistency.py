@@ -25,21 +25,42 @@ def unaccounted_files(index_path: str | os.PathLike, nas_id: str, start: dt.date
     return {"files": files, "dicom_not_indexed": not_indexed, "without_reason": no_reason}
 
 
+# The ledger's files of a NAS in Orthanc (imported or duplicate) that are the NAS's current files.
+STORED = """FROM instances i
+    JOIN import_history h ON h.nas_id = i.nas_id AND h.file_path = i.file_path AND h.change_token = i.change_token
+                         AND h.status IN ('imported', 'duplicate')
+    WHERE i.nas_id = $nas AND h.orthanc_instance_id IS NOT NULL"""
+
+
+def _stored(index_path: str | os.PathLike, nas_id: str, start: dt.date | None, end: dt.date | None,
+            select: str, order: str = "") -> list[tuple]:
+    window = "AND i.partition_date >= $start AND i.partition_date < $end" if start is not None else ""
+    with session(index_path, read_only=True) as con:
+        return con.execute(f"SELECT {select} {STORED} {window} {order}",
+                           {"nas": nas_id, **({"start": start, "end": end} if start is not None else {})}).fetchall()
+
+
 def stored_instances(index_path: str | os.PathLike, nas_id: str, start: dt.date | None = None,
                      end: dt.date | None = None, batch: int = 100) -> Iterator[list[tuple[str, str]]]:
     """(SOP Instance UID, Orthanc ID) of every file the ledger says is in Orthanc (imported or duplicate), in
     the procedure dates [start, end) or all of them, in batches (one ``/tools/find`` each: its cost in
     Orthanc 1.10.1 grows faster than the list, so batches stay ~100)."""
-    window = "AND i.partition_date >= $start AND i.partition_date < $end" if start is not None else ""
-    with session(index_path, read_only=True) as con:
-        rows = con.execute(f"""
-            SELECT DISTINCT i.sop_instance_uid, h.orthanc_instance_id FROM instances i
-            JOIN import_history h ON h.nas_id = i.nas_id AND h.file_path = i.file_path
-                                 AND h.change_token = i.change_token AND h.status IN ('imported', 'duplicate')
-            WHERE i.nas_id = $nas AND h.orthanc_instance_id IS NOT NULL {window}
-            ORDER BY 1""", {"nas": nas_id, **({"start": start, "end": end} if start is not None else {})}).fetchall()
+    rows = _stored(index_path, nas_id, start, end, "DISTINCT i.sop_instance_uid, h.orthanc_instance_id", "ORDER BY 1")
     for i in range(0, len(rows), batch):
         yield rows[i:i + batch]
+
+
+def stored_ids(index_path: str | os.PathLike, nas_id: str, start: dt.date | None = None,
+               end: dt.date | None = None) -> list[str]:
+    """The Orthanc IDs of ``stored_instances`` alone, in no order: all an exact list of Orthanc's needs (an ID
+    names one SOP Instance UID, so there are as many)."""
+    return [r[0] for r in _stored(index_path, nas_id, start, end, "DISTINCT h.orthanc_instance_id")]
+
+
+def stored_count(index_path: str | os.PathLike, nas_id: str, start: dt.date | None = None,
+                 end: dt.date | None = None) -> int:
+    """How many ``stored_instances``, read in DuckDB alone."""
+    return _stored(index_path, nas_id, start, end, "count(DISTINCT h.orthanc_instance_id)")[0][0]
 
 
 def sop_conflicts(index_path: str | os.PathLike) -> list[tuple[str, str, int]]:

@@ -160,3 +160,12 @@ CREATE TABLE IF NOT EXISTS orthanc_sweeps (
     nas_id VARCHAR NOT NULL, orthanc VARCHAR NOT NULL, instance_count BIGINT NOT NULL, last_seq BIGINT NOT NULL,
     last_attempt_id BIGINT NOT NULL, full_at TIMESTAMP NOT NULL
 );
+
+-- A full sweep spread over nights (pipeline/orthanc_sweep.py): Orthanc's instance list read a slice a night by
+-- offset, up to the instance count it had when the cycle began; the ledger's entries up to last_attempt_id must
+-- all have been listed by the end. The IDs listed so far are kept in orthanc_sweep_seen.
+CREATE TABLE IF NOT EXISTS orthanc_sweep_cycles (
+    nas_id VARCHAR NOT NULL, positions BIGINT NOT NULL, last_attempt_id BIGINT NOT NULL,
+    started_at TIMESTAMP NOT NULL, next_offset BIGINT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS orthanc_sweep_seen (nas_id VARCHAR NOT NULL, orthanc_instance_id VARCHAR NOT NULL);

@@ -163,6 +163,19 @@ class OrthancApi(ABC):
                 return
             since += len(ids)
 
+    def instance_slice(self, start: int, stop: int, page: int = 50_000) -> list[str]:
+        """The instance IDs at offsets [start, stop) of Orthanc's list (in the order instances arrived), a page
+        at a time: one night's share of a full sweep spread over nights (pipeline/orthanc_sweep.py). Pages of
+        50,000 (~2.3 MB of JSON): 200,000 IDs took 2.4 s so, 2.9 s in pages of 10,000 (1.10.1)."""
+        out: list[str] = []
+        while start + len(out) < stop:
+            ids = self.get_json("/instances", "/instances (the instance list)",
+                                params={"since": start + len(out), "limit": min(page, stop - start - len(out))})
+            out += ids
+            if not ids:
+                break
+        return out
+
     def held_instance_ids(self, page: int = 10_000, tries: int = 3) -> tuple[set[str], tuple[int, int] | None]:
         """Every instance ID Orthanc holds, and, when that set is exact (a snapshot), its mark: Orthanc's
         (instance count, last change Seq) while it was read.

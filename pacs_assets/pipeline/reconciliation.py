@@ -111,18 +111,24 @@ def full_sweep(index_path: str | os.PathLike, nas_id: str, client: OrthancApi, s
                end: dt.date | None = None) -> tuple[dict[str, int], tuple[int, int] | None]:
     """``orthanc_sweep``, and the mark (instance count, last change Seq) Orthanc kept all along the sweep, if it
     did: then what the sweep saw is what Orthanc held at that mark."""
-    batches = list(consistency.stored_instances(index_path, nas_id, start, end, batch=FIND_BATCH))
-    checked = sum(len(batch) for batch in batches)
+    checked = consistency.stored_count(index_path, nas_id, start, end)
     before = client.listing_mark()
     if checked and before[0] <= LIST_FACTOR * checked:
         held, mark = client.held_instance_ids()
-        unsure = [row for batch in batches for row in batch if row[1] not in held]
-        if mark is not None:
-            return {"checked": checked, "missing_in_orthanc": len(unsure)}, mark
+        if mark is not None and not held:  # an emptied Orthanc: every entry missing, none read
+            return {"checked": checked, "missing_in_orthanc": checked}, mark
+        if mark is not None:  # exact: the IDs alone settle it
+            ids = consistency.stored_ids(index_path, nas_id, start, end)
+            return {"checked": len(ids), "missing_in_orthanc": sum(1 for i in ids if i not in held)}, mark
+        rows = [row for batch in consistency.stored_instances(index_path, nas_id, start, end, batch=max(checked, 1))
+                for row in batch]
+        unsure = [row for row in rows if row[1] not in held]
         batches = [unsure[i:i + FIND_BATCH] for i in range(0, len(unsure), FIND_BATCH)]
         # What the list held may have gone since: no mark (the next sweep is a full one).
-        return {"checked": checked, "missing_in_orthanc": missing_of(client, batches)}, None
+        return {"checked": len(rows), "missing_in_orthanc": missing_of(client, batches)}, None
+    batches = list(consistency.stored_instances(index_path, nas_id, start, end, batch=FIND_BATCH))
     missing = missing_of(client, batches)  # every entry looked up: unchanged all along, they answer for the mark
+    checked = sum(len(batch) for batch in batches)
     return {"checked": checked, "missing_in_orthanc": missing}, before if client.listing_mark() == before else None
 
 
