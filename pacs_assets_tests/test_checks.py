@@ -95,7 +95,8 @@ def test_the_sweep_counts_the_same_by_listing_orthanc_and_by_finding_each_uid(tm
         delete(orthanc_id)
     client = OrthancClient(orthanc_env.url, orthanc_env.username, orthanc_env.password)
     finds, real_find = [], OrthancClient.find_instance_ids
-    monkeypatch.setattr(OrthancClient, "find_instance_ids", lambda self, uids: finds.append(1) or real_find(self, uids))
+    monkeypatch.setattr(OrthancClient, "find_instance_ids",
+                        lambda self, uids, **kw: finds.append(1) or real_find(self, uids, **kw))
     deletions, real_list = [0], OrthancClient.instance_ids
 
     def listing(self, page=0):  # pages of 3, so the paging is exercised

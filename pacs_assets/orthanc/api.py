@@ -11,13 +11,16 @@ from typing import TYPE_CHECKING
 from pacs_assets.orthanc.ids import orthanc_patient_id
 
 if TYPE_CHECKING:
+    from collections.abc import Iterable
+
     import requests
 
 
-def may_be_cut(answer) -> bool:
+def _may_be_cut(answer) -> bool:
     """Whether a ``/tools/find`` answer may have been cut short by the site's ``LimitFindResults`` /
     ``LimitFindInstances``: 1.10.1 then returns limit + 1 items (at least 2) and no sign (measured). An answer of
-    0 or 1 items is whole, so what it leaves out is surely absent; otherwise a caller asks for it by its ID."""
+    0 or 1 items is whole, so what it leaves out is surely absent (a first import asks nothing more); otherwise
+    what the caller expects and the answer left out is asked for by its ID, where only a 404 means absent."""
     return len(answer) >= 2
 
 
@@ -63,14 +66,19 @@ class OrthancApi(ABC):
         resp.raise_for_status()
         return resp.content
 
-    def find_instances(self, sop_instance_uids: list[str]) -> dict[str, int]:
+    def find_instances(self, sop_instance_uids: list[str], expected: Iterable[str] = ()) -> dict[str, int]:
         """{Orthanc instance ID: stored file size} of the instances Orthanc holds with these SOP Instance UIDs:
-        one ``/tools/find`` for the whole list (DICOM list matching, UIDs joined by backslashes)."""
+        one ``/tools/find`` for the whole list (DICOM list matching, UIDs joined by backslashes). ``expected``:
+        Orthanc IDs the caller looks for, each asked for on its own if the answer may have been cut."""
         if not sop_instance_uids:
             return {}
         found = self._request("POST", "/tools/find", "/tools/find", json={
             "Level": "Instance", "Expand": True, "Query": {"SOPInstanceUID": "\\".join(sop_instance_uids)}}).json()
-        return {item["ID"]: int(item.get("FileSize") or -1) for item in found}
+        sizes = {item["ID"]: int(item.get("FileSize") or -1) for item in found}
+        if _may_be_cut(sizes):
+            sizes.update({oid: size for oid in expected if oid not in sizes
+                          for size in [self.instance_file_size(oid)] if size is not None})
+        return sizes
 
     def instance_file_size(self, instance_id: str) -> int | None:
         """The stored file size of one instance (``GET /instances/{id}``), or None when Orthanc holds no such
@@ -78,16 +86,22 @@ class OrthancApi(ABC):
         found = self.get_json(f"/instances/{instance_id}", "/instances/{id}", missing_ok=True)
         return None if found is None else int(found.get("FileSize") or -1)
 
-    def find_series_instances(self, series_instance_uids: list[str]) -> dict[str, list[str]]:
+    def find_series_instances(self, series_instance_uids: list[str],
+                              expected: Iterable[str] = ()) -> dict[str, list[str]]:
         """{Orthanc series ID: its instance IDs} of the series Orthanc holds with these Series Instance UIDs,
         under any PatientID: one expanded ``/tools/find`` (list matching), ~2 ms per series on 1.10.1 against
         ~5 ms for one ``GET /series/{id}`` (measured, 100 series of 100 instances). The UIDs must hold no
-        backslash (the list separator), ``*`` or ``?`` (wildcards)."""
+        backslash (the list separator), ``*`` or ``?`` (wildcards). ``expected``: Orthanc series IDs the caller
+        looks for, each asked for on its own if the answer may have been cut."""
         if not series_instance_uids:
             return {}
         found = self._request("POST", "/tools/find", "/tools/find", json={
             "Level": "Series", "Expand": True, "Query": {"SeriesInstanceUID": "\\".join(series_instance_uids)}}).json()
-        return {item["ID"]: list(item.get("Instances") or []) for item in found}
+        lists = {item["ID"]: list(item.get("Instances") or []) for item in found}
+        if _may_be_cut(lists):
+            lists.update({sid: ids for sid in expected if sid not in lists
+                          for ids in [self.series_instance_ids(sid)] if ids is not None})
+        return lists
 
     def series_instance_ids(self, series_id: str) -> list[str] | None:
         """The IDs of a series' instances (``GET /series/{id}``, ~1-5 ms, nothing expanded), or None when Orthanc
@@ -145,10 +159,11 @@ class OrthancApi(ABC):
     def delete_study(self, study_id: str) -> None:
         self._request("DELETE", f"/studies/{study_id}", "DELETE /studies/{id}", missing_ok=True)
 
-    def find_instance_ids(self, sop_instance_uids: list[str]) -> set[str]:
-        """Orthanc IDs of the instances with these SOP Instance UIDs. Keep lists to ~100: Orthanc 1.10.1 matches
-        the list one by one, so its cost grows faster than the list (docs/speed.md)."""
-        return set(self.find_instances(sop_instance_uids))
+    def find_instance_ids(self, sop_instance_uids: list[str], expected: Iterable[str] = ()) -> set[str]:
+        """Orthanc IDs of the instances with these SOP Instance UIDs (``expected``: as ``find_instances``). Keep
+        lists to ~100: Orthanc 1.10.1 matches the list one by one, so its cost grows faster than the list
+        (docs/speed.md)."""
+        return set(self.find_instances(sop_instance_uids, expected))
 
     def instance_ids(self, page: int = 10_000):
         """Every instance ID Orthanc holds, a page at a time (``GET /instances?since=&limit=``). Listing costs

@@ -18,7 +18,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import http.client
-import os
 import random
 import socket
 import threading
@@ -83,8 +82,8 @@ class OrthancClient(OrthancApi):
             s = requests.Session()
             # What requests reads from the environment on every call (proxies, CA bundle, .netrc: ~0.3 ms of CPU
             # each time, measured), read once: the session serves one address.
-            s.proxies = requests.utils.get_environ_proxies(self.url)
-            s.verify = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE") or True
+            env = s.merge_environment_settings(self.url, {}, None, None, None)  # requests' own rules, once
+            s.proxies, s.verify, s.cert = env["proxies"], env["verify"], env["cert"]
             s.auth = self.auth or requests.utils.get_netrc_auth(self.url)
             s.trust_env = False
             s.mount(self.url, HTTPAdapter(pool_connections=1, pool_maxsize=1, max_retries=0))

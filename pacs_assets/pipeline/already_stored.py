@@ -47,7 +47,7 @@ from itertools import groupby
 from pacs_assets.index import ledger
 from pacs_assets.index.staging import Staging
 from pacs_assets.nas.base import FileRecord, NasSource, SendAs
-from pacs_assets.orthanc.api import OrthancApi, may_be_cut
+from pacs_assets.orthanc.api import OrthancApi
 from pacs_assets.orthanc.ids import orthanc_instance_id, orthanc_series_id
 
 FOUND = "already in Orthanc (found by its UIDs, same size): recorded without sending"
@@ -77,10 +77,7 @@ def _sent(rec: FileRecord, send_as: Callable[[FileRecord], SendAs | None]) -> Se
 def _find_hits(source: NasSource, client: OrthancApi, batch: list[Sent], skip: frozenset[str]) -> Hits:
     """The files of ``batch`` Orthanc holds (same Orthanc ID, same stored size): one ``/tools/find``. A file
     sent under another identity is looked for under that one, with the size of what we send."""
-    found = client.find_instances([rec.sop_instance_uid for rec, _, _ in batch])
-    if may_be_cut(found):  # each file left out is asked for by its ID
-        found.update({oid: size for _, _, oid in batch if oid not in found
-                      for size in [client.instance_file_size(oid)] if size is not None})
+    found = client.find_instances([rec.sop_instance_uid for rec, _, _ in batch], expected=[oid for *_, oid in batch])
     hits = []
     for rec, identity, oid in batch if found else ():
         if oid not in found or oid in skip:
@@ -122,13 +119,11 @@ def _series_hits(source: NasSource, client: OrthancApi, batch: list[Sent], skip:
         key = (identity.patient_id if identity else rec.patient_id, rec.study_instance_uid, rec.series_instance_uid)
         series_id = series_ids.get(key) or series_ids.setdefault(key, orthanc_series_id(*key))
         by_series.setdefault(series_id, {}).setdefault(sent[2], []).append(sent)
-    lists = client.find_series_instances(sorted({key[2] for key in series_ids})) if listed else None
+    lists = client.find_series_instances(sorted({key[2] for key in series_ids}), expected=by_series) if listed \
+        else None
     hits: Hits = []
     for series_id, ours in by_series.items():
-        listed_ids = lists.get(series_id) if lists is not None else None
-        if listed_ids is None and (lists is None or may_be_cut(lists)):  # a 404 alone says Orthanc has none of it
-            listed_ids = client.series_instance_ids(series_id)
-        held = set(listed_ids or ())
+        held = set((lists.get(series_id) if lists is not None else client.series_instance_ids(series_id)) or ())
         if not held:  # a 404: Orthanc holds no file of it (a first import stops here)
             continue
         if held == ours.keys() and _same_total(source, client, series_id, ours):

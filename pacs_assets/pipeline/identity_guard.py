@@ -93,8 +93,7 @@ def guard_for(config) -> IdentityGuard:
 
 def orthanc_members(client: OrthancApi, sent_ids: list[str]) -> list[Member]:
     """One member per distinct person Orthanc holds under these PatientIDs (study-level patient tags). The empty
-    ID is not asked (it was a /tools/find, to which an empty value matches every patient): files without an ID
-    are compared among the index's records only."""
+    ID is not asked: files without an ID are compared among the index's records only."""
     sent_ids = [i for i in sent_ids if i]
     seen: dict[PersonRecord, Member] = {}
     for study in client.find_patient_studies(sent_ids):
@@ -124,7 +123,7 @@ class Plan:
                     self.held.setdefault(key, collision)
 
         self._people: dict[tuple, PersonRecord] = {}
-        self._send_as: dict[tuple, SendAs | None] = {}
+        self._send_as: dict[PersonRecord, SendAs | None] = {}
         self.window_had_holds = False  # the upload's window had holds before: they must be replaced
 
     @property
@@ -150,11 +149,10 @@ class Plan:
         if self.held_in_uid:  # a study's or series' holds depend on the file's UIDs: decided per file
             return self.route(rec).send_as
         # Otherwise the answer is the person's (held or sent as): once per person, not per file (4 SHA-1s each).
-        fields = (rec.patient_id, rec.patient_name, rec.patient_birth_date, rec.patient_sex)
-        try:
-            return self._send_as[fields]
-        except KeyError:
-            return self._send_as.setdefault(fields, self.route(rec).send_as)
+        person = self.person_of(rec)
+        if person not in self._send_as:
+            self._send_as[person] = self.route(rec).send_as
+        return self._send_as[person]
 
 
 def hold_files(plan: Plan, staging: Staging, index_path: str | os.PathLike, nas_id: str, start, end) -> Counter:

@@ -25,7 +25,7 @@ from pacs_assets.index.connection import WALK_MEMORY_LIMIT
 from pacs_assets.index.reconciliation import date_ranges, dates_to_rebuild, dates_to_upload, reconcile_inventory
 from pacs_assets.index.staging import Staging
 from pacs_assets.nas.base import NasSettings, NasSource
-from pacs_assets.orthanc.api import OrthancApi, may_be_cut
+from pacs_assets.orthanc.api import OrthancApi
 from pacs_assets.pipeline.hierarchy import build_hierarchy
 from pacs_assets.pipeline.inventory import walk_into
 from pacs_assets.pipeline.upload import ImportSummary, upload_window
@@ -120,8 +120,7 @@ def full_sweep(index_path: str | os.PathLike, nas_id: str, client: OrthancApi, s
         if mark is not None:  # exact: the IDs alone settle it
             ids = consistency.stored_ids(index_path, nas_id, start, end)
             return {"checked": len(ids), "missing_in_orthanc": sum(1 for i in ids if i not in held)}, mark
-        rows = [row for batch in consistency.stored_instances(index_path, nas_id, start, end, batch=max(checked, 1))
-                for row in batch]
+        rows = [row for batch in consistency.stored_instances(index_path, nas_id, start, end) for row in batch]
         unsure = [row for row in rows if row[1] not in held]
         batches = [unsure[i:i + FIND_BATCH] for i in range(0, len(unsure), FIND_BATCH)]
         # What the list held may have gone since: no mark (the next sweep is a full one).
@@ -136,9 +135,6 @@ def missing_of(client: OrthancApi, batches: list[list[tuple[str, str]]]) -> int:
     """How many of these (SOP Instance UID, Orthanc ID) Orthanc does not hold: one ``/tools/find`` a batch."""
     missing = 0
     for batch in batches:
-        found = client.find_instance_ids([sop for sop, _ in batch])
-        absent = [orthanc_id for _, orthanc_id in batch if orthanc_id not in found]
-        if absent and may_be_cut(found):  # the site's find limit may have left them out: asked by their IDs
-            absent = [orthanc_id for orthanc_id in absent if client.instance_file_size(orthanc_id) is None]
-        missing += len(absent)
+        found = client.find_instance_ids([sop for sop, _ in batch], expected=[oid for _, oid in batch])
+        missing += sum(1 for _, orthanc_id in batch if orthanc_id not in found)
     return missing
