@@ -11,7 +11,8 @@ import contextlib
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import duckdb
@@ -67,6 +68,8 @@ class Staging:
         self.dir = Path(tempfile.mkdtemp(prefix=f"{os.getpid()}-", dir=base))  # mkdtemp: mode 0700
         self.path = self.dir / "staging.duckdb"
         self._con: duckdb.DuckDBPyConnection | None = None
+        self._worker: ThreadPoolExecutor | None = None  # runs the work handed to ``soon``, one item at a time
+        self._pending: Future | None = None
         con = self.con  # creates the file
         os.chmod(self.path, 0o600)
         con.execute(schema_sql().split("CREATE SEQUENCE")[0])  # the table shapes, without the ledger/view
@@ -88,13 +91,43 @@ class Staging:
             self._con = self._tuned(duckdb.connect(str(self.path)))
         return self._con
 
+    def soon(self, work: Callable[[duckdb.DuckDBPyConnection], None]) -> None:
+        """Run ``work(cursor)`` on this file in a background thread, after the work handed over before it.
+
+        A walk's inserts run while it lists the next folders: DuckDB lets go of the GIL while it writes, and the
+        walk mostly waits on system calls, so on two cores the inserts cost the walk almost nothing. ``wait``
+        (called before this file steps aside or closes) returns when it is done and raises what it raised."""
+        self.wait()
+        if self._worker is None:
+            self._worker = ThreadPoolExecutor(1, thread_name_prefix="staging")
+        cursor = self.con.cursor()  # a connection of its own to this file: one per thread
+
+        def run() -> None:
+            try:
+                work(cursor)
+            finally:
+                cursor.close()
+
+        self._pending = self._worker.submit(run)
+
+    def wait(self) -> None:
+        """Until the work handed to ``soon`` is done; raises what it raised."""
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            pending.result()
+
     def _step_aside(self) -> None:
+        self.wait()
         if self._con is not None:
             self._con.execute("CHECKPOINT")
             self._con.close()
             self._con = None
 
     def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self.wait()
+        if self._worker is not None:
+            self._worker.shutdown()
         with contextlib.suppress(Exception):
             if self._con is not None:
                 self._con.close()
@@ -120,20 +153,23 @@ class Staging:
         return self.con.execute(f"SELECT count(*) FROM {table}").fetchall()[0][0]
 
     @contextlib.contextmanager
-    def attached_to_index(self, *, atomic: bool = False, cache: bool = False,
-                          verify: bool = False) -> Iterator[duckdb.DuckDBPyConnection]:
+    def attached_to_index(self, *, atomic: bool = False, cache: bool = False, verify: bool = False,
+                          staging: bool = True) -> Iterator[duckdb.DuckDBPyConnection]:
         """An index connection (one short lock) with this staging file attached as ``staging``, and with
         ``cache`` the scan cache of ``self.nas`` as ``sc`` (index/scan_cache.py; ``verify``: its checksum too).
 
         DuckDB allows one writer per file even within a process, so our own connection steps aside.
         ``atomic``: everything done on the connection lands in one transaction, or nothing does (the scan
         cache is another file: DuckDB writes one file per transaction, so such a transaction only reads it).
+        ``staging=False``: without this file (nothing steps aside: work on it may go on in another thread).
         """
-        self._step_aside()
+        if staging:
+            self._step_aside()
         try:
             with session(self.index_path) as con:
                 self._tuned(con)
-                con.execute(f"ATTACH '{self.path}' AS staging")
+                if staging:
+                    con.execute(f"ATTACH '{self.path}' AS staging")
                 if cache:
                     if self.nas is None:
                         raise RuntimeError("Staging.nas must be set before the scan cache is attached")

@@ -13,6 +13,7 @@ from __future__ import annotations
 import datetime as dt
 import operator
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 
 from pacs_assets.index import scan_cache
 from pacs_assets.index.staging import Staging
@@ -64,14 +65,19 @@ def slices(staging: Staging, folders: Sequence[str] | None) -> list[str]:
 
 def known_files(staging: Staging, folders: Sequence[str] | None) -> int:
     """How many files the scan cache knows for the staging's NAS (in ``folders``). A whole walk also checks
-    the NAS's rows against their checksum here, before any of them is trusted."""
-    with staging.attached_to_index(cache=True, verify=folders is None) as con:
+    the NAS's rows against their checksum here, before any of them is trusted. The staging file is not
+    attached: this runs while the walk stages files (``StagingCache``)."""
+    with staging.attached_to_index(cache=True, verify=folders is None, staging=False) as con:
         return sum(con.execute(f"SELECT count(*) FROM sc.scan_cache WHERE nas_id = ? AND {scope}",
                                [staging.nas[0]]).fetchall()[0][0] for scope in scopes(folders))
 
 
 class StagingCache(ScanCache):
-    """The scan cache as a walk sees it. A bulk cache: a walk's files are offered in bulk and matched in SQL."""
+    """The scan cache as a walk sees it. A bulk cache: a walk's files are offered in bulk and matched in SQL.
+
+    A context manager: from its start, the files the cache knows are counted (and a whole walk's rows checked
+    against their checksum) in a thread of their own while the walk goes on (``known``); everything that opens
+    the index waits for that count first."""
 
     bulk = True
 
@@ -81,10 +87,28 @@ class StagingCache(ScanCache):
         self.offered = self.unmatched_total = 0
         self.on_offer = on_offer
         self._copied = False
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="known-files")
+        self._known = self._pool.submit(known_files, staging, folders)
+
+    def __enter__(self) -> StagingCache:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._pool.shutdown()  # waits for the count: no index session outlives the walk
+
+    @property
+    def known(self) -> int | None:
+        """Files the cache knew before the walk, once counted (None until then)."""
+        return self._known.result() if self._known.done() else None
+
+    def known_files(self) -> int:
+        """Files the cache knew before the walk (waits for the count; raises what it raised)."""
+        return self._known.result()
 
     def lookup(self, keys: Mapping[str, str]) -> dict[str, FileRecord]:
         if not keys:
             return {}
+        self.known_files()  # its index session first
         if not self._copied:  # the catalog kind's NAS: small, and its records pass through Python anyway
             with self.staging.attached_to_index(cache=True) as con:
                 for scope in scopes(self.folders):
@@ -112,15 +136,17 @@ class StagingCache(ScanCache):
               mtimes: Sequence[int]) -> None:
         import numpy as np  # columns straight to DuckDB: no DataFrame, no object per file
 
-        con = self.staging.con
-        con.register("_offer", {"folder": np.array(folders, dtype=object), "name": np.array(names, dtype=object),
-                                "size": np.array(sizes, dtype=np.int64), "mtime_ns": np.array(mtimes, dtype=np.int64)})
-        try:
+        columns = {"folder": np.array(folders, dtype=object), "name": np.array(names, dtype=object),
+                   "size": np.array(sizes, dtype=np.int64), "mtime_ns": np.array(mtimes, dtype=np.int64)}
+
+        def insert(con) -> None:
+            con.register("_offer", columns)
             # The path and change token as the walk's records spell them: folder/name, f"{size}-{mtime_ns}".
             con.execute("INSERT INTO walked SELECT CASE WHEN folder = '' THEN name ELSE folder || '/' || name END, "
                         "size, mtime_ns, size || '-' || mtime_ns, folder FROM _offer")
-        finally:
             con.unregister("_offer")
+
+        self.staging.soon(insert)  # while the walk goes on (``unmatched`` waits for it)
         self.offered += len(names)
         if self.on_offer:
             self.on_offer(self.offered)
@@ -130,6 +156,8 @@ class StagingCache(ScanCache):
         # fallback procedure date (it may depend on "today": re-dated below, as a parse would date them).
         # When the walk is exactly the cache (checksums), no join; else one join a part, whose result is only what
         # is not plainly unchanged.
+        self.known_files()  # its index session first
+        self.staging.wait()
         con = self.staging.con
         split = slices(self.staging, self.folders)
         con.execute("CREATE OR REPLACE TABLE _looked (file_path VARCHAR, size BIGINT, mtime_ns BIGINT, hit BOOLEAN, "

@@ -20,7 +20,7 @@ from collections.abc import Callable, Sequence
 from pacs_assets.index.connection import WALK_MEMORY_LIMIT
 from pacs_assets.index.inventory import add_records, carry_over_links, carry_over_unread, merge_inventory
 from pacs_assets.index.staging import Staging
-from pacs_assets.index.walk_cache import StagingCache, known_files
+from pacs_assets.index.walk_cache import StagingCache
 from pacs_assets.nas.base import NasSettings, NasSource
 from pacs_assets.nas.dates import assign_procedure_date
 from pacs_assets.nas.registry import kind_of
@@ -81,20 +81,20 @@ def walk_into(staging: Staging, source: NasSource, nas: NasSettings, *, today: d
     scanned_at = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
     walked = 0
     staging.nas = (nas.id, str(source.root))
-    known = known_files(staging, folders)
     # A bulk scan offers every walked file to the cache and yields only what it must parse (and what is not a
     # regular file); the unchanged files' rows stay in the scan cache, which the merge reads.
-    cache = StagingCache(staging, nas.partitions_start, today, folders,
-                         on_offer=lambda _: progress and progress(walked + cache.seen, known))
-    for batch in source.scan(cache, folders=folders):
-        for rec in batch:
-            rec.procedure_date, rec.date_source = assign_procedure_date(
-                rec.study_date, rec.series_date, rec.mtime_ns, nas.partitions_start, today)
-        add_records(staging, batch, scanned_at)
-        walked += len(batch)
-        if progress:
-            progress(walked + cache.seen, known)
-    walked += cache.seen
+    with StagingCache(staging, nas.partitions_start, today, folders,
+                      on_offer=lambda _: progress and progress(walked + cache.seen, cache.known)) as cache:
+        for batch in source.scan(cache, folders=folders):
+            for rec in batch:
+                rec.procedure_date, rec.date_source = assign_procedure_date(
+                    rec.study_date, rec.series_date, rec.mtime_ns, nas.partitions_start, today)
+            add_records(staging, batch, scanned_at)
+            walked += len(batch)
+            if progress:
+                progress(walked + cache.seen, cache.known)
+        walked += cache.seen
+        known = cache.known_files()
     if folders is not None:
         carry_over_links(staging, source.root, folders)
     kept = carry_over_unread(staging, source.unread)
