@@ -41,6 +41,17 @@ def reconcile_inventory(staging: Staging, nas_id: str) -> dict[dt.date, dict[str
     scan cache is refreshed first (its own transaction: index/scan_cache.py). A part of the walk in which
     nothing differs is only read, so an unchanged NAS writes nothing, to the cache or to the index.
     """
+    if staging.walked_is_cache is not None and not staging.count("inventory"):
+        # The usual night: proved unchanged without attaching the staging file (which would first be written
+        # out and closed); its few re-dated rows go along as a registered table.
+        redated = staging.con.execute("SELECT * FROM redated").df()
+        with staging.attached_to_index(cache=True, staging=False) as con:
+            con.register("_redated_rows", redated)
+            con.execute("CREATE TEMP TABLE _redated AS SELECT file_path::VARCHAR AS file_path, "
+                        "CAST(procedure_date AS DATE) AS procedure_date, date_source::VARCHAR AS date_source "
+                        "FROM _redated_rows")
+            if unchanged(con, staging, nas_id, redated="_redated", staged=0):
+                return {}
     split = slices(staging, None)
     with staging.attached_to_index(cache=True) as con:
         if unchanged(con, staging, nas_id):
@@ -76,14 +87,17 @@ def reconcile_inventory(staging: Staging, nas_id: str) -> dict[dt.date, dict[str
     return dict(changes)
 
 
-def unchanged(con, staging: Staging, nas_id: str) -> bool:
+def unchanged(con, staging: Staging, nas_id: str, redated: str = "staging.redated", staged: int | None = None) -> bool:
     """The steady state, proved without a join: the walk staged nothing, found exactly the cache's files with
     their tokens (``Staging.walked_is_cache``), the cache is as it was then (its record), and the index holds
-    the cache's rows, re-dated: the same count and the same XOR of row hashes over DIFF_COLUMNS (the checksum
-    the cache itself is kept by). Anything else takes the way of ``differing_parts``."""
+    the cache's rows, re-dated (``redated``: that table): the same count and the same XOR of row hashes over
+    DIFF_COLUMNS (the checksum the cache itself is kept by). Anything else takes the way of ``differing_parts``.
+    ``staged``: the rows the walk staged, if the caller counted them (else read from the attached staging)."""
     if staging.walked_is_cache is None or staging.walked_is_cache != scan_cache.record(con, nas_id):
         return False
-    if con.execute("SELECT count(*) FROM staging.inventory").fetchall()[0][0]:
+    if staged is None:
+        staged = con.execute("SELECT count(*) FROM staging.inventory").fetchall()[0][0]
+    if staged:
         return False
     row = ", ".join(DIFF_COLUMNS)
     index = con.execute(f"SELECT count(*), coalesce(bit_xor(hash({row})), 0) FROM inventory WHERE nas_id = ?",
@@ -92,7 +106,7 @@ def unchanged(con, staging: Staging, nas_id: str) -> bool:
         SELECT count(*), coalesce(bit_xor(hash({row})), 0) FROM (
             SELECT c.file_path, c.change_token, coalesce(r.procedure_date, c.procedure_date) AS procedure_date,
                    coalesce(r.date_source, c.date_source) AS date_source, c.status, c.reason
-            FROM sc.scan_cache c LEFT JOIN staging.redated r USING (file_path) WHERE c.nas_id = ?)""",
+            FROM sc.scan_cache c LEFT JOIN {redated} r USING (file_path) WHERE c.nas_id = ?)""",
                          [nas_id]).fetchall()[0]
     return index == cached
 

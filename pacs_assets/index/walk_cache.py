@@ -10,6 +10,7 @@ rows of the NAS (or of the walked folders) copied into staging once.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import operator
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -63,21 +64,59 @@ def slices(staging: Staging, folders: Sequence[str] | None) -> list[str]:
     return [f"({scope}) AND ({part})" for scope in scopes(folders) for part in parts(staging)]
 
 
-def known_files(staging: Staging, folders: Sequence[str] | None) -> int:
-    """How many files the scan cache knows for the staging's NAS (in ``folders``). A whole walk also checks
-    the NAS's rows against their checksum here, before any of them is trusted. The staging file is not
-    attached: this runs while the walk stages files (``StagingCache``)."""
+# What identifies a walk's files as one sum: their count and the XOR of their (path, token) hashes. Paths are
+# unique on either side, so two sides with the same sum hold the same files with the same tokens (the cache's
+# own checksum is of the same kind).
+PAIR = "count(*), coalesce(bit_xor(hash(file_path, change_token)), 0)"
+# A cached row whose procedure date is not a valid StudyDate in range: its date may depend on "today".
+FALLBACK = "NOT (c.date_source = 'study_date' AND c.procedure_date >= $start AND c.procedure_date <= $today)"
+
+
+@dataclasses.dataclass
+class LookAhead:
+    """What a walk reads of the scan cache while it lists the NAS (``StagingCache``)."""
+
+    known: int  # files the cache knew (in the walked folders)
+    # A whole walk's, in the same session: the NAS's rows as one PAIR, the cache's record, and (path, procedure
+    # date, date source) of each fallback-dated row whose date moved since it was cached.
+    cached: tuple[int, int] | None = None
+    record: tuple[int, int] | None = None
+    moved: list[tuple[str, dt.date, str]] = dataclasses.field(default_factory=list)
+
+
+def look_ahead(staging: Staging, folders: Sequence[str] | None, start: dt.date, today: dt.date) -> LookAhead:
+    """How many files the scan cache knows for the staging's NAS (in ``folders``), and for a whole walk what
+    ``unmatched`` needs when the walk turns out to be exactly the cache, so that this usual night opens no
+    further session before the merge. A whole walk also checks the NAS's rows against their checksum here,
+    before any of them is trusted. The staging file is not attached: this runs while the walk stages files."""
+    nas_id = staging.nas[0]
     with staging.attached_to_index(cache=True, verify=folders is None, staging=False) as con:
-        return sum(con.execute(f"SELECT count(*) FROM sc.scan_cache WHERE nas_id = ? AND {scope}",
-                               [staging.nas[0]]).fetchall()[0][0] for scope in scopes(folders))
+        known = sum(con.execute(f"SELECT count(*) FROM sc.scan_cache WHERE nas_id = ? AND {scope}",
+                                [nas_id]).fetchall()[0][0] for scope in scopes(folders))
+        if folders is not None:
+            return LookAhead(known)
+        cached = tuple(con.execute(f"SELECT {PAIR} FROM sc.scan_cache WHERE nas_id = ?", [nas_id]).fetchall()[0])
+        cursor = con.execute(f"SELECT file_path, study_date, series_date, mtime_ns, procedure_date, date_source "
+                             f"FROM sc.scan_cache c WHERE c.nas_id = $nas AND {FALLBACK}",
+                             {"nas": nas_id, "start": start, "today": today})
+        moved = []
+        while rows := cursor.fetchmany(REDATE_PAGE):
+            moved.extend(_moved(rows, start, today))
+        return LookAhead(known, cached, scan_cache.record(con, nas_id), moved)
+
+
+def _moved(rows, start: dt.date, today: dt.date) -> list[tuple[str, dt.date, str]]:
+    """(path, procedure date, date source) of the cached rows (path, study date, series date, mtime, procedure
+    date, date source) whose date nas/dates.py's rule now gives otherwise: the dates a parse would give."""
+    return [(path, *new) for path, study, series, mtime, *old in rows
+            if (new := assign_procedure_date(study, series, mtime, start, today)) != tuple(old)]
 
 
 class StagingCache(ScanCache):
     """The scan cache as a walk sees it. A bulk cache: a walk's files are offered in bulk and matched in SQL.
 
-    A context manager: from its start, the files the cache knows are counted (and a whole walk's rows checked
-    against their checksum) in a thread of their own while the walk goes on (``known``); everything that opens
-    the index waits for that count first."""
+    A context manager: from its start, ``look_ahead`` runs in a thread of its own while the walk goes on
+    (``known``); everything that opens the index waits for it first."""
 
     bulk = True
 
@@ -87,28 +126,29 @@ class StagingCache(ScanCache):
         self.offered = self.unmatched_total = 0
         self.on_offer = on_offer
         self._copied = False
-        self._pool = ThreadPoolExecutor(1, thread_name_prefix="known-files")
-        self._known = self._pool.submit(known_files, staging, folders)
+        self._walked = (0, 0)  # the offered files as one PAIR, summed by the inserts
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="look-ahead")
+        self._ahead = self._pool.submit(look_ahead, staging, folders, start, today)
 
     def __enter__(self) -> StagingCache:
         return self
 
     def __exit__(self, *exc) -> None:
-        self._pool.shutdown()  # waits for the count: no index session outlives the walk
+        self._pool.shutdown()  # waits for the look-ahead: no index session outlives the walk
 
     @property
     def known(self) -> int | None:
         """Files the cache knew before the walk, once counted (None until then)."""
-        return self._known.result() if self._known.done() else None
+        return self._ahead.result().known if self._ahead.done() else None
 
-    def known_files(self) -> int:
-        """Files the cache knew before the walk (waits for the count; raises what it raised)."""
-        return self._known.result()
+    def look_ahead(self) -> LookAhead:
+        """What the cache held before the walk (waits for the look-ahead; raises what it raised)."""
+        return self._ahead.result()
 
     def lookup(self, keys: Mapping[str, str]) -> dict[str, FileRecord]:
         if not keys:
             return {}
-        self.known_files()  # its index session first
+        self.look_ahead()  # its index session first
         if not self._copied:  # the catalog kind's NAS: small, and its records pass through Python anyway
             with self.staging.attached_to_index(cache=True) as con:
                 for scope in scopes(self.folders):
@@ -142,8 +182,11 @@ class StagingCache(ScanCache):
         def insert(con) -> None:
             con.register("_offer", columns)
             # The path and change token as the walk's records spell them: folder/name, f"{size}-{mtime_ns}".
-            con.execute("INSERT INTO walked SELECT CASE WHEN folder = '' THEN name ELSE folder || '/' || name END, "
-                        "size, mtime_ns, size || '-' || mtime_ns, folder FROM _offer")
+            path_token = "CASE WHEN folder = '' THEN name ELSE folder || '/' || name END, size || '-' || mtime_ns"
+            con.execute(f"INSERT INTO walked SELECT {path_token.split(', ')[0]}, size, mtime_ns, "
+                        f"size || '-' || mtime_ns, folder FROM _offer")
+            n, x = con.execute(f"SELECT count(*), coalesce(bit_xor(hash({path_token})), 0) FROM _offer").fetchall()[0]
+            self._walked = (self._walked[0] + n, self._walked[1] ^ x)  # one insert at a time (Staging.soon)
             con.unregister("_offer")
 
         self.staging.soon(insert)  # while the walk goes on (``unmatched`` waits for it)
@@ -152,26 +195,27 @@ class StagingCache(ScanCache):
             self.on_offer(self.offered)
 
     def unmatched(self, batch_size: int) -> Iterator[list[tuple[str, int, int]]]:
-        # One short look at the cache: which walked files it lacks, and which of those it holds have a
-        # fallback procedure date (it may depend on "today": re-dated below, as a parse would date them).
-        # When the walk is exactly the cache (checksums), no join; else one join a part, whose result is only what
-        # is not plainly unchanged.
-        self.known_files()  # its index session first
+        # The usual night: a whole walk that found exactly the files the cache held with their tokens (one PAIR
+        # on each side) needs no parse and no look at the index here; only the fallback dates that moved are
+        # staged. Else one short look at the cache: which walked files it lacks, and which of those it holds
+        # have a fallback procedure date (re-dated below, as a parse would date them): one join a part, whose
+        # result is only what is not plainly unchanged.
+        ahead = self.look_ahead()  # its index session first
         self.staging.wait()
+        if self.folders is None and ahead.cached == self._walked:
+            # The merge proves the cache is still as it was then (index/reconciliation.py ``unchanged``).
+            self.staging.walked_is_cache = ahead.record
+            self._stage_moved(ahead.moved)
+            return
+        self.staging.walked_is_cache = None
         con = self.staging.con
         split = slices(self.staging, self.folders)
         con.execute("CREATE OR REPLACE TABLE _looked (file_path VARCHAR, size BIGINT, mtime_ns BIGINT, hit BOOLEAN, "
                     "study_date VARCHAR, series_date VARCHAR, cached_mtime BIGINT, procedure_date DATE, "
                     "date_source VARCHAR)")
-        fallback = "NOT (c.date_source = 'study_date' AND c.procedure_date >= $start AND c.procedure_date <= $today)"
         params = {"nas": self.staging.nas[0], "start": self.start, "today": self.today}
         with self.staging.attached_to_index(cache=True) as con:
-            self.staging.walked_is_cache = self._same_as_cache(con) if self.folders is None else None
-            if self.staging.walked_is_cache is not None:  # the usual night: only the fallback dates to look at
-                con.execute(f"""INSERT INTO staging._looked SELECT c.file_path, c.size, c.mtime_ns, true, c.study_date,
-                    c.series_date, c.mtime_ns, c.procedure_date, c.date_source FROM sc.scan_cache c
-                    WHERE c.nas_id = $nas AND {fallback}""", params)
-            for part in split if self.staging.walked_is_cache is None else []:
+            for part in split:
                 con.execute(f"""INSERT INTO staging._looked
                     SELECT w.file_path, w.size, w.mtime_ns, c.file_path IS NOT NULL, c.study_date, c.series_date,
                            c.mtime_ns, c.procedure_date, c.date_source
@@ -179,7 +223,7 @@ class StagingCache(ScanCache):
                     LEFT JOIN (SELECT file_path, change_token, study_date, series_date, mtime_ns, procedure_date,
                                       date_source FROM sc.scan_cache WHERE nas_id = $nas AND {part}) c
                       ON c.file_path = w.file_path AND c.change_token = w.change_token
-                    WHERE c.file_path IS NULL OR {fallback}""", params)
+                    WHERE c.file_path IS NULL OR {FALLBACK}""", params)
         con = self.staging.con
         # Numbered, read page by page (the caller writes to staging between pages), in path order.
         con.execute("CREATE OR REPLACE TABLE unmatched AS SELECT row_number() OVER (ORDER BY file_path) AS k, "
@@ -195,36 +239,29 @@ class StagingCache(ScanCache):
                                                  "AND k <= ?",
                                                  [lo, lo + batch_size]).fetchall()]
 
-    def _same_as_cache(self, con) -> tuple[int, int] | None:
-        """The cache's record if it holds exactly the walked files with their tokens for the NAS: the same count
-        and XOR of (path, token) hashes on both sides (paths are unique on each; the cache's own checksum is of
-        the same kind). Then nothing needs a parse, and the walk's new rows are the cache's rows, re-dated."""
-        pair = "count(*), coalesce(bit_xor(hash(file_path, change_token)), 0)"
-        walked = con.execute(f"SELECT {pair} FROM staging.walked").fetchall()[0]
-        cached = con.execute(f"SELECT {pair} FROM sc.scan_cache WHERE nas_id = ?", [self.staging.nas[0]]).fetchall()[0]
-        return scan_cache.record(con, self.staging.nas[0]) if walked == cached else None
-
     def _redate(self) -> None:
         """Stage (``redated``) the new procedure date of every cached fallback-dated row whose date moved.
 
         A cached date taken from a valid StudyDate stays right (SQL checked it is still in range); every
         other one gets nas/dates.py's rule again, so the dates are exactly those a parse would give."""
-        import numpy as np
-
         con = self.staging.con
         total = self.staging.count("_redate")
         for lo in range(0, total, REDATE_PAGE):
             rows = con.execute("SELECT file_path, study_date, series_date, mtime_ns, procedure_date, date_source "
                                "FROM _redate WHERE k > ? AND k <= ?", [lo, lo + REDATE_PAGE]).fetchall()
-            fixed = [(path, *new) for path, study, series, mtime, *old in rows
-                     if (new := assign_procedure_date(study, series, mtime, self.start, self.today)) != tuple(old)]
-            if fixed:
-                con.register("_fixed", {"file_path": np.array([f[0] for f in fixed], dtype=object),
-                                        "procedure_date": np.array([str(f[1]) for f in fixed], dtype=object),
-                                        "date_source": np.array([f[2] for f in fixed], dtype=object)})
-                try:
-                    con.execute("INSERT INTO redated SELECT file_path, CAST(procedure_date AS DATE), date_source "
-                                "FROM _fixed")
-                finally:
-                    con.unregister("_fixed")
+            self._stage_moved(_moved(rows, self.start, self.today))
         con.execute("DROP TABLE _redate")
+
+    def _stage_moved(self, moved: list[tuple[str, dt.date, str]]) -> None:
+        if not moved:
+            return
+        import numpy as np
+
+        con = self.staging.con
+        con.register("_fixed", {"file_path": np.array([f[0] for f in moved], dtype=object),
+                                "procedure_date": np.array([str(f[1]) for f in moved], dtype=object),
+                                "date_source": np.array([f[2] for f in moved], dtype=object)})
+        try:
+            con.execute("INSERT INTO redated SELECT file_path, CAST(procedure_date AS DATE), date_source FROM _fixed")
+        finally:
+            con.unregister("_fixed")

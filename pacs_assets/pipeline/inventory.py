@@ -94,7 +94,7 @@ def walk_into(staging: Staging, source: NasSource, nas: NasSettings, *, today: d
             if progress:
                 progress(walked + cache.seen, cache.known)
         walked += cache.seen
-        known = cache.known_files()
+        known = cache.look_ahead().known
     if folders is not None:
         carry_over_links(staging, source.root, folders)
     kept = carry_over_unread(staging, source.unread)
