@@ -74,7 +74,11 @@ def save_slice(index_path: str | os.PathLike, nas_id: str, cycle: SweepCycle, li
     with transaction(index_path) as con:
         # All listed IDs, not only the ledger's: a join with the ledger cost more than the rows (Orthanc holds
         # at most LIST_FACTOR times the NAS's instances when a cycle runs).
-        con.execute("INSERT INTO orthanc_sweep_seen SELECT $nas, unnest($ids)", {"nas": nas_id, "ids": listed})
+        import numpy as np  # a column, not a list parameter: a third of the time for a night's ~30,000 IDs
+
+        con.register("_listed", {"orthanc_instance_id": np.array(listed, dtype=object)})
+        con.execute("INSERT INTO orthanc_sweep_seen SELECT $nas, orthanc_instance_id FROM _listed", {"nas": nas_id})
+        con.unregister("_listed")
         _forget_cycle(con, nas_id, seen=False)
         if cycle.next_offset < cycle.positions:
             con.execute("INSERT INTO orthanc_sweep_cycles VALUES (?, ?, ?, ?, ?)",

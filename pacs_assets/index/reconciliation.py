@@ -13,11 +13,10 @@ The same concept on three layers: the Dagster assets and job (defs/reconciliatio
 from __future__ import annotations
 
 import datetime as dt
-import os
 from collections import defaultdict
 
 from pacs_assets.index import scan_cache
-from pacs_assets.index.connection import in_transaction, session
+from pacs_assets.index.connection import Index, in_transaction, opened
 from pacs_assets.index.inventory import DIFF_COLUMNS, DIFFERS, apply_diff, record_deleted, stage_diff
 from pacs_assets.index.staging import Staging
 from pacs_assets.index.walk_cache import slices
@@ -147,10 +146,10 @@ def differing_parts(con, nas_id: str, split: list[str]) -> tuple[list[str], list
     return stale, dirty
 
 
-def dates_to_rebuild(index_path: str | os.PathLike, nas_id: str) -> list[dt.date]:
+def dates_to_rebuild(index: Index, nas_id: str) -> list[dt.date]:
     """Dates whose ``instances`` differ from the inventory's DICOM files (path, change token, date). The same rows
     on both sides (count and XOR of row hashes, two reads: the usual night) need no join."""
-    with session(index_path) as con:
+    with opened(index) as con:
         sides = [con.execute(f"SELECT count(*), coalesce(bit_xor(hash(file_path, change_token, {day})), 0) "
                              f"FROM {table} WHERE nas_id = ? {extra}", [nas_id]).fetchall()[0]
                  for table, day, extra in (("instances", "partition_date", ""),
@@ -166,12 +165,11 @@ def dates_to_rebuild(index_path: str | os.PathLike, nas_id: str) -> list[dt.date
             WHERE i.file_path IS NULL OR f.file_path IS NULL ORDER BY 1""", {"nas": nas_id}).fetchall()]
 
 
-def dates_to_upload(index_path: str | os.PathLike, nas_id: str,
-                    decided_since: dt.datetime | None = None) -> list[dt.date]:
+def dates_to_upload(index: Index, nas_id: str, decided_since: dt.datetime | None = None) -> list[dt.date]:
     """Dates with indexed instances not yet in Orthanc (the same rule as ledger.stage_pending_uploads), leaving
     out files the identity guard holds unless a decision was made since they were held (``decided_since``:
     the latest decision's time): an undecided collision does not make its dates run again every night."""
-    with session(index_path) as con:
+    with opened(index) as con:
         return [r[0] for r in con.execute("""
             SELECT DISTINCT i.partition_date FROM instances i
             WHERE i.nas_id = $nas AND NOT EXISTS (

@@ -21,7 +21,7 @@ from collections import Counter
 from collections.abc import Callable
 
 from pacs_assets.index import consistency
-from pacs_assets.index.connection import WALK_MEMORY_LIMIT
+from pacs_assets.index.connection import WALK_MEMORY_LIMIT, session
 from pacs_assets.index.reconciliation import date_ranges, dates_to_rebuild, dates_to_upload, reconcile_inventory
 from pacs_assets.index.staging import Staging
 from pacs_assets.nas.base import NasSettings, NasSource
@@ -78,13 +78,17 @@ def catch_up(source: NasSource, client: OrthancApi, index_path: str | os.PathLik
     already right). Raises OrthancUnavailable / OrthancRefused like ``upload_window``.
     """
     done = CaughtUp()
-    done.rebuilt = dates_to_rebuild(index_path, nas_id)
+    identity = upload_options.get("identity")
+    decided_since = identity.book.last_made_at if identity else None
+    with session(index_path) as con:  # the usual night: nothing to rebuild, both reads in one session
+        done.rebuilt = dates_to_rebuild(con, nas_id)
+        pending = None if done.rebuilt else dates_to_upload(con, nas_id, decided_since)
     for start, end in date_ranges(done.rebuilt):
         build_hierarchy(index_path, nas_id, start, end)
     if on_rebuilt:
         on_rebuilt(done.rebuilt)
-    identity = upload_options.get("identity")
-    pending = dates_to_upload(index_path, nas_id, identity.book.last_made_at if identity else None)
+    if pending is None:
+        pending = dates_to_upload(index_path, nas_id, decided_since)
     for start, end in date_ranges(pending):
         window = upload_window(source, client, index_path, nas_id, start, end, **upload_options)
         done.summary.add(window.summary)
