@@ -7,9 +7,12 @@ a) one new study (200 files, 512x512 16-bit CT) on NAS devices of --sizes files 
 b) the reconciliation job on the unchanged largest NAS with 10 years of daily partitions, twice: against an
    Orthanc holding every instance of the NAS (the real nightly case; seeded into Orthanc's own index,
    benchmarks/orthanc_index.py) and against an empty one; baseline a plain ``os.walk`` + ``stat`` of every
-   file. Against the full one it runs 1 + 7 times: the first night sweeps Orthanc in full (no mark yet, as after
-   a loss), the next seven check what changed since and each read a slice of Orthanc's list, the seventh ending
-   the cycle (pipeline/orthanc_sweep.py). Prints the four ratios (goal <= 3) and
+   file, run right before each job. Against the full one it runs 1 + 7 times: the first night sweeps Orthanc in
+   full (no mark yet, as after a loss), the next seven check what changed since and each read a slice of
+   Orthanc's list, the seventh ending the cycle (pipeline/orthanc_sweep.py): the nightly figure is the median
+   night against the median baseline, the last night is its own run against that baseline, and each night's
+   ratio to its own baseline is printed; against the empty one, the best of 3 runs against the best of their 3
+   baselines. Prints the four ratios (goal <= 3) and
    how many materialization events the run wrote for partitions (goal 0).
    Also: the identity guard's share of that run (its seconds in the upload, from the run's metadata, plus the
    identity checks' steps; goal <= 0.10) and, after b), one pass of identity detection over the whole index
@@ -40,6 +43,7 @@ import datetime as dt
 import json
 import os
 import shutil
+import statistics
 import sys
 import tempfile
 import time
@@ -286,13 +290,13 @@ def identity_share(config: Path, reconcile_seconds: float) -> dict:
 
 
 def reconcile_run(defs, instance, root: Path, what: str, rounds: int = 1) -> dict:
-    """The reconciliation job, in-process, against the best of two ``os.walk`` + ``stat`` run just before it
-    (the machine's load drifts: each run gets its own baseline). A job that leaves nothing behind (the empty
+    """The reconciliation job, in-process, each run right after one ``os.walk`` + ``stat`` of the NAS: its
+    baseline (the machine's load drifts: each run gets its own). A job that leaves nothing behind (the empty
     Orthanc: every night a full sweep) runs ``rounds`` times: the best run against the best baseline, the same
     statistic on both sides."""
     walk, seconds = float("inf"), float("inf")
     for _ in range(rounds):
-        walk = min(walk, *(baseline_walk(root) for _ in range(2)))
+        walk = min(walk, baseline_walk(root))
         t = time.perf_counter()
         result = defs.resolve_job_def("ct_reconciliation_job").execute_in_process(instance=instance)
         seconds = min(seconds, time.perf_counter() - t)
@@ -338,7 +342,7 @@ def reconcile_in_full_orthanc(config: Path, root: Path, site: Path, instance) ->
             full = reconcile_run(defs, instance, root, "Orthanc holding the NAS, full sweep")
             nights = [reconcile_run(defs, instance, root, f"Orthanc holding the NAS, night {k + 1} of a cycle")
                       for k in range(SLICE_NIGHTS)]
-            out = {**nights[0], "full_sweep": full, "cycle_end": nights[-1]}
+            out = {**nights[0], **cycle_figures(nights), "full_sweep": full}
         finally:
             raw["orthanc"]["url"] = empty_url
             config.write_text(yaml.safe_dump(raw))
@@ -352,6 +356,20 @@ def reconcile_in_full_orthanc(config: Path, root: Path, site: Path, instance) ->
         problem = f"a cycle of {SLICE_NIGHTS} nights listed {sum(n['sweep']['listed'] for n in nights)} instances"
     out["problem"] = problem
     return out
+
+
+def cycle_figures(nights: list[dict]) -> dict:
+    """A cycle's nights do the same work (the changes proof and a slice of Orthanc's list; the last one also ends
+    the cycle), each after its own baseline: the nightly figure is the median night against the median
+    baseline, and the last night is its own run against that same median baseline. Each night's ratio to its
+    own baseline is kept too (``each_night``)."""
+    base = statistics.median(n["baseline_walk_seconds"] for n in nights)
+    seconds = statistics.median(n["seconds"] for n in nights)
+    steps = {k: round(statistics.median(n["steps"].get(k, 0.0) for n in nights), 2) for k in nights[0]["steps"]}
+    last = nights[-1]
+    return {"seconds": seconds, "baseline_walk_seconds": base, "ratio": seconds / base, "steps": steps,
+            "each_night": [round(n["ratio"], 2) for n in nights],
+            "cycle_end": {**last, "baseline_walk_seconds": base, "ratio": last["seconds"] / base}}
 
 
 def verdict(ratio: float, goal: float, higher_is_better: bool = False) -> str:
@@ -482,7 +500,7 @@ def main(argv: list[str] | None = None) -> int:
               f"{verdict(growth, 1.2)}")
     for r in results:
         if "reconcile" in r:
-            for c, orthanc in ((r["reconcile_full"], "full Orthanc, nightly (a slice)"),
+            for c, orthanc in ((r["reconcile_full"], "full Orthanc, nightly (median of a cycle)"),
                                (r["reconcile_full"]["cycle_end"], "full Orthanc, a cycle's last night"),
                                (r["reconcile_full"]["full_sweep"], "full Orthanc, full sweep (no mark)"),
                                (r["reconcile"], "empty Orthanc")):
@@ -490,6 +508,8 @@ def main(argv: list[str] | None = None) -> int:
                       f"{c['seconds']:8.1f}s {c['baseline_walk_seconds']:8.2f}s {c['ratio']:7.2f} <= 3 "
                       f"{verdict(c['ratio'], 3)}")
                 print(f"{'  steps (s)':58} " + ", ".join(f"{k} {v}" for k, v in c["steps"].items()))
+                if "each_night" in c:
+                    print(f"{'  each night against its own baseline':58} " + ", ".join(map(str, c["each_night"])))
             c = r["reconcile"]
             print(f"{'  materialization events for partitions / all':58} {c['partition_materializations']:>9} "
                   f"{c['materializations']:>9} {'':>7} 0 {verdict(c['partition_materializations'], 0)}")

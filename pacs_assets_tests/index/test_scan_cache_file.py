@@ -187,3 +187,49 @@ def test_a_reconciliation_puts_back_index_rows_that_differ_from_an_unchanged_wal
     found = reconcile(DicomFolderSource(nas.id, nas.root, workers=1), nas, index, today=TODAY)
     assert (found.totals()["changed"], found.totals()["added"], found.totals()["deleted"]) == (1, 1, 1)
     assert _rows(index) == first
+
+
+class _AnotherRunMidWalk(DicomFolderSource):
+    """A real source whose walk, once it has listed everything, lets another run change the NAS and merge a
+    folder before the walk looks at what to parse (the look-ahead read the cache before that)."""
+
+    def __init__(self, *args, during, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.during = during
+
+    def scan(self, cache, **kwargs):
+        unmatched = cache.unmatched
+
+        def late(batch_size):
+            cache.look_ahead()
+            self.during()
+            yield from unmatched(batch_size)
+
+        cache.unmatched = late
+        yield from super().scan(cache, **kwargs)
+
+
+def test_a_folder_merged_by_another_run_during_the_walk_is_not_undone(tmp_path):
+    """The usual night trusts the cache as the look-ahead read it before the walk; another run that merges a
+    changed file meanwhile must not be undone by that stale view, nor its file read as deleted."""
+    root, index = tmp_path / "nas", tmp_path / "index" / "index.duckdb"
+    make_bulk_dicom_nas(root / "bulk", 40, files_per_series=10, days=10, start_date=START)  # DICOM files only
+    nas = _nas(root)
+    assert reconcile(DicomFolderSource(nas.id, nas.root, workers=1), nas, index, today=TODAY).totals()["added"] == 40
+    target = sorted(root.rglob("*.dcm"))[0]
+    folder = target.parent.relative_to(root).as_posix()
+    st = target.stat()
+    token = f"{st.st_size}-{st.st_mtime_ns + 10**9}"
+
+    def another_run():
+        os.utime(target, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))  # a new change token
+        take_inventory(DicomFolderSource(nas.id, nas.root, workers=1), nas, index, START, dt.date.max,
+                       today=TODAY, folders=[folder])
+
+    found = reconcile(_AnotherRunMidWalk(nas.id, nas.root, workers=1, during=another_run), nas, index, today=TODAY)
+    assert found.totals()["deleted"] == 0
+    path = target.relative_to(root).as_posix()
+    with duckdb.connect(str(index), read_only=True) as con:
+        tokens = con.execute("SELECT change_token FROM inventory WHERE file_path = ?", [path]).fetchall()
+    assert tokens == [(token,)]  # the other run's row stands
+    assert not reconcile(DicomFolderSource(nas.id, nas.root, workers=1), nas, index, today=TODAY).changes
