@@ -19,7 +19,7 @@ from pacs_assets.index import scan_cache
 from pacs_assets.index.connection import Index, in_transaction, opened
 from pacs_assets.index.inventory import DIFF_COLUMNS, DIFFERS, apply_diff, record_deleted, stage_diff
 from pacs_assets.index.staging import Staging
-from pacs_assets.index.walk_cache import slices
+from pacs_assets.index.walk_cache import Steady, slices
 
 
 def date_ranges(dates) -> list[tuple[dt.date, dt.date]]:
@@ -40,12 +40,15 @@ def reconcile_inventory(staging: Staging, nas_id: str) -> dict[dt.date, dict[str
     scan cache is refreshed first (its own transaction: index/scan_cache.py). A part of the walk in which
     nothing differs is only read, so an unchanged NAS writes nothing, to the cache or to the index.
     """
-    if staging.walked_is_cache is not None and not staging.count("inventory"):
-        # The usual night: proved unchanged without attaching the staging file (which would first be written
-        # out and closed); its few re-dated rows go along as a registered table.
-        redated = staging.con.execute("SELECT * FROM redated").df()
+    steady = staging.released_with if staging.walked_is_cache is not None else None
+    if isinstance(steady, Steady) and not steady.staged:
+        # The usual night: proved unchanged without opening the staging file again (released by the walk: its
+        # rows are not read back); the few re-dated rows go along as a registered table.
+        import numpy as np  # not pandas: the walk's process never imports it (~35 MB)
+
         with staging.attached_to_index(cache=True, staging=False) as con:
-            con.register("_redated_rows", redated)
+            con.register("_redated_rows", {name: np.array([str(r[k]) for r in steady.moved], dtype=object)
+                                           for k, name in enumerate(("file_path", "procedure_date", "date_source"))})
             con.execute("CREATE TEMP TABLE _redated AS SELECT file_path::VARCHAR AS file_path, "
                         "CAST(procedure_date AS DATE) AS procedure_date, date_source::VARCHAR AS date_source "
                         "FROM _redated_rows")

@@ -78,6 +78,9 @@ class Staging:
         # Set by a whole walk that found every walked file in the scan cache with its token, and no other cached
         # row: the cache's (files, checksum) record then (index/reconciliation.py ``unchanged``).
         self.walked_is_cache: tuple[int, int] | None = None
+        # What a walk left behind when it released this file (``release``), while nothing has opened it since: then
+        # the usual night's proof needs nothing from the file itself (index/reconciliation.py).
+        self.released_with: object | None = None
         # Rows of the scan cache a non-bulk source asks for by path (index/walk_cache.py), and what a walk met.
         self.con.execute("CREATE TABLE cache AS SELECT * FROM inventory WHERE false")
         self.con.execute("CREATE TABLE walked (file_path VARCHAR, size BIGINT, mtime_ns BIGINT, change_token VARCHAR, "
@@ -88,6 +91,7 @@ class Staging:
     def con(self) -> duckdb.DuckDBPyConnection:
         """This file's own connection, opened again on first use after an index session (which needs it closed)."""
         if self._con is None:
+            self.released_with = None
             self._con = self._tuned(duckdb.connect(str(self.path)))
         return self._con
 
@@ -116,6 +120,18 @@ class Staging:
         if pending is not None:
             pending.result()
 
+    def release(self, left: object = None) -> None:
+        """Close this file's connection without writing its rows out first: they stay in its log, read back if
+        the file is opened again. Frees the memory a whole walk's uncheckpointed rows hold (~200 MB for
+        2,000,000 files) when they will most likely not be read again, for ~5 ms instead of ~50 ms a checkpoint.
+        ``left``: what the caller wants known while the file stays closed (``released_with``)."""
+        self.wait()
+        if self._con is not None:
+            self._con.execute("PRAGMA disable_checkpoint_on_shutdown")
+            self._con.close()
+            self._con = None
+        self.released_with = left
+
     def _step_aside(self) -> None:
         self.wait()
         if self._con is not None:
@@ -129,10 +145,7 @@ class Staging:
         if self._worker is not None:
             self._worker.shutdown()
         with contextlib.suppress(Exception):
-            if self._con is not None:
-                # Scratch, removed next: not written out on the way (a whole walk's rows took ~60 ms to).
-                self._con.execute("PRAGMA disable_checkpoint_on_shutdown")
-                self._con.close()
+            self.release()  # scratch, removed next: not written out on the way
         shutil.rmtree(self.dir, ignore_errors=True)
 
     def __enter__(self) -> Staging:
@@ -167,6 +180,7 @@ class Staging:
         """
         if staging:
             self._step_aside()
+            self.released_with = None  # the session may write to it
         try:
             with session(self.index_path) as con:
                 self._tuned(con)

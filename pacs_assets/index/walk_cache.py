@@ -84,6 +84,15 @@ class LookAhead:
     moved: list[tuple[str, dt.date, str]] = dataclasses.field(default_factory=list)
 
 
+@dataclasses.dataclass(frozen=True)
+class Steady:
+    """What the merge of a walk that was exactly the cache needs of the staging file, left in Python when the
+    file is released (``Staging.released_with``): the rows staged so far, and the fallback dates that moved."""
+
+    staged: int
+    moved: list[tuple[str, dt.date, str]]
+
+
 def look_ahead(staging: Staging, folders: Sequence[str] | None, start: dt.date, today: dt.date) -> LookAhead:
     """How many files the scan cache knows for the staging's NAS (in ``folders``), and for a whole walk what
     ``unmatched`` needs when the walk turns out to be exactly the cache, so that this usual night opens no
@@ -206,6 +215,8 @@ class StagingCache(ScanCache):
             # The merge proves the cache is still as it was then (index/reconciliation.py ``unchanged``).
             self.staging.walked_is_cache = ahead.record
             self._stage_moved(ahead.moved)
+            # The merge most likely proves the NAS unchanged without reading the walk again: what it needs of it.
+            self.staging.release(Steady(self.staging.count("inventory"), ahead.moved))
             return
         self.staging.walked_is_cache = None
         con = self.staging.con
