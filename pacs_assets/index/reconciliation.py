@@ -16,7 +16,7 @@ import datetime as dt
 from collections import defaultdict
 
 from pacs_assets.index import scan_cache
-from pacs_assets.index.connection import Index, in_transaction, opened
+from pacs_assets.index.connection import STREAMING_MEMORY_LIMIT, Index, in_transaction, opened
 from pacs_assets.index.inventory import DIFF_COLUMNS, DIFFERS, apply_diff, record_deleted, stage_diff
 from pacs_assets.index.staging import Staging
 from pacs_assets.index.walk_cache import Steady, slices
@@ -46,7 +46,7 @@ def reconcile_inventory(staging: Staging, nas_id: str) -> dict[dt.date, dict[str
         # rows are not read back); the few re-dated rows go along as a registered table.
         import numpy as np  # not pandas: the walk's process never imports it (~35 MB)
 
-        with staging.attached_to_index(cache=True, staging=False) as con:
+        with staging.attached_to_index(cache=True, staging=False, memory_limit=STREAMING_MEMORY_LIMIT) as con:
             con.register("_redated_rows", {name: np.array([str(r[k]) for r in steady.moved], dtype=object)
                                            for k, name in enumerate(("file_path", "procedure_date", "date_source"))})
             con.execute("CREATE TEMP TABLE _redated AS SELECT file_path::VARCHAR AS file_path, "

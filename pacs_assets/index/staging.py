@@ -169,7 +169,8 @@ class Staging:
 
     @contextlib.contextmanager
     def attached_to_index(self, *, atomic: bool = False, cache: bool = False, verify: bool = False,
-                          staging: bool = True) -> Iterator[duckdb.DuckDBPyConnection]:
+                          staging: bool = True, memory_limit: str | None = None
+                          ) -> Iterator[duckdb.DuckDBPyConnection]:
         """An index connection (one short lock) with this staging file attached as ``staging``, and with
         ``cache`` the scan cache of ``self.nas`` as ``sc`` (index/scan_cache.py; ``verify``: its checksum too).
 
@@ -177,6 +178,7 @@ class Staging:
         ``atomic``: everything done on the connection lands in one transaction, or nothing does (the scan
         cache is another file: DuckDB writes one file per transaction, so such a transaction only reads it).
         ``staging=False``: without this file (nothing steps aside: work on it may go on in another thread).
+        ``memory_limit``: this session's own cap (one that runs beside this file's adds to its memory).
         """
         if staging:
             self._step_aside()
@@ -184,6 +186,8 @@ class Staging:
         try:
             with session(self.index_path) as con:
                 self._tuned(con)
+                if memory_limit:
+                    con.execute(f"SET memory_limit = '{memory_limit}'")
                 if staging:
                     con.execute(f"ATTACH '{self.path}' AS staging")
                 if cache:

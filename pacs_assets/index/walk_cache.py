@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 from pacs_assets.index import scan_cache
+from pacs_assets.index.connection import STREAMING_MEMORY_LIMIT
 from pacs_assets.index.staging import Staging
 from pacs_assets.nas.base import FileRecord, ScanCache
 from pacs_assets.nas.dates import assign_procedure_date
@@ -99,7 +100,8 @@ def look_ahead(staging: Staging, folders: Sequence[str] | None, start: dt.date, 
     further session before the merge. A whole walk also checks the NAS's rows against their checksum here,
     before any of them is trusted. The staging file is not attached: this runs while the walk stages files."""
     nas_id = staging.nas[0]
-    with staging.attached_to_index(cache=True, verify=folders is None, staging=False) as con:
+    with staging.attached_to_index(cache=True, verify=folders is None, staging=False,
+                                   memory_limit=STREAMING_MEMORY_LIMIT) as con:
         known = sum(con.execute(f"SELECT count(*) FROM sc.scan_cache WHERE nas_id = ? AND {scope}",
                                 [nas_id]).fetchall()[0][0] for scope in scopes(folders))
         if folders is not None:
