@@ -19,7 +19,7 @@ from pacs_assets.index import scan_cache
 from pacs_assets.index.connection import STREAMING_MEMORY_LIMIT, Index, in_transaction, opened
 from pacs_assets.index.inventory import DIFF_COLUMNS, DIFFERS, apply_diff, record_deleted, stage_diff
 from pacs_assets.index.staging import Staging
-from pacs_assets.index.walk_cache import Steady, slices
+from pacs_assets.index.walk_cache import Steady, moved_rows, slices
 
 
 def date_ranges(dates) -> list[tuple[dt.date, dt.date]]:
@@ -44,14 +44,8 @@ def reconcile_inventory(staging: Staging, nas_id: str) -> dict[dt.date, dict[str
     if isinstance(steady, Steady) and not steady.staged:
         # The usual night: proved unchanged without opening the staging file again (released by the walk: its
         # rows are not read back); the few re-dated rows go along as a registered table.
-        import numpy as np  # not pandas: the walk's process never imports it (~35 MB)
-
         with staging.attached_to_index(cache=True, staging=False, memory_limit=STREAMING_MEMORY_LIMIT) as con:
-            con.register("_redated_rows", {name: np.array([str(r[k]) for r in steady.moved], dtype=object)
-                                           for k, name in enumerate(("file_path", "procedure_date", "date_source"))})
-            con.execute("CREATE TEMP TABLE _redated AS SELECT file_path::VARCHAR AS file_path, "
-                        "CAST(procedure_date AS DATE) AS procedure_date, date_source::VARCHAR AS date_source "
-                        "FROM _redated_rows")
+            con.execute(f"CREATE TEMP TABLE _redated AS {moved_rows(con, steady.moved)}")
             if unchanged(con, staging, nas_id, redated="_redated", staged=0):
                 return {}
     split = slices(staging, None)

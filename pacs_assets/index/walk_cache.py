@@ -69,6 +69,9 @@ def slices(staging: Staging, folders: Sequence[str] | None) -> list[str]:
 # unique on either side, so two sides with the same sum hold the same files with the same tokens (the cache's
 # own checksum is of the same kind).
 PAIR = "count(*), coalesce(bit_xor(hash(file_path, change_token)), 0)"
+# The path and change token of an offered file as the walk's records spell them: folder/name, f"{size}-{mtime_ns}".
+_PATH = "CASE WHEN folder = '' THEN name ELSE folder || '/' || name END"
+_TOKEN = "size || '-' || mtime_ns"
 # A cached row whose procedure date is not a valid StudyDate in range: its date may depend on "today".
 FALLBACK = "NOT (c.date_source = 'study_date' AND c.procedure_date >= $start AND c.procedure_date <= $today)"
 
@@ -102,10 +105,9 @@ def look_ahead(staging: Staging, folders: Sequence[str] | None, start: dt.date, 
     nas_id = staging.nas[0]
     with staging.attached_to_index(cache=True, verify=folders is None, staging=False,
                                    memory_limit=STREAMING_MEMORY_LIMIT) as con:
-        known = sum(con.execute(f"SELECT count(*) FROM sc.scan_cache WHERE nas_id = ? AND {scope}",
-                                [nas_id]).fetchall()[0][0] for scope in scopes(folders))
         if folders is not None:
-            return LookAhead(known)
+            return LookAhead(sum(con.execute(f"SELECT count(*) FROM sc.scan_cache WHERE nas_id = ? AND {scope}",
+                                             [nas_id]).fetchall()[0][0] for scope in scopes(folders)))
         cached = tuple(con.execute(f"SELECT {PAIR} FROM sc.scan_cache WHERE nas_id = ?", [nas_id]).fetchall()[0])
         cursor = con.execute(f"SELECT file_path, study_date, series_date, mtime_ns, procedure_date, date_source "
                              f"FROM sc.scan_cache c WHERE c.nas_id = $nas AND {FALLBACK}",
@@ -113,7 +115,7 @@ def look_ahead(staging: Staging, folders: Sequence[str] | None, start: dt.date, 
         moved = []
         while rows := cursor.fetchmany(REDATE_PAGE):
             moved.extend(_moved(rows, start, today))
-        return LookAhead(known, cached, scan_cache.record(con, nas_id), moved)
+        return LookAhead(cached[0], cached, scan_cache.record(con, nas_id), moved)
 
 
 def _moved(rows, start: dt.date, today: dt.date) -> list[tuple[str, dt.date, str]]:
@@ -121,6 +123,17 @@ def _moved(rows, start: dt.date, today: dt.date) -> list[tuple[str, dt.date, str
     date, date source) whose date nas/dates.py's rule now gives otherwise: the dates a parse would give."""
     return [(path, *new) for path, study, series, mtime, *old in rows
             if (new := assign_procedure_date(study, series, mtime, start, today)) != tuple(old)]
+
+
+def moved_rows(con, moved: list[tuple[str, dt.date, str]]) -> str:
+    """Register ``moved`` (as ``_moved``) on ``con`` as columns, and return the SELECT that reads them as
+    ``redated`` rows (typed even when there are none)."""
+    import numpy as np  # not pandas: the walk's process never imports it (~35 MB)
+
+    con.register("_moved", {name: np.array([str(row[k]) for row in moved], dtype=object)
+                            for k, name in enumerate(("file_path", "procedure_date", "date_source"))})
+    return ("SELECT file_path::VARCHAR AS file_path, CAST(procedure_date AS DATE) AS procedure_date, "
+            "date_source::VARCHAR AS date_source FROM _moved")
 
 
 class StagingCache(ScanCache):
@@ -192,11 +205,9 @@ class StagingCache(ScanCache):
 
         def insert(con) -> None:
             con.register("_offer", columns)
-            # The path and change token as the walk's records spell them: folder/name, f"{size}-{mtime_ns}".
-            path_token = "CASE WHEN folder = '' THEN name ELSE folder || '/' || name END, size || '-' || mtime_ns"
-            con.execute(f"INSERT INTO walked SELECT {path_token.split(', ')[0]}, size, mtime_ns, "
-                        f"size || '-' || mtime_ns, folder FROM _offer")
-            n, x = con.execute(f"SELECT count(*), coalesce(bit_xor(hash({path_token})), 0) FROM _offer").fetchall()[0]
+            con.execute(f"INSERT INTO walked SELECT {_PATH}, size, mtime_ns, {_TOKEN}, folder FROM _offer")
+            n, x = con.execute(f"SELECT count(*), coalesce(bit_xor(hash({_PATH}, {_TOKEN})), 0) FROM _offer"
+                               ).fetchall()[0]
             self._walked = (self._walked[0] + n, self._walked[1] ^ x)  # one insert at a time (Staging.soon)
             con.unregister("_offer")
 
@@ -266,15 +277,5 @@ class StagingCache(ScanCache):
         con.execute("DROP TABLE _redate")
 
     def _stage_moved(self, moved: list[tuple[str, dt.date, str]]) -> None:
-        if not moved:
-            return
-        import numpy as np
-
-        con = self.staging.con
-        con.register("_fixed", {"file_path": np.array([f[0] for f in moved], dtype=object),
-                                "procedure_date": np.array([str(f[1]) for f in moved], dtype=object),
-                                "date_source": np.array([f[2] for f in moved], dtype=object)})
-        try:
-            con.execute("INSERT INTO redated SELECT file_path, CAST(procedure_date AS DATE), date_source FROM _fixed")
-        finally:
-            con.unregister("_fixed")
+        if moved:
+            self.staging.con.execute(f"INSERT INTO redated {moved_rows(self.staging.con, moved)}")

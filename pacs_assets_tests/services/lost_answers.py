@@ -56,8 +56,8 @@ class LostAnswers:
         self.posts = 0  # POST /instances forwarded, all nodes
         self.dropped: list[str] = []  # SHA-1 of each body whose answer was dropped
         self.not_stored = 0  # candidates Orthanc answered with anything but a stored Success: passed on
-        self._candidates: dict[str, int] = {}  # uploads in flight, dropped if Orthanc stores them -> their node
-        self._since: dict[str, float] = {}  # candidate -> when it was forwarded
+        # Uploads in flight, dropped if Orthanc stores them -> (their node, when they were forwarded).
+        self._candidates: dict[str, tuple[int, float]] = {}
         self.let_go = 0  # candidates that stalled in Orthanc and were let go (their answers passed)
         self.refused = 0  # uploads refused by a "dead" node
         self._dead: dict[int, set[str]] = {}  # dead node -> dropped bodies that must reach another node first
@@ -98,7 +98,8 @@ class LostAnswers:
         bodies failing over, the candidates in flight, the dropped bodies."""
         with self._lock:
             return {"dead": {node: sorted(bodies) for node, bodies in self._dead.items()},
-                    "failing_over": sorted(self._failing_over), "candidates": dict(self._candidates),
+                    "failing_over": sorted(self._failing_over),
+                    "candidates": {d: node for d, (node, _) in self._candidates.items()},
                     "let_go": self.let_go,
                     "dropped": list(self.dropped), "posts": self.posts, "events": self.events[-60:]}
 
@@ -135,8 +136,8 @@ class LostAnswers:
             self._failing_over.discard(digest)
             self.posts += 1
             now = time.monotonic()
-            for stalled in [d for d, t in self._since.items() if now - t > STALLED_SECONDS]:
-                del self._candidates[stalled], self._since[stalled]
+            for stalled in [d for d, (_, t) in self._candidates.items() if now - t > STALLED_SECONDS]:
+                del self._candidates[stalled]
                 self._troubled.add(stalled)
                 self.let_go += 1
                 self._event("let go (stalled)", index, stalled)
@@ -144,10 +145,9 @@ class LostAnswers:
             due = spent < len(self.drop_at) and self.posts >= self.drop_at[spent]
             # Candidates only ever on one node at a time, so only that node can die and the other stays live.
             calm = (not self._dead and not self._failing_over
-                    and all(node == index for node in self._candidates.values()))
+                    and all(node == index for node, _ in self._candidates.values()))
             if due and calm and digest not in self._troubled and digest not in self._candidates:
-                self._candidates[digest] = index
-                self._since[digest] = now
+                self._candidates[digest] = (index, now)
                 self._event("candidate", index, digest)
                 return "candidate"
             return "forward"
@@ -162,7 +162,7 @@ class LostAnswers:
             if digest not in self._candidates:  # let go while Orthanc held it: its answer passes
                 self._event(f"answered after it was let go ({status})", index, digest)
                 return False
-            del self._candidates[digest], self._since[digest]
+            del self._candidates[digest]
             self._event("dropped" if stored else f"not stored ({status})", index, digest)
             if not stored:
                 self.not_stored += 1
